@@ -1,0 +1,747 @@
+//! The receiver catalog: Flux `Receiver` manifests joined with their token `Secret`s, indexed by
+//! hook digest, loaded from a multi-document YAML file and reloaded when that file changes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use base64::Engine as _;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// Flux's Receiver API versions whose spec fluxgate reads (v1beta2 has the same fields).
+const RECEIVER_API_VERSIONS: &[&str] = &[
+    "notification.toolkit.fluxcd.io/v1",
+    "notification.toolkit.fluxcd.io/v1beta2",
+];
+
+/// Why a receivers file could not be loaded. Each variant names the document (1-based) and,
+/// where it can, the object and the field, so the fix is obvious from the message.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("document {document}: not valid YAML: {source}")]
+    Yaml {
+        document: usize,
+        source: serde_yaml_ng::Error,
+    },
+    #[error("document {document} ({kind} {object}): {field}: {reason}")]
+    Field {
+        document: usize,
+        kind: &'static str,
+        object: String,
+        field: String,
+        reason: String,
+    },
+}
+
+/// `spec.type` of a Receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReceiverType {
+    Generic,
+    GenericHmac,
+    GenericOidc,
+    Github,
+    Gitlab,
+    Bitbucket,
+    Harbor,
+    Dockerhub,
+    Quay,
+    Gcr,
+    Nexus,
+    Acr,
+    Cdevents,
+}
+
+impl ReceiverType {
+    /// The name used in manifests, headers and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Generic => "generic",
+            Self::GenericHmac => "generic-hmac",
+            Self::GenericOidc => "generic-oidc",
+            Self::Github => "github",
+            Self::Gitlab => "gitlab",
+            Self::Bitbucket => "bitbucket",
+            Self::Harbor => "harbor",
+            Self::Dockerhub => "dockerhub",
+            Self::Quay => "quay",
+            Self::Gcr => "gcr",
+            Self::Nexus => "nexus",
+            Self::Acr => "acr",
+            Self::Cdevents => "cdevents",
+        }
+    }
+
+    /// Types whose webhook proves itself with the Secret's `token` (HMAC key or shared token).
+    /// For the others the hook path is the only secret.
+    pub fn authenticates_with_token(self) -> bool {
+        matches!(
+            self,
+            Self::GenericHmac
+                | Self::Github
+                | Self::Gitlab
+                | Self::Bitbucket
+                | Self::Harbor
+                | Self::Nexus
+        )
+    }
+}
+
+impl fmt::Display for ReceiverType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A secret value: bytes that never appear in `Debug` output, so a logged receiver leaks nothing.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretValue(Vec<u8>);
+
+impl SecretValue {
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Self(bytes.into())
+    }
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// One entry of `spec.resources`, as written; defaults are applied where targets are resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceRef {
+    #[serde(default)]
+    pub api_version: Option<String>,
+    pub kind: String,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub match_labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub filter: Option<String>,
+}
+
+/// A Receiver ready to serve: its spec plus the data of its Secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receiver {
+    pub namespace: String,
+    pub name: String,
+    pub kind: ReceiverType,
+    /// `spec.events`, compared case-insensitively; empty means every event.
+    pub events: Vec<String>,
+    pub resources: Vec<ResourceRef>,
+    pub resource_filter: Option<String>,
+    pub suspend: bool,
+    /// The Secret's `token` (empty for `generic-oidc`, which has no Secret).
+    pub token: SecretValue,
+    /// Every key of the Secret (gcr reads `email` and `audience`).
+    pub secret_data: BTreeMap<String, SecretValue>,
+    /// `/hook/<digest>`, as Flux computes it.
+    pub hook_path: String,
+}
+
+impl Receiver {
+    /// Whether `event` passes `spec.events` (case-insensitive; empty list allows all).
+    pub fn allows_event(&self, event: &str) -> bool {
+        self.events.is_empty() || self.events.iter().any(|e| e.eq_ignore_ascii_case(event))
+    }
+}
+
+/// Flux's webhook digest: lowercase hex SHA-256 of `token + name + namespace`.
+pub fn hook_digest(token: &[u8], name: &str, namespace: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(token);
+    hasher.update(name.as_bytes());
+    hasher.update(namespace.as_bytes());
+    hex::encode(hasher.finalize())
+}
+
+/// All served receivers, indexed by hook digest for O(1) lookup.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    by_digest: HashMap<String, Arc<Receiver>>,
+}
+
+impl Catalog {
+    /// The receiver whose hook path is `/hook/<digest>`.
+    pub fn get(&self, digest: &str) -> Option<&Arc<Receiver>> {
+        self.by_digest.get(digest)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_digest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_digest.is_empty()
+    }
+
+    pub fn receivers(&self) -> impl Iterator<Item = &Arc<Receiver>> {
+        self.by_digest.values()
+    }
+
+    /// Reads and parses a receivers file.
+    pub fn load_file(path: &Path) -> Result<Self, CatalogError> {
+        let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses a multi-document YAML stream of `Receiver` and `Secret` manifests. Other kinds are
+    /// skipped, so the same file can carry the rest of an application's manifests.
+    pub fn parse(text: &str) -> Result<Self, CatalogError> {
+        let mut receivers = Vec::new();
+        let mut secrets: HashMap<(String, String), BTreeMap<String, SecretValue>> = HashMap::new();
+        for (index, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+            let document = index + 1;
+            let value = serde_yaml_ng::Value::deserialize(doc)
+                .map_err(|source| CatalogError::Yaml { document, source })?;
+            if value.is_null() {
+                continue;
+            }
+            let api_version = value
+                .get("apiVersion")
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
+            match value.get("kind").and_then(|v| v.as_str()).unwrap_or("") {
+                "Receiver" if RECEIVER_API_VERSIONS.contains(&api_version) => {
+                    let manifest: ReceiverManifest = typed(document, "Receiver", value)?;
+                    receivers.push((document, manifest));
+                }
+                "Secret" if api_version == "v1" => {
+                    let manifest: SecretManifest = typed(document, "Secret", value)?;
+                    let key = (
+                        manifest.metadata.namespace(),
+                        manifest.metadata.name.clone(),
+                    );
+                    let data = manifest.decode(document)?;
+                    if secrets.insert(key, data).is_some() {
+                        return Err(field_error(
+                            document,
+                            "Secret",
+                            &manifest.metadata,
+                            "metadata.name",
+                            "defined twice in this file".into(),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        let mut by_digest = HashMap::with_capacity(receivers.len());
+        for (document, manifest) in receivers {
+            let receiver = manifest.into_receiver(document, &secrets)?;
+            let digest = receiver.hook_path.trim_start_matches("/hook/").to_owned();
+            if let Some(other) = by_digest.insert(digest, Arc::new(receiver)) {
+                return Err(CatalogError::Field {
+                    document,
+                    kind: "Receiver",
+                    object: format!("{}/{}", other.namespace, other.name),
+                    field: "metadata.name".into(),
+                    reason: "defined twice in this file".into(),
+                });
+            }
+        }
+        Ok(Self { by_digest })
+    }
+}
+
+/// Deserializes one document into its manifest type, naming the failing field.
+fn typed<T: serde::de::DeserializeOwned>(
+    document: usize,
+    kind: &'static str,
+    value: serde_yaml_ng::Value,
+) -> Result<T, CatalogError> {
+    let object = object_name(&value);
+    serde_path_to_error::deserialize(value).map_err(|e| CatalogError::Field {
+        document,
+        kind,
+        object,
+        field: e.path().to_string(),
+        reason: e.into_inner().to_string(),
+    })
+}
+
+fn object_name(value: &serde_yaml_ng::Value) -> String {
+    let meta = value.get("metadata");
+    let get = |k: &str| meta.and_then(|m| m.get(k)).and_then(|v| v.as_str());
+    format!(
+        "{}/{}",
+        get("namespace").unwrap_or("default"),
+        get("name").unwrap_or("?")
+    )
+}
+
+fn field_error(
+    document: usize,
+    kind: &'static str,
+    meta: &Metadata,
+    field: &str,
+    reason: String,
+) -> CatalogError {
+    CatalogError::Field {
+        document,
+        kind,
+        object: format!("{}/{}", meta.namespace(), meta.name),
+        field: field.into(),
+        reason,
+    }
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+impl Metadata {
+    /// kubectl's default namespace when a manifest names none.
+    fn namespace(&self) -> String {
+        self.namespace.clone().unwrap_or_else(|| "default".into())
+    }
+}
+
+#[derive(Deserialize)]
+struct ReceiverManifest {
+    metadata: Metadata,
+    spec: ReceiverSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReceiverSpec {
+    #[serde(rename = "type")]
+    kind: ReceiverType,
+    #[serde(default)]
+    events: Vec<String>,
+    #[serde(default)]
+    resources: Vec<ResourceRef>,
+    #[serde(default)]
+    resource_filter: Option<String>,
+    #[serde(default)]
+    secret_ref: Option<SecretRef>,
+    #[serde(default)]
+    suspend: bool,
+}
+
+#[derive(Deserialize)]
+struct SecretRef {
+    name: String,
+}
+
+impl ReceiverManifest {
+    fn into_receiver(
+        self,
+        document: usize,
+        secrets: &HashMap<(String, String), BTreeMap<String, SecretValue>>,
+    ) -> Result<Receiver, CatalogError> {
+        let namespace = self.metadata.namespace();
+        let fail = |field: &str, reason: String| {
+            field_error(document, "Receiver", &self.metadata, field, reason)
+        };
+        let secret_data = match (&self.spec.secret_ref, self.spec.kind) {
+            (Some(_), ReceiverType::GenericOidc) => {
+                return Err(fail(
+                    "spec.secretRef",
+                    "must not be set for type generic-oidc".into(),
+                ));
+            }
+            (None, ReceiverType::GenericOidc) => BTreeMap::new(),
+            (None, kind) => {
+                return Err(fail(
+                    "spec.secretRef.name",
+                    format!("required for type {kind}"),
+                ));
+            }
+            (Some(secret_ref), _) => secrets
+                .get(&(namespace.clone(), secret_ref.name.clone()))
+                .cloned()
+                .ok_or_else(|| {
+                    fail(
+                        "spec.secretRef.name",
+                        format!("Secret {namespace}/{} is not in this file", secret_ref.name),
+                    )
+                })?,
+        };
+        let token = match self.spec.kind {
+            ReceiverType::GenericOidc => SecretValue::default(),
+            _ => secret_data.get("token").cloned().ok_or_else(|| {
+                fail(
+                    "spec.secretRef.name",
+                    "the Secret has no key 'token'".into(),
+                )
+            })?,
+        };
+        let hook_path = format!(
+            "/hook/{}",
+            hook_digest(token.expose(), &self.metadata.name, &namespace)
+        );
+        Ok(Receiver {
+            namespace,
+            name: self.metadata.name,
+            kind: self.spec.kind,
+            events: self.spec.events,
+            resources: self.spec.resources,
+            resource_filter: self.spec.resource_filter.filter(|f| !f.trim().is_empty()),
+            suspend: self.spec.suspend,
+            token,
+            secret_data,
+            hook_path,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SecretManifest {
+    metadata: Metadata,
+    #[serde(default)]
+    data: BTreeMap<String, String>,
+    #[serde(default)]
+    string_data: BTreeMap<String, String>,
+}
+
+impl SecretManifest {
+    /// `data` is base64; `stringData` is plain and wins over `data`, as in the API server.
+    fn decode(&self, document: usize) -> Result<BTreeMap<String, SecretValue>, CatalogError> {
+        let mut out = BTreeMap::new();
+        for (key, encoded) in &self.data {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .map_err(|e| {
+                    field_error(
+                        document,
+                        "Secret",
+                        &self.metadata,
+                        &format!("data.{key}"),
+                        format!("not valid base64: {e}"),
+                    )
+                })?;
+            out.insert(key.clone(), SecretValue::new(bytes));
+        }
+        for (key, plain) in &self.string_data {
+            out.insert(key.clone(), SecretValue::new(plain.as_bytes()));
+        }
+        Ok(out)
+    }
+}
+
+/// The catalog currently served: swapped atomically on reload, read without locks.
+#[derive(Debug, Clone)]
+pub struct SharedCatalog(Arc<ArcSwap<Catalog>>);
+
+impl SharedCatalog {
+    pub fn new(catalog: Catalog) -> Self {
+        Self(Arc::new(ArcSwap::from_pointee(catalog)))
+    }
+
+    pub fn current(&self) -> Arc<Catalog> {
+        self.0.load_full()
+    }
+
+    pub fn replace(&self, catalog: Catalog) {
+        self.0.store(Arc::new(catalog));
+    }
+}
+
+/// Reloads `path` into `shared` whenever its content changes, until `shutdown` resolves.
+/// The file is polled rather than watched with inotify: Kubernetes updates a mounted ConfigMap
+/// or Secret by swapping a symlink, which file watchers easily miss, while reading a small file
+/// every `interval` always sees it. A file that fails to parse keeps the old catalog and is
+/// logged once per distinct content.
+///
+/// The file is read once when this is called, so only later changes count as reloads;
+/// `on_reload` hears of every reload attempt (the number of receivers, or why it failed).
+pub fn watch_file(
+    path: PathBuf,
+    shared: SharedCatalog,
+    interval: Duration,
+    on_reload: impl Fn(Result<usize, &CatalogError>) + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let last = std::fs::read(&path).ok();
+    watch_loop(path, shared, interval, last, on_reload, shutdown)
+}
+
+async fn watch_loop(
+    path: PathBuf,
+    shared: SharedCatalog,
+    interval: Duration,
+    mut last: Option<Vec<u8>>,
+    on_reload: impl Fn(Result<usize, &CatalogError>),
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = ticker.tick() => {}
+        }
+        let content = match tokio::fs::read(&path).await {
+            Ok(content) => content,
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot read receivers file; keeping the current catalog");
+                continue;
+            }
+        };
+        if last.as_deref() == Some(content.as_slice()) {
+            continue;
+        }
+        match Catalog::parse(&String::from_utf8_lossy(&content)) {
+            Ok(catalog) => {
+                tracing::info!(path = %path.display(), receivers = catalog.len(), "receivers file reloaded");
+                on_reload(Ok(catalog.len()));
+                shared.replace(catalog);
+            }
+            Err(error) => {
+                tracing::error!(path = %path.display(), %error, "receivers file is invalid; keeping the current catalog");
+                on_reload(Err(&error));
+            }
+        }
+        last = Some(content);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata:
+  name: webhook-token
+  namespace: flux-system
+stringData:
+  token: s3cret
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: b64-token
+  namespace: apps
+data:
+  token: aGVsbG8=
+---
+apiVersion: notification.toolkit.fluxcd.io/v1
+kind: Receiver
+metadata:
+  name: github-receiver
+  namespace: flux-system
+spec:
+  type: github
+  events: ["ping", "Push"]
+  secretRef:
+    name: webhook-token
+  resources:
+    - kind: GitRepository
+      name: webapp
+---
+apiVersion: notification.toolkit.fluxcd.io/v1
+kind: Receiver
+metadata:
+  name: generic
+  namespace: apps
+spec:
+  type: generic
+  suspend: true
+  secretRef:
+    name: b64-token
+  resources:
+    - apiVersion: source.toolkit.fluxcd.io/v1
+      kind: GitRepository
+      name: "*"
+      matchLabels:
+        app: web
+---
+apiVersion: source.toolkit.fluxcd.io/v1
+kind: GitRepository
+metadata:
+  name: ignored
+"#;
+
+    fn receiver<'a>(catalog: &'a Catalog, token: &str, name: &str, ns: &str) -> &'a Receiver {
+        catalog
+            .get(&hook_digest(token.as_bytes(), name, ns))
+            .expect("receiver by digest")
+    }
+
+    #[test]
+    fn hook_digest_matches_flux() {
+        // `printf %s tokennamenamespace | sha256sum`, computed outside this code.
+        assert_eq!(
+            hook_digest(b"token", "name", "namespace"),
+            "033cd85fb94eef8b750b62b37d50fa65adb47b1f0ab5d6a8f9f6692e516e686a"
+        );
+    }
+
+    #[test]
+    fn parses_receivers_with_string_and_base64_secrets() {
+        let catalog = Catalog::parse(FILE).expect("valid file");
+        assert_eq!(catalog.len(), 2);
+        let gh = receiver(&catalog, "s3cret", "github-receiver", "flux-system");
+        assert_eq!(gh.kind, ReceiverType::Github);
+        assert_eq!(gh.token.expose(), b"s3cret");
+        assert_eq!(gh.resources[0].kind, "GitRepository");
+        assert!(gh.allows_event("push") && gh.allows_event("PING") && !gh.allows_event("release"));
+        let generic = receiver(&catalog, "hello", "generic", "apps");
+        assert!(generic.suspend);
+        assert!(generic.allows_event("anything"));
+        assert_eq!(
+            generic.resources[0]
+                .match_labels
+                .as_ref()
+                .and_then(|l| l.get("app"))
+                .map(String::as_str),
+            Some("web")
+        );
+        assert_eq!(
+            generic.hook_path,
+            format!("/hook/{}", hook_digest(b"hello", "generic", "apps"))
+        );
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let catalog = Catalog::parse(FILE).expect("valid file");
+        let text = format!("{catalog:?}");
+        assert!(
+            !text.contains("s3cret") && !text.contains("hello"),
+            "{text}"
+        );
+    }
+
+    fn error_of(text: &str) -> String {
+        Catalog::parse(text).expect_err("must fail").to_string()
+    }
+
+    #[test]
+    fn unknown_type_names_document_and_field() {
+        let bad = FILE.replace("type: github", "type: githb");
+        let msg = error_of(&bad);
+        assert!(
+            msg.starts_with("document 3 (Receiver flux-system/github-receiver): spec.type:"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn missing_secret_names_the_reference() {
+        let bad = FILE.replace(
+            "name: webhook-token\n  resources",
+            "name: nope\n  resources",
+        );
+        let msg = error_of(&bad);
+        assert!(
+            msg.contains("spec.secretRef.name") && msg.contains("flux-system/nope"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn secret_without_token_is_rejected() {
+        let bad = FILE.replace("token: s3cret", "other: s3cret");
+        assert!(error_of(&bad).contains("no key 'token'"));
+    }
+
+    #[test]
+    fn bad_base64_names_the_key() {
+        let bad = FILE.replace("token: aGVsbG8=", "token: '%%%'");
+        let msg = error_of(&bad);
+        assert!(
+            msg.contains("document 2 (Secret apps/b64-token): data.token: not valid base64"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn invalid_yaml_names_the_document() {
+        let msg = error_of("kind: Secret\n---\nkind: [unclosed\n");
+        assert!(msg.starts_with("document 2: not valid YAML"), "{msg}");
+    }
+
+    #[test]
+    fn oidc_receivers_need_no_secret_and_refuse_one() {
+        let oidc = "apiVersion: notification.toolkit.fluxcd.io/v1\nkind: Receiver\nmetadata: {name: o, namespace: n}\nspec: {type: generic-oidc}\n";
+        assert_eq!(Catalog::parse(oidc).expect("valid").len(), 1);
+        let with_secret = oidc.replace("generic-oidc}", "generic-oidc, secretRef: {name: s}}");
+        assert!(error_of(&with_secret).contains("spec.secretRef: must not be set"));
+    }
+
+    #[test]
+    fn duplicate_receivers_are_rejected() {
+        let doubled = format!(
+            "{FILE}\n---\n{}",
+            FILE.split("---").nth(2).expect("third document")
+        );
+        assert!(error_of(&doubled).contains("defined twice"));
+    }
+
+    #[tokio::test]
+    async fn watcher_reloads_changes_and_keeps_old_catalog_on_bad_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("receivers.yaml");
+        std::fs::write(&path, FILE).expect("write");
+        let shared = SharedCatalog::new(Catalog::load_file(&path).expect("load"));
+        let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(watch_file(
+            path.clone(),
+            shared.clone(),
+            Duration::from_millis(10),
+            move |result| {
+                let _ = events_tx.send(result.map_err(|e| e.to_string()));
+            },
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let old_digest = hook_digest(b"s3cret", "github-receiver", "flux-system");
+
+        std::fs::write(&path, "kind: [").expect("write bad");
+        let failed = events.recv().await.expect("reload event");
+        assert!(failed.expect_err("bad file").contains("not valid YAML"));
+        assert!(
+            shared.current().get(&old_digest).is_some(),
+            "bad file must keep the old catalog"
+        );
+
+        std::fs::write(&path, FILE.replace("github-receiver", "renamed")).expect("write good");
+        assert_eq!(events.recv().await.expect("reload event"), Ok(2));
+        assert!(shared.current().get(&old_digest).is_none());
+        assert!(
+            shared
+                .current()
+                .get(&hook_digest(b"s3cret", "renamed", "flux-system"))
+                .is_some()
+        );
+
+        let _ = stop.send(());
+        task.await.expect("watcher ends on shutdown");
+    }
+}

@@ -1,0 +1,127 @@
+//! The delivery contract: stream, subject, object-store and header names shared by every
+//! component that writes or reads `FLUXGATE_DELIVERIES`. Changing any of these breaks stored data.
+
+/// The event log of accepted webhooks.
+pub const DELIVERIES_STREAM: &str = "FLUXGATE_DELIVERIES";
+/// Subjects of `DELIVERIES_STREAM`: `fluxgate.deliveries.<namespace>.<receiver>`.
+pub const DELIVERIES_SUBJECT_PREFIX: &str = "fluxgate.deliveries";
+/// Object store holding bodies larger than the server's `max_payload`.
+pub const BODIES_OBJECT_STORE: &str = "fluxgate-bodies";
+
+/// Header names of a delivery message. The payload is the exact raw request body, unless
+/// [`header::BODY_OBJECT`] is set, in which case the payload is empty and the body is the
+/// object of that name in [`BODIES_OBJECT_STORE`].
+pub mod header {
+    /// JetStream's own short-window deduplication key: `<namespace>/<receiver>/<delivery-id>`.
+    pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
+    pub const DELIVERY_ID: &str = "Fluxgate-Delivery-Id";
+    /// `sender` when the delivery id came from the sender (deduplicated), `generated` otherwise.
+    pub const DELIVERY_ID_SOURCE: &str = "Fluxgate-Delivery-Id-Source";
+    pub const RECEIVER_NAMESPACE: &str = "Fluxgate-Receiver-Namespace";
+    pub const RECEIVER_NAME: &str = "Fluxgate-Receiver-Name";
+    pub const RECEIVER_TYPE: &str = "Fluxgate-Receiver-Type";
+    /// The provider's event name (`push`, `Push Hook`, ...); absent for types without events.
+    pub const EVENT: &str = "Fluxgate-Event";
+    /// RFC 3339 UTC with nanoseconds.
+    pub const RECEIVED_AT: &str = "Fluxgate-Received-At";
+    pub const CONTENT_TYPE: &str = "Fluxgate-Content-Type";
+    /// Lowercase hex SHA-256 of the raw body.
+    pub const BODY_SHA256: &str = "Fluxgate-Body-Sha256";
+    pub const BODY_SIZE: &str = "Fluxgate-Body-Size";
+    /// Set when the body lives in the object store: the object's name.
+    pub const BODY_OBJECT: &str = "Fluxgate-Body-Object";
+    pub const TRACEPARENT: &str = "traceparent";
+}
+
+/// Values of [`header::DELIVERY_ID_SOURCE`].
+pub const DELIVERY_ID_FROM_SENDER: &str = "sender";
+pub const DELIVERY_ID_GENERATED: &str = "generated";
+
+/// Request headers worth keeping with a delivery (lowercase). Credentials (`Authorization`,
+/// `X-Gitlab-Token`) are deliberately absent; signatures (HMAC outputs) may be kept.
+pub const KEPT_REQUEST_HEADERS: &[&str] = &[
+    "user-agent",
+    "x-github-event",
+    "x-github-delivery",
+    "x-github-hook-id",
+    "x-github-hook-installation-target-id",
+    "x-github-hook-installation-target-type",
+    "x-hub-signature",
+    "x-hub-signature-256",
+    "x-gitea-event",
+    "x-gitea-delivery",
+    "x-gitea-signature",
+    "x-forgejo-event",
+    "x-forgejo-delivery",
+    "x-forgejo-signature",
+    "x-gitlab-event",
+    "x-gitlab-event-uuid",
+    "x-gitlab-webhook-uuid",
+    "x-gitlab-instance",
+    "idempotency-key",
+    "x-event-key",
+    "x-request-uuid",
+    "x-request-id",
+    "x-hook-uuid",
+    "x-attempt-number",
+    "x-nexus-webhook-id",
+    "x-nexus-webhook-delivery",
+    "x-nexus-webhook-signature",
+    "x-signature",
+    "ce-id",
+    "ce-source",
+    "ce-type",
+    "ce-specversion",
+    "ce-time",
+    "ce-subject",
+];
+
+/// A Kubernetes name may contain `.`, which separates NATS subject tokens; `_` never occurs in
+/// Kubernetes names, so mapping `.` to `_` keeps the subject one token and stays reversible.
+fn subject_token(name: &str) -> String {
+    name.replace('.', "_")
+}
+
+/// `fluxgate.deliveries.<namespace>.<receiver>`.
+pub fn delivery_subject(namespace: &str, receiver: &str) -> String {
+    format!(
+        "{DELIVERIES_SUBJECT_PREFIX}.{}.{}",
+        subject_token(namespace),
+        subject_token(receiver)
+    )
+}
+
+/// The `Nats-Msg-Id` of a delivery: scoped by receiver, because GitHub shares one delivery GUID
+/// across every hook subscribed to an event.
+pub fn delivery_key(namespace: &str, receiver: &str, delivery_id: &str) -> String {
+    format!("{namespace}/{receiver}/{delivery_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_keeps_dotted_names_in_one_token() {
+        assert_eq!(
+            delivery_subject("flux-system", "app.github"),
+            "fluxgate.deliveries.flux-system.app_github"
+        );
+    }
+
+    #[test]
+    fn delivery_key_is_scoped_by_receiver() {
+        assert_eq!(delivery_key("ns", "r", "abc"), "ns/r/abc");
+        assert_ne!(
+            delivery_key("ns", "r1", "abc"),
+            delivery_key("ns", "r2", "abc")
+        );
+    }
+
+    #[test]
+    fn credentials_are_never_kept() {
+        for h in ["authorization", "x-gitlab-token", "cookie"] {
+            assert!(!KEPT_REQUEST_HEADERS.contains(&h), "{h} must not be kept");
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! fluxgate-shared: what ingest, dispatcher and CLI must agree on -- the delivery contract
+//! (stream, subject and header names), the receiver catalog, and telemetry set-up.
+
+pub mod catalog;
+pub mod contract;
+pub mod telemetry;
