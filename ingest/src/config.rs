@@ -1,0 +1,72 @@
+//! Command-line and environment configuration of `fluxgate-ingest`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fluxgate_shared::telemetry::LogFormat;
+
+/// Every option is a flag with an environment fallback, as DESIGN.md's contract requires.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "fluxgate-ingest",
+    version,
+    about = "Verify Flux webhooks and store them durably in NATS JetStream"
+)]
+pub struct Config {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Multi-document YAML file of Flux `Receiver` and `Secret` manifests; reloaded on change.
+    #[arg(long, env = "FLUXGATE_RECEIVERS_FILE")]
+    pub receivers_file: PathBuf,
+
+    /// How often the receivers file is checked for changes.
+    #[arg(long, env = "FLUXGATE_RELOAD_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub reload_interval: Duration,
+
+    /// Address of the webhook listener.
+    #[arg(long, env = "FLUXGATE_LISTEN", default_value = "0.0.0.0:9292")]
+    pub listen: SocketAddr,
+
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "FLUXGATE_ADMIN_LISTEN", default_value = "0.0.0.0:9293")]
+    pub admin_listen: SocketAddr,
+
+    /// Largest accepted request body, in bytes (Flux's limit is 3 MiB).
+    #[arg(long, env = "FLUXGATE_MAX_BODY_BYTES", default_value_t = 3 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Time a client has to send the request headers.
+    #[arg(long, env = "FLUXGATE_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+
+    /// Time a client has to send the whole request body.
+    #[arg(long, env = "FLUXGATE_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+
+    /// Deadline for JetStream to acknowledge a delivery; past it the sender gets 503.
+    #[arg(long, env = "FLUXGATE_PUBLISH_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub publish_timeout: Duration,
+
+    /// Replicas of the deliveries stream (and the large-body object store).
+    #[arg(long, env = "FLUXGATE_STREAM_REPLICAS", default_value_t = 1)]
+    pub stream_replicas: usize,
+
+    /// How long deliveries are kept.
+    #[arg(long, env = "FLUXGATE_STREAM_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub stream_max_age: Duration,
+
+    /// JetStream's `Nats-Msg-Id` duplicate window.
+    #[arg(long, env = "FLUXGATE_STREAM_DUPLICATE_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub stream_duplicate_window: Duration,
+
+    /// Time in-flight requests get to finish after SIGTERM.
+    #[arg(long, env = "FLUXGATE_SHUTDOWN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// `json` or `text`.
+    #[arg(long, env = "FLUXGATE_LOG_FORMAT", default_value = "json")]
+    pub log_format: LogFormat,
+}

@@ -1,0 +1,83 @@
+//! The one error type of ingest, and the single place where each error becomes an HTTP status,
+//! a JSON body and a metric label.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// Seconds a sender is asked to wait when the event store is unavailable.
+const RETRY_AFTER_SECONDS: &str = "5";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no receiver at this path")]
+    NotFound,
+    #[error("method {0} not allowed: webhooks are sent with POST")]
+    MethodNotAllowed(String),
+    #[error("request body exceeds the limit of {0} bytes")]
+    TooLarge(usize),
+    #[error("request body not received in time")]
+    BodyTimeout,
+    #[error("cannot read request body: {0}")]
+    BodyRead(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("receiver {0} is suspended")]
+    Suspended(String),
+    #[error("receiver type {0} is not served by this version of fluxgate")]
+    UnsupportedType(&'static str),
+    #[error("event store unavailable, retry later: {0}")]
+    Unavailable(String),
+    #[error("cannot load receivers: {0}")]
+    Catalog(#[from] fluxgate_shared::catalog::CatalogError),
+    #[error("cannot listen: {0}")]
+    Listen(#[from] std::io::Error),
+}
+
+impl Error {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::BodyRead(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Suspended(_) | Self::UnsupportedType(_) | Self::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Catalog(_) | Self::Listen(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `outcome` label of `fluxgate_ingest_requests_total`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::TooLarge(_) => "too_large",
+            Self::BodyTimeout | Self::BodyRead(_) | Self::BadRequest(_) => "bad_request",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Suspended(_) | Self::UnsupportedType(_) | Self::Unavailable(_) => "unavailable",
+            Self::Catalog(_) | Self::Listen(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status(),
+            axum::Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response();
+        if matches!(self, Self::Unavailable(_)) {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
+        response
+    }
+}
