@@ -1,6 +1,99 @@
 //! fluxgate-ingest: finds the Flux receiver by its hook path, verifies the webhook as Flux does,
 //! stores it in NATS JetStream and answers 2xx only once the stream acknowledged it.
 
+pub mod admin;
 pub mod config;
+pub mod delivery;
 pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod publish;
+pub mod serve;
 pub mod verify;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use fluxgate_shared::catalog::{self, Catalog, SharedCatalog};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::Config;
+pub use error::Error;
+
+use crate::http::AppState;
+use crate::metrics::Metrics;
+use crate::publish::{Publisher, StreamSettings};
+
+/// Runs ingest on the given listeners until `shutdown` resolves, then drains in-flight requests.
+/// Fails at once if the receivers file is invalid.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let catalog = Catalog::load_file(&config.receivers_file)?;
+    let metrics = Arc::new(Metrics::default());
+    metrics.catalog_loaded(catalog.len());
+    tracing::info!(receivers = catalog.len(), file = %config.receivers_file.display(), "receivers loaded");
+    let catalog = SharedCatalog::new(catalog);
+
+    let settings = StreamSettings {
+        replicas: config.stream_replicas,
+        max_age: config.stream_max_age,
+        duplicate_window: config.stream_duplicate_window,
+    };
+    let publisher = Publisher::connect(&config.nats_url, settings, config.publish_timeout).await?;
+    let provisioning = tokio::spawn(publisher.clone().keep_provisioned());
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let watcher = {
+        let metrics = metrics.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(catalog::watch_file(
+            config.receivers_file.clone(),
+            catalog.clone(),
+            config.reload_interval,
+            move |result| metrics.reload(result.map_err(|_| ())),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ))
+    };
+
+    let state = Arc::new(AppState {
+        catalog,
+        publisher: publisher.clone(),
+        metrics,
+        max_body_bytes: config.max_body_bytes,
+        body_timeout: config.body_timeout,
+    });
+    tracing::info!(listen = %listener.local_addr()?, admin = %admin_listener.local_addr()?, "fluxgate-ingest serving");
+    let admin = tokio::spawn(serve::serve(
+        admin_listener,
+        admin::router(state.clone()),
+        config.header_timeout,
+        config.shutdown_grace,
+        stop_rx.clone(),
+    ));
+    let hooks = serve::serve(
+        listener,
+        http::router(state),
+        config.header_timeout,
+        config.shutdown_grace,
+        stop_rx,
+    );
+
+    let signal = async {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        let _ = stop_tx.send(true);
+    };
+    tokio::join!(hooks, signal);
+    let _ = admin.await;
+    let _ = watcher.await;
+    provisioning.abort();
+    tracing::info!("fluxgate-ingest stopped");
+    Ok(())
+}

@@ -1,1 +1,38 @@
+//! Test and benchmark support for fluxgate: a `nats-server` harness, real-binary process
+//! handles, and signed-webhook helpers. Used by the end-to-end tests and the load tool.
 
+pub mod http;
+pub mod ingest;
+pub mod nats;
+pub mod webhook;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long a harness waits for a process to become ready before failing the test.
+pub const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port on 127.0.0.1")
+}
+
+/// A binary of this workspace, next to the running test or tool (`target/<profile>/`).
+/// `cargo test --workspace` and `cargo nextest run --workspace` build every binary first.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current executable");
+    let mut dir = exe.parent().expect("executable directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the workspace first (cargo build --workspace)",
+        path.display()
+    );
+    path
+}

@@ -1,0 +1,198 @@
+//! Normalisation: turns a verified webhook into the stored delivery message of DESIGN.md -- the
+//! raw body as payload and the metadata as headers, credentials left out.
+
+use async_nats::HeaderMap;
+use axum::http::HeaderMap as RequestHeaders;
+use bytes::Bytes;
+use chrono::{SecondsFormat, Utc};
+use fluxgate_shared::catalog::Receiver;
+use fluxgate_shared::contract::{self, header};
+use sha2::{Digest, Sha256};
+
+use crate::publish::Delivery;
+use crate::verify::Verified;
+
+/// The delivery message for an authentic webhook, and its delivery id.
+pub fn build(
+    receiver: &Receiver,
+    verified: Verified,
+    request: &RequestHeaders,
+    body: Bytes,
+) -> (String, Delivery) {
+    let (delivery_id, id_source) = match verified.delivery_id {
+        Some(id) => (id, contract::DELIVERY_ID_FROM_SENDER),
+        // A fresh id: such a delivery is never deduplicated (two bare triggers reconcile twice).
+        None => (
+            uuid::Uuid::now_v7().to_string(),
+            contract::DELIVERY_ID_GENERATED,
+        ),
+    };
+    let mut headers = HeaderMap::new();
+    for name in contract::KEPT_REQUEST_HEADERS {
+        if let Some(value) = request.get(*name).and_then(|v| v.to_str().ok()) {
+            headers.insert(*name, value);
+        }
+    }
+    headers.insert(header::DELIVERY_ID, delivery_id.as_str());
+    headers.insert(header::DELIVERY_ID_SOURCE, id_source);
+    headers.insert(header::RECEIVER_NAMESPACE, receiver.namespace.as_str());
+    headers.insert(header::RECEIVER_NAME, receiver.name.as_str());
+    headers.insert(header::RECEIVER_TYPE, receiver.kind.as_str());
+    if let Some(event) = &verified.event {
+        headers.insert(header::EVENT, event.as_str());
+    }
+    headers.insert(
+        header::RECEIVED_AT,
+        Utc::now()
+            .to_rfc3339_opts(SecondsFormat::Nanos, true)
+            .as_str(),
+    );
+    if let Some(content_type) = request.get("content-type").and_then(|v| v.to_str().ok()) {
+        headers.insert(header::CONTENT_TYPE, content_type);
+    }
+    headers.insert(
+        header::BODY_SHA256,
+        hex::encode(Sha256::digest(&body)).as_str(),
+    );
+    headers.insert(header::BODY_SIZE, body.len().to_string().as_str());
+    headers.insert(header::TRACEPARENT, traceparent(request).as_str());
+
+    let delivery = Delivery {
+        subject: contract::delivery_subject(&receiver.namespace, &receiver.name),
+        msg_id: contract::delivery_key(&receiver.namespace, &receiver.name, &delivery_id),
+        headers,
+        body,
+    };
+    (delivery_id, delivery)
+}
+
+/// The sender's W3C `traceparent` when it is well formed, else the root of a new trace.
+fn traceparent(request: &RequestHeaders) -> String {
+    let given = request
+        .get(header::TRACEPARENT)
+        .and_then(|v| v.to_str().ok());
+    match given {
+        Some(value) if is_traceparent(value) => value.to_owned(),
+        _ => {
+            let trace_id = uuid::Uuid::new_v4().simple().to_string();
+            let span_id = &uuid::Uuid::new_v4().simple().to_string()[..16];
+            format!("00-{trace_id}-{span_id}-01")
+        }
+    }
+}
+
+/// `00-<32 hex>-<16 hex>-<2 hex>`.
+fn is_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex_of = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    parts.len() == 4
+        && hex_of(parts[0], 2)
+        && hex_of(parts[1], 32)
+        && hex_of(parts[2], 16)
+        && hex_of(parts[3], 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fluxgate_shared::catalog::{ReceiverType, SecretValue};
+
+    fn receiver() -> Receiver {
+        Receiver {
+            namespace: "flux-system".into(),
+            name: "app.github".into(),
+            kind: ReceiverType::Github,
+            events: vec![],
+            resources: vec![],
+            resource_filter: None,
+            suspend: false,
+            token: SecretValue::new("t"),
+            secret_data: Default::default(),
+            hook_path: "/hook/x".into(),
+        }
+    }
+
+    fn request(pairs: &[(&str, &str)]) -> RequestHeaders {
+        let mut map = RequestHeaders::new();
+        for (k, v) in pairs {
+            map.insert(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                v.parse().expect("value"),
+            );
+        }
+        map
+    }
+
+    fn get<'a>(d: &'a Delivery, name: &str) -> Option<&'a str> {
+        d.headers.get(name).map(|v| v.as_str())
+    }
+
+    #[test]
+    fn sender_id_becomes_the_scoped_message_id() {
+        let verified = Verified {
+            event: Some("push".into()),
+            delivery_id: Some("d-1".into()),
+        };
+        let req = request(&[
+            ("content-type", "application/json"),
+            ("x-github-event", "push"),
+            ("authorization", "Bearer secret"),
+            ("x-gitlab-token", "secret"),
+        ]);
+        let (id, d) = build(&receiver(), verified, &req, Bytes::from_static(b"{}"));
+        assert_eq!(id, "d-1");
+        assert_eq!(d.msg_id, "flux-system/app.github/d-1");
+        assert_eq!(d.subject, "fluxgate.deliveries.flux-system.app_github");
+        assert_eq!(get(&d, header::DELIVERY_ID_SOURCE), Some("sender"));
+        assert_eq!(get(&d, header::EVENT), Some("push"));
+        assert_eq!(get(&d, header::RECEIVER_TYPE), Some("github"));
+        assert_eq!(get(&d, "x-github-event"), Some("push"));
+        assert_eq!(
+            get(&d, header::BODY_SHA256),
+            Some(hex::encode(Sha256::digest(b"{}")).as_str())
+        );
+        assert!(get(&d, "authorization").is_none() && get(&d, "x-gitlab-token").is_none());
+        let received = get(&d, header::RECEIVED_AT).expect("received-at");
+        assert!(chrono::DateTime::parse_from_rfc3339(received).is_ok() && received.ends_with('Z'));
+    }
+
+    #[test]
+    fn missing_sender_id_gets_a_fresh_generated_one() {
+        let (a, da) = build(
+            &receiver(),
+            Verified::default(),
+            &request(&[]),
+            Bytes::new(),
+        );
+        let (b, _) = build(
+            &receiver(),
+            Verified::default(),
+            &request(&[]),
+            Bytes::new(),
+        );
+        assert_ne!(a, b);
+        assert_eq!(get(&da, header::DELIVERY_ID_SOURCE), Some("generated"));
+        assert!(get(&da, header::EVENT).is_none());
+    }
+
+    #[test]
+    fn traceparent_is_kept_when_valid_and_made_otherwise() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let (_, kept) = build(
+            &receiver(),
+            Verified::default(),
+            &request(&[("traceparent", tp)]),
+            Bytes::new(),
+        );
+        assert_eq!(get(&kept, header::TRACEPARENT), Some(tp));
+        let (_, made) = build(
+            &receiver(),
+            Verified::default(),
+            &request(&[("traceparent", "junk")]),
+            Bytes::new(),
+        );
+        assert!(is_traceparent(
+            get(&made, header::TRACEPARENT).expect("traceparent")
+        ));
+    }
+}

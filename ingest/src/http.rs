@@ -1,0 +1,201 @@
+//! The webhook endpoint: `POST /hook/<digest>` finds the receiver, reads the body under a size
+//! limit and a deadline, verifies, filters events, stores the delivery and answers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use fluxgate_shared::catalog::{Receiver, SharedCatalog};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::json;
+
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::publish::Publisher;
+use crate::{delivery, verify};
+
+/// Everything a request needs, shared by all of them.
+pub struct AppState {
+    pub catalog: SharedCatalog,
+    pub publisher: Arc<Publisher>,
+    pub metrics: Arc<Metrics>,
+    pub max_body_bytes: usize,
+    pub body_timeout: Duration,
+}
+
+/// The public router: only `POST /hook/<digest>` exists.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/hook/{digest}", post(receive).fallback(method_not_allowed))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Label of requests that matched no receiver.
+const NO_RECEIVER: &str = "none";
+
+enum Accepted {
+    Stored {
+        delivery_id: String,
+        duplicate: bool,
+    },
+    Ignored {
+        event: String,
+    },
+}
+
+async fn receive(
+    State(state): State<Arc<AppState>>,
+    Path(digest): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let catalog = state.catalog.current();
+    let Some(receiver) = catalog.get(&digest) else {
+        return reject(&state, NO_RECEIVER, None, Error::NotFound, started);
+    };
+    match accept(&state, receiver, &headers, body).await {
+        Ok(Accepted::Stored {
+            delivery_id,
+            duplicate,
+        }) => {
+            let outcome = if duplicate { "duplicate" } else { "accepted" };
+            tracing::info!(
+                receiver = %format_args!("{}/{}", receiver.namespace, receiver.name),
+                receiver_type = receiver.kind.as_str(),
+                delivery = %delivery_id,
+                duplicate,
+                "delivery stored"
+            );
+            state
+                .metrics
+                .request(receiver.kind.as_str(), outcome, started.elapsed());
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({ "delivery": delivery_id, "duplicate": duplicate })),
+            )
+                .into_response()
+        }
+        Ok(Accepted::Ignored { event }) => {
+            let reason = format!("event {event:?} is not in the receiver's spec.events");
+            tracing::info!(
+                receiver = %format_args!("{}/{}", receiver.namespace, receiver.name),
+                %reason,
+                "webhook ignored"
+            );
+            state
+                .metrics
+                .request(receiver.kind.as_str(), "ignored", started.elapsed());
+            // 200, not 4xx: GitLab disables a hook that keeps answering 4xx.
+            (
+                StatusCode::OK,
+                Json(json!({ "ignored": true, "reason": reason })),
+            )
+                .into_response()
+        }
+        Err(error) => reject(
+            &state,
+            receiver.kind.as_str(),
+            Some(receiver),
+            error,
+            started,
+        ),
+    }
+}
+
+async fn accept(
+    state: &AppState,
+    receiver: &Receiver,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Accepted, Error> {
+    if receiver.suspend {
+        return Err(Error::Suspended(format!(
+            "{}/{}",
+            receiver.namespace, receiver.name
+        )));
+    }
+    let body = read_body(body, headers, state.max_body_bytes, state.body_timeout).await?;
+    let verified = verify::verify(receiver, headers, &body)?;
+    if let Some(event) = &verified.event
+        && !receiver.allows_event(event)
+    {
+        return Ok(Accepted::Ignored {
+            event: event.clone(),
+        });
+    }
+    let (delivery_id, delivery) = delivery::build(receiver, verified, headers, body);
+    let publishing = Instant::now();
+    let stored = state.publisher.publish(delivery).await?;
+    state.metrics.published(publishing.elapsed());
+    Ok(Accepted::Stored {
+        delivery_id,
+        duplicate: stored.duplicate,
+    })
+}
+
+/// Reads the whole body, refusing it as soon as it exceeds `limit` (by its declared length
+/// before reading, else while reading) and giving up after `timeout` against slow senders.
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, Error> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(Error::TooLarge(limit));
+    }
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(Error::BodyTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(Error::TooLarge(limit))
+        }
+        Ok(Err(error)) => Err(Error::BodyRead(error.to_string())),
+    }
+}
+
+fn reject(
+    state: &AppState,
+    receiver_type: &'static str,
+    receiver: Option<&Receiver>,
+    error: Error,
+    started: Instant,
+) -> Response {
+    let name = receiver.map(|r| format!("{}/{}", r.namespace, r.name));
+    tracing::warn!(receiver = name.as_deref().unwrap_or("-"), receiver_type, outcome = error.outcome(), reason = %error, "webhook rejected");
+    state
+        .metrics
+        .request(receiver_type, error.outcome(), started.elapsed());
+    error.into_response()
+}
+
+async fn method_not_allowed(State(state): State<Arc<AppState>>, method: Method) -> Response {
+    let mut response = reject(
+        &state,
+        NO_RECEIVER,
+        None,
+        Error::MethodNotAllowed(method.to_string()),
+        Instant::now(),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+    response
+}
+
+async fn not_found(State(state): State<Arc<AppState>>) -> Response {
+    reject(&state, NO_RECEIVER, None, Error::NotFound, Instant::now())
+}

@@ -1,0 +1,118 @@
+//! Prometheus metrics of ingest: requests by receiver type and outcome, request and publish
+//! latency, catalog reloads.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub receiver_type: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub result: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Histogram,
+    publish_duration: Histogram,
+    reloads: Family<ReloadLabels, Counter>,
+    receivers: Gauge,
+}
+
+/// 0.25 ms to ~4 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("fluxgate_ingest");
+        let requests = Family::default();
+        registry.register(
+            "requests",
+            "Webhook requests by receiver type and outcome",
+            requests.clone(),
+        );
+        let request_duration = latency_histogram();
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to response",
+            request_duration.clone(),
+        );
+        let publish_duration = latency_histogram();
+        registry.register(
+            "publish_duration_seconds",
+            "Time for JetStream to acknowledge a delivery",
+            publish_duration.clone(),
+        );
+        let reloads = Family::default();
+        registry.register(
+            "catalog_reloads",
+            "Receivers file reloads by result",
+            reloads.clone(),
+        );
+        let receivers = Gauge::default();
+        registry.register("receivers", "Receivers served", receivers.clone());
+        Self {
+            registry,
+            requests,
+            request_duration,
+            publish_duration,
+            reloads,
+            receivers,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn request(&self, receiver_type: &'static str, outcome: &'static str, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                receiver_type,
+                outcome,
+            })
+            .inc();
+        self.request_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn published(&self, elapsed: Duration) {
+        self.publish_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn catalog_loaded(&self, receivers: usize) {
+        self.receivers
+            .set(i64::try_from(receivers).unwrap_or(i64::MAX));
+    }
+
+    pub fn reload(&self, result: Result<usize, ()>) {
+        let label = match result {
+            Ok(receivers) => {
+                self.catalog_loaded(receivers);
+                "ok"
+            }
+            Err(()) => "invalid",
+        };
+        self.reloads
+            .get_or_create(&ReloadLabels { result: label })
+            .inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

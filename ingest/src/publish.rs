@@ -1,0 +1,220 @@
+//! Durable publishing to JetStream: provisions the deliveries stream and the large-body object
+//! store, publishes each delivery with its `Nats-Msg-Id`, and waits for the stream's ack under a
+//! deadline, so that a 2xx always means "stored".
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::object_store::{self, ObjectMetadata};
+use async_nats::jetstream::{self, stream};
+use async_nats::{HeaderMap, connection::State};
+use bytes::Bytes;
+use fluxgate_shared::contract::{self, header};
+use tokio::sync::Notify;
+
+use crate::error::Error;
+
+/// Room left for headers when deciding whether a body fits in one message.
+const HEADER_ALLOWANCE: usize = 16 * 1024;
+/// Largest chunk written to the object store (JetStream's default is 128 KiB).
+const MAX_CHUNK: usize = 128 * 1024;
+
+/// Limits of the deliveries stream (and of the object store holding large bodies).
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    pub replicas: usize,
+    pub max_age: Duration,
+    pub duplicate_window: Duration,
+}
+
+/// A delivery ready to be stored.
+#[derive(Debug)]
+pub struct Delivery {
+    pub subject: String,
+    pub msg_id: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// The stream's acknowledgement of a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub sequence: u64,
+    /// JetStream already held a message with this `Nats-Msg-Id` within its duplicate window.
+    pub duplicate: bool,
+}
+
+pub struct Publisher {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    settings: StreamSettings,
+    publish_timeout: Duration,
+    provisioned: AtomicBool,
+    reprovision: Notify,
+}
+
+impl Publisher {
+    /// Connects to NATS. The connection is retried in the background, so ingest starts (and
+    /// answers 503) even while NATS is down, and recovers by itself when it comes back.
+    pub async fn connect(
+        url: &str,
+        settings: StreamSettings,
+        publish_timeout: Duration,
+    ) -> Result<Arc<Self>, Error> {
+        let client = async_nats::ConnectOptions::new()
+            .name("fluxgate-ingest")
+            .retry_on_initial_connect()
+            .connect(url)
+            .await
+            .map_err(|e| Error::Unavailable(format!("cannot connect to NATS at {url}: {e}")))?;
+        let mut jetstream = jetstream::new(client.clone());
+        jetstream.set_timeout(publish_timeout);
+        Ok(Arc::new(Self {
+            client,
+            jetstream,
+            settings,
+            publish_timeout,
+            provisioned: AtomicBool::new(false),
+            reprovision: Notify::new(),
+        }))
+    }
+
+    /// Connected to NATS and the stream exists: what `/readyz` reports.
+    pub fn is_ready(&self) -> bool {
+        self.provisioned.load(Ordering::Acquire)
+            && self.client.connection_state() == State::Connected
+    }
+
+    /// Keeps the stream and object store provisioned: creates or updates them now (retrying
+    /// until NATS answers), and again whenever a publish finds the stream gone.
+    pub async fn keep_provisioned(self: Arc<Self>) {
+        loop {
+            let mut backoff = Duration::from_millis(100);
+            while let Err(error) = self.provision().await {
+                tracing::warn!(%error, retry_in = ?backoff, "cannot provision the deliveries stream");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            self.provisioned.store(true, Ordering::Release);
+            self.reprovision.notified().await;
+            self.provisioned.store(false, Ordering::Release);
+        }
+    }
+
+    async fn provision(&self) -> Result<(), async_nats::Error> {
+        let config = stream::Config {
+            name: contract::DELIVERIES_STREAM.into(),
+            subjects: vec![format!("{}.>", contract::DELIVERIES_SUBJECT_PREFIX)],
+            storage: stream::StorageType::File,
+            num_replicas: self.settings.replicas,
+            max_age: self.settings.max_age,
+            duplicate_window: self.settings.duplicate_window,
+            // Direct gets let the history CLI read single deliveries without a consumer.
+            allow_direct: true,
+            ..Default::default()
+        };
+        self.jetstream.get_or_create_stream(config.clone()).await?;
+        // Apply changed limits to an existing stream; a change JetStream refuses (storage
+        // type, say) leaves the stream as it is, which still stores deliveries.
+        if let Err(error) = self.jetstream.update_stream(&config).await {
+            tracing::warn!(%error, "cannot update the deliveries stream's configuration");
+        }
+        self.bodies().await?;
+        tracing::info!(
+            stream = contract::DELIVERIES_STREAM,
+            "deliveries stream ready"
+        );
+        Ok(())
+    }
+
+    async fn bodies(&self) -> Result<object_store::ObjectStore, async_nats::Error> {
+        if let Ok(store) = self
+            .jetstream
+            .get_object_store(contract::BODIES_OBJECT_STORE)
+            .await
+        {
+            return Ok(store);
+        }
+        Ok(self
+            .jetstream
+            .create_object_store(object_store::Config {
+                bucket: contract::BODIES_OBJECT_STORE.into(),
+                description: Some("webhook bodies larger than max_payload".into()),
+                max_age: self.settings.max_age,
+                num_replicas: self.settings.replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await?)
+    }
+
+    /// Stores a delivery and waits for the stream's ack, within the publish deadline.
+    pub async fn publish(&self, delivery: Delivery) -> Result<Stored, Error> {
+        if !self.is_ready() {
+            return Err(Error::Unavailable("not connected to NATS JetStream".into()));
+        }
+        tokio::time::timeout(self.publish_timeout, self.store(delivery))
+            .await
+            .map_err(|_| Error::Unavailable("JetStream did not acknowledge in time".into()))?
+    }
+
+    async fn store(&self, mut delivery: Delivery) -> Result<Stored, Error> {
+        let max_payload = self.client.server_info().max_payload;
+        if delivery.body.len() + HEADER_ALLOWANCE > max_payload {
+            let name = self.store_body(&delivery.body, max_payload).await?;
+            delivery.headers.insert(header::BODY_OBJECT, name.as_str());
+            delivery.body = Bytes::new();
+        }
+        let message = jetstream::message::PublishMessage::build()
+            .payload(delivery.body)
+            .headers(delivery.headers)
+            .message_id(delivery.msg_id);
+        let ack = self
+            .jetstream
+            .send_publish(delivery.subject, message)
+            .await
+            .map_err(|e| self.unavailable(e.kind(), e))?
+            .await
+            .map_err(|e| self.unavailable(e.kind(), e))?;
+        Ok(Stored {
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    /// Writes a large body to the object store under its content hash (so a redelivery
+    /// reuses it) and returns the object's name.
+    async fn store_body(&self, body: &Bytes, max_payload: usize) -> Result<String, Error> {
+        let name = format!(
+            "sha256-{}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body))
+        );
+        let store = self
+            .bodies()
+            .await
+            .map_err(|e| Error::Unavailable(format!("object store: {e}")))?;
+        if store.info(&name).await.is_ok() {
+            return Ok(name);
+        }
+        let meta = ObjectMetadata {
+            name: name.clone(),
+            chunk_size: Some(MAX_CHUNK.min(max_payload.saturating_sub(HEADER_ALLOWANCE).max(1024))),
+            ..Default::default()
+        };
+        store
+            .put(meta, &mut body.as_ref())
+            .await
+            .map_err(|e| Error::Unavailable(format!("object store: {e}")))?;
+        Ok(name)
+    }
+
+    fn unavailable(&self, kind: PublishErrorKind, error: impl std::fmt::Display) -> Error {
+        if kind == PublishErrorKind::StreamNotFound {
+            // Someone deleted the stream, or NATS came back with an empty store.
+            self.reprovision.notify_one();
+        }
+        Error::Unavailable(error.to_string())
+    }
+}

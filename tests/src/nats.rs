@@ -1,0 +1,118 @@
+//! Spawns a private `nats-server` with JetStream on a free port and a temporary store, so tests
+//! never share state with the machine's server; it can be killed and restarted in place.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::{STARTUP_DEADLINE, free_port};
+
+/// `FLUXGATE_NATS_SERVER`, else `nats-server` on PATH, else Debian's `/usr/sbin/nats-server`.
+pub fn server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("FLUXGATE_NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join("nats-server"))
+        .find(|candidate| candidate.is_file());
+    on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
+}
+
+pub struct NatsServer {
+    pub port: u16,
+    store: tempfile::TempDir,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// Starts a server with default limits.
+    pub async fn start() -> Self {
+        Self::start_with_config("").await
+    }
+
+    /// Starts a server with extra configuration lines (for example `max_payload: 65536`).
+    pub async fn start_with_config(extra: &str) -> Self {
+        let store = tempfile::tempdir().expect("temporary store");
+        let config = store.path().join("nats.conf");
+        std::fs::write(&config, extra).expect("write nats config");
+        let mut server = Self {
+            port: free_port(),
+            store,
+            config,
+            child: None,
+        };
+        server.spawn().await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new(server_binary())
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path().join("js"))
+            .arg("-c")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", server_binary().display()));
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    /// Waits until the server accepts a client connection.
+    async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + STARTUP_DEADLINE;
+        loop {
+            // nats-server starts JetStream (and recovers its streams) before it listens, so
+            // an accepted connection means JetStream is ready.
+            if async_nats::connect(self.url()).await.is_ok() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nats-server did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILLs the server, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url())
+            .await
+            .expect("connect to test nats-server")
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,47 @@
+//! Signed webhooks and receiver manifests, written the way GitHub and a Flux user write them.
+
+use fluxgate_shared::catalog::hook_digest;
+use hmac::{KeyInit, Mac};
+
+/// GitHub's `X-Hub-Signature-256` value for `body`.
+pub fn github_signature(secret: &str, body: &[u8]) -> String {
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Flux's webhook path of a receiver.
+pub fn hook_path(token: &str, name: &str, namespace: &str) -> String {
+    format!("/hook/{}", hook_digest(token.as_bytes(), name, namespace))
+}
+
+/// A GitHub push body of about `size` bytes.
+pub fn github_push_body(size: usize) -> Vec<u8> {
+    let head = r#"{"ref":"refs/heads/main","repository":{"full_name":"org/app"},"padding":""#;
+    let tail = r#""}"#;
+    let mut body = head.as_bytes().to_vec();
+    body.resize(size.saturating_sub(tail.len()).max(head.len()), b'x');
+    body.extend_from_slice(tail.as_bytes());
+    body
+}
+
+/// A `Secret` manifest with `stringData.token`.
+pub fn secret_manifest(name: &str, namespace: &str, token: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {namespace}\nstringData:\n  token: {token:?}\n"
+    )
+}
+
+/// A `Receiver` manifest targeting one GitRepository; `extra_spec` adds lines under `spec:`.
+pub fn receiver_manifest(
+    name: &str,
+    namespace: &str,
+    kind: &str,
+    secret: &str,
+    extra_spec: &str,
+) -> String {
+    format!(
+        "apiVersion: notification.toolkit.fluxcd.io/v1\nkind: Receiver\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  type: {kind}\n  secretRef:\n    name: {secret}\n  resources:\n    - kind: GitRepository\n      name: app\n{extra_spec}"
+    )
+}

@@ -1,0 +1,530 @@
+//! End-to-end tests of `fluxgate-ingest`: the real binary, a real `nats-server`, real HTTP.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use fluxgate_shared::contract::{self, header};
+use fluxgate_tests::http::{self, Response};
+use fluxgate_tests::ingest::Ingest;
+use fluxgate_tests::nats::NatsServer;
+use fluxgate_tests::webhook::{
+    github_push_body, github_signature, hook_path, receiver_manifest, secret_manifest,
+};
+use fluxgate_tests::workspace_binary;
+use sha2::Digest;
+use tokio::io::AsyncReadExt;
+
+const NS: &str = "flux-system";
+const GH_TOKEN: &str = "gh-secret";
+
+/// A receivers file with one receiver of each kind the tests need.
+fn receivers_yaml() -> String {
+    [
+        secret_manifest("gh-token", NS, GH_TOKEN),
+        receiver_manifest(
+            "gh",
+            NS,
+            "github",
+            "gh-token",
+            "  events: [\"push\", \"ping\"]\n",
+        ),
+        secret_manifest("plain", NS, "plain-token"),
+        receiver_manifest("quay", NS, "quay", "plain", ""),
+        receiver_manifest("paused", NS, "generic", "plain", "  suspend: true\n"),
+        receiver_manifest("trigger", NS, "generic", "plain", ""),
+    ]
+    .join("---\n")
+}
+
+struct Fixture {
+    nats: NatsServer,
+    ingest: Ingest,
+    _dir: tempfile::TempDir,
+    receivers_file: PathBuf,
+}
+
+impl Fixture {
+    async fn start(nats_config: &str, ingest_args: &[&str]) -> Self {
+        let nats = NatsServer::start_with_config(nats_config).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let receivers_file = dir.path().join("receivers.yaml");
+        std::fs::write(&receivers_file, receivers_yaml()).expect("write receivers");
+        let ingest = Ingest::start(&nats.url(), &receivers_file, ingest_args).await;
+        Self {
+            nats,
+            ingest,
+            _dir: dir,
+            receivers_file,
+        }
+    }
+
+    fn url(&self, name: &str, token: &str) -> String {
+        self.ingest.hook_url(&hook_path(token, name, NS))
+    }
+
+    async fn github_push(&self, delivery: &str, body: &[u8]) -> Response {
+        let signature = github_signature(GH_TOKEN, body);
+        http::post(
+            &self.url("gh", GH_TOKEN),
+            &[
+                ("content-type", "application/json"),
+                ("x-github-event", "push"),
+                ("x-github-delivery", delivery),
+                ("x-hub-signature-256", &signature),
+                ("user-agent", "GitHub-Hookshot/test"),
+            ],
+            body.to_vec(),
+        )
+        .await
+        .expect("request")
+    }
+
+    async fn stream(&self) -> jetstream::stream::Stream {
+        jetstream::new(self.nats.client().await)
+            .get_stream(contract::DELIVERIES_STREAM)
+            .await
+            .expect("deliveries stream")
+    }
+
+    async fn stored_count(&self) -> u64 {
+        self.stream()
+            .await
+            .info()
+            .await
+            .expect("stream info")
+            .state
+            .messages
+    }
+
+    async fn metrics(&self) -> String {
+        let response = http::get(&self.ingest.admin_url("/metrics"))
+            .await
+            .expect("metrics");
+        String::from_utf8_lossy(&response.body).into_owned()
+    }
+}
+
+fn stored_header<'a>(
+    message: &'a jetstream::message::StreamMessage,
+    name: &str,
+) -> Option<&'a str> {
+    message.headers.get(name).map(|v| v.as_str())
+}
+
+#[tokio::test]
+async fn signed_github_push_is_stored_byte_exact() {
+    let fx = Fixture::start("", &[]).await;
+    let body = github_push_body(1024);
+    let response = fx.github_push("d-0001", &body).await;
+    assert_eq!(response.status, 202, "{:?}", response.body);
+    assert_eq!(
+        response.json(),
+        serde_json::json!({"delivery": "d-0001", "duplicate": false})
+    );
+
+    let stored = fx
+        .stream()
+        .await
+        .get_last_raw_message_by_subject(&contract::delivery_subject(NS, "gh"))
+        .await
+        .expect("stored delivery");
+    assert_eq!(
+        stored.payload.as_ref(),
+        body.as_slice(),
+        "payload must be the exact body"
+    );
+    let expect = [
+        (header::NATS_MSG_ID, "flux-system/gh/d-0001"),
+        (header::DELIVERY_ID, "d-0001"),
+        (header::DELIVERY_ID_SOURCE, "sender"),
+        (header::RECEIVER_NAMESPACE, NS),
+        (header::RECEIVER_NAME, "gh"),
+        (header::RECEIVER_TYPE, "github"),
+        (header::EVENT, "push"),
+        (header::CONTENT_TYPE, "application/json"),
+        ("user-agent", "GitHub-Hookshot/test"),
+    ];
+    for (name, value) in expect {
+        assert_eq!(stored_header(&stored, name), Some(value), "header {name}");
+    }
+    let sha = hex::encode(sha2::Sha256::digest(&body));
+    assert_eq!(
+        stored_header(&stored, header::BODY_SHA256),
+        Some(sha.as_str())
+    );
+    assert!(stored_header(&stored, header::RECEIVED_AT).is_some_and(|t| t.ends_with('Z')));
+    assert!(stored_header(&stored, header::TRACEPARENT).is_some_and(|t| t.starts_with("00-")));
+}
+
+#[tokio::test]
+async fn redelivery_is_stored_once() {
+    let fx = Fixture::start("", &[]).await;
+    let body = github_push_body(512);
+    let first = fx.github_push("same-guid", &body).await;
+    let second = fx.github_push("same-guid", &body).await;
+    assert_eq!((first.status, second.status), (202, 202));
+    assert_eq!(first.json()["duplicate"], false);
+    assert_eq!(second.json()["duplicate"], true);
+    assert_eq!(fx.stored_count().await, 1);
+    assert!(fx.metrics().await.contains(
+        r#"fluxgate_ingest_requests_total{receiver_type="github",outcome="duplicate"} 1"#
+    ));
+}
+
+#[tokio::test]
+async fn generic_triggers_without_sender_id_are_each_stored() {
+    let fx = Fixture::start("", &[]).await;
+    let url = fx.url("trigger", "plain-token");
+    let a = http::post(&url, &[], "").await.expect("request");
+    let b = http::post(&url, &[], "").await.expect("request");
+    assert_eq!((a.status, b.status), (202, 202));
+    assert_ne!(a.json()["delivery"], b.json()["delivery"]);
+    assert_eq!(fx.stored_count().await, 2);
+}
+
+#[tokio::test]
+async fn every_rejection_says_why_is_counted_and_stores_nothing() {
+    let fx = Fixture::start("", &["--max-body-bytes", "2048"]).await;
+    let gh = fx.url("gh", GH_TOKEN);
+    let body = github_push_body(256);
+    let good_sig = github_signature(GH_TOKEN, &body);
+    let wrong_sig = github_signature("not-the-secret", &body);
+    let big = github_push_body(4096);
+    let big_sig = github_signature(GH_TOKEN, &big);
+    let json = ("content-type", "application/json");
+
+    let cases: Vec<(&str, Response, u16)> = vec![
+        (
+            "unknown hook",
+            http::post(&fx.ingest.hook_url("/hook/0000"), &[], "")
+                .await
+                .expect("req"),
+            404,
+        ),
+        (
+            "other path",
+            http::post(&fx.ingest.hook_url("/elsewhere"), &[], "")
+                .await
+                .expect("req"),
+            404,
+        ),
+        ("GET", http::get(&gh).await.expect("req"), 405),
+        (
+            "over the limit",
+            http::post(
+                &gh,
+                &[
+                    json,
+                    ("x-github-event", "push"),
+                    ("x-hub-signature-256", &big_sig),
+                ],
+                big.clone(),
+            )
+            .await
+            .expect("req"),
+            413,
+        ),
+        (
+            "wrong signature",
+            http::post(
+                &gh,
+                &[
+                    json,
+                    ("x-github-event", "push"),
+                    ("x-hub-signature-256", &wrong_sig),
+                ],
+                body.clone(),
+            )
+            .await
+            .expect("req"),
+            401,
+        ),
+        (
+            "missing signature",
+            http::post(&gh, &[json, ("x-github-event", "push")], body.clone())
+                .await
+                .expect("req"),
+            401,
+        ),
+        (
+            "malformed quay body",
+            http::post(&fx.url("quay", "plain-token"), &[json], "{not json")
+                .await
+                .expect("req"),
+            400,
+        ),
+        (
+            "suspended",
+            http::post(&fx.url("paused", "plain-token"), &[], "")
+                .await
+                .expect("req"),
+            503,
+        ),
+    ];
+    for (case, response, status) in &cases {
+        assert_eq!(response.status, *status, "{case}: {:?}", response.body);
+        let reason = response.json()["error"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_default();
+        assert!(!reason.is_empty(), "{case}: the body must say why");
+        assert!(
+            !reason.contains(GH_TOKEN),
+            "{case}: the reason leaks the secret"
+        );
+    }
+    assert_eq!(cases[2].1.header("allow"), Some("POST"));
+
+    let ignored = http::post(
+        &gh,
+        &[
+            json,
+            ("x-github-event", "release"),
+            ("x-hub-signature-256", &good_sig),
+        ],
+        body.clone(),
+    )
+    .await
+    .expect("req");
+    assert_eq!(ignored.status, 200);
+    assert_eq!(ignored.json()["ignored"], true);
+    assert!(
+        ignored.json()["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("release"))
+    );
+
+    assert_eq!(
+        fx.stored_count().await,
+        0,
+        "no rejected or ignored webhook may be stored"
+    );
+    let metrics = fx.metrics().await;
+    for (labels, count) in [
+        (r#"receiver_type="none",outcome="not_found""#, 2),
+        (r#"receiver_type="none",outcome="method_not_allowed""#, 1),
+        (r#"receiver_type="github",outcome="too_large""#, 1),
+        (r#"receiver_type="github",outcome="unauthorized""#, 2),
+        (r#"receiver_type="quay",outcome="bad_request""#, 1),
+        (r#"receiver_type="generic",outcome="unavailable""#, 1),
+        (r#"receiver_type="github",outcome="ignored""#, 1),
+    ] {
+        let line = format!("fluxgate_ingest_requests_total{{{labels}}} {count}");
+        assert!(metrics.contains(&line), "missing {line} in\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn nats_outage_answers_503_then_recovers_by_itself() {
+    let mut fx = Fixture::start("", &["--publish-timeout", "2s"]).await;
+    let body = github_push_body(256);
+    assert_eq!(fx.github_push("before", &body).await.status, 202);
+
+    fx.nats.kill();
+    let during = fx.github_push("during", &body).await;
+    assert_eq!(during.status, 503, "{:?}", during.body);
+    assert!(
+        during.header("retry-after").is_some(),
+        "503 must carry Retry-After"
+    );
+    assert!(
+        during.json()["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty())
+    );
+    let readyz = http::get(&fx.ingest.admin_url("/readyz"))
+        .await
+        .expect("readyz");
+    assert_eq!(readyz.status, 503);
+
+    fx.nats.restart().await;
+    fx.ingest.wait_ready().await;
+    let after = fx.github_push("after", &body).await;
+    assert_eq!(after.status, 202, "{:?}", after.body);
+    let subject_messages = fx.stored_count().await;
+    assert!(
+        subject_messages >= 2,
+        "before and after must both be stored"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_are_stored_exactly_once_each() {
+    let fx = Fixture::start("", &[]).await;
+    let body = github_push_body(1024);
+    // 200 deliveries, each sent twice at the same time, as a retrying sender might.
+    let requests = (0..400).map(|i| {
+        let fx = &fx;
+        let body = &body;
+        async move { fx.github_push(&format!("burst-{}", i % 200), body).await }
+    });
+    let responses = futures::future::join_all(requests).await;
+    assert!(
+        responses.iter().all(|r| r.status == 202),
+        "every request must be accepted"
+    );
+    let fresh = responses
+        .iter()
+        .filter(|r| r.json()["duplicate"] == false)
+        .count();
+    assert_eq!(fresh, 200, "exactly one of each pair is new");
+
+    let stream = fx.stream().await;
+    assert_eq!(fx.stored_count().await, 200);
+    let mut ids = HashSet::new();
+    for seq in 1..=200 {
+        let message = stream.get_raw_message(seq).await.expect("stored message");
+        ids.insert(
+            stored_header(&message, header::DELIVERY_ID)
+                .expect("delivery id")
+                .to_owned(),
+        );
+    }
+    assert_eq!(ids.len(), 200, "each delivery is stored once");
+}
+
+#[tokio::test]
+async fn body_above_max_payload_is_stored_intact_in_the_object_store() {
+    let fx = Fixture::start("max_payload: 65536\n", &[]).await;
+    let body = github_push_body(300 * 1024);
+    let response = fx.github_push("large-1", &body).await;
+    assert_eq!(response.status, 202, "{:?}", response.body);
+
+    let stored = fx
+        .stream()
+        .await
+        .get_last_raw_message_by_subject(&contract::delivery_subject(NS, "gh"))
+        .await
+        .expect("stored delivery");
+    assert!(stored.payload.is_empty(), "the body must not be inline");
+    let object = stored_header(&stored, header::BODY_OBJECT).expect("object reference");
+    assert_eq!(
+        stored_header(&stored, header::BODY_SIZE),
+        Some(body.len().to_string().as_str())
+    );
+    let store = jetstream::new(fx.nats.client().await)
+        .get_object_store(contract::BODIES_OBJECT_STORE)
+        .await
+        .expect("object store");
+    let mut read_back = Vec::new();
+    store
+        .get(object)
+        .await
+        .expect("object")
+        .read_to_end(&mut read_back)
+        .await
+        .expect("read object");
+    assert_eq!(read_back, body, "the stored body must be byte-exact");
+}
+
+#[tokio::test]
+async fn receivers_file_is_reloaded_and_a_bad_version_keeps_the_old_catalog() {
+    let fx = Fixture::start("", &[]).await;
+    let added_url = fx.url("added", "plain-token");
+    assert_eq!(
+        http::post(&added_url, &[], "").await.expect("req").status,
+        404
+    );
+
+    let extended = format!(
+        "{}---\n{}",
+        receivers_yaml(),
+        receiver_manifest("added", NS, "generic", "plain", "")
+    );
+    std::fs::write(&fx.receivers_file, extended).expect("rewrite");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while http::post(&added_url, &[], "").await.expect("req").status != 202 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new receiver was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    std::fs::write(&fx.receivers_file, "kind: [broken").expect("rewrite");
+    let invalid = r#"fluxgate_ingest_catalog_reloads_total{result="invalid"} 1"#;
+    while !fx.metrics().await.contains(invalid) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bad file was never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        http::post(&added_url, &[], "").await.expect("req").status,
+        202,
+        "old catalog kept"
+    );
+}
+
+#[test]
+fn invalid_receivers_file_fails_at_startup_naming_document_and_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("receivers.yaml");
+    std::fs::write(
+        &file,
+        receivers_yaml().replace("type: quay", "type: quay.io"),
+    )
+    .expect("write");
+    let output = std::process::Command::new(workspace_binary("fluxgate-ingest"))
+        .arg("--receivers-file")
+        .arg(&file)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--nats-url",
+            "nats://127.0.0.1:1",
+        ])
+        .output()
+        .expect("run fluxgate-ingest");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("document 4 (Receiver flux-system/quay): spec.type"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_requests_then_exits() {
+    let mut fx = Fixture::start("", &[]).await;
+    let body = github_push_body(1024);
+    let signature = github_signature(GH_TOKEN, &body);
+    let path = hook_path(GH_TOKEN, "gh", NS);
+    let port = fx.ingest.port;
+
+    // Send the headers and half the body, then ask ingest to stop.
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\nx-github-event: push\r\nx-github-delivery: in-flight\r\nx-hub-signature-256: {signature}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).expect("write head");
+    conn.write_all(&body[..512]).expect("write half");
+    let pid = fx.ingest.pid();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+
+    // Once the listener refuses new connections, shutdown has begun; then finish the request.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ingest kept accepting after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    conn.write_all(&body[512..]).expect("write rest");
+    let mut response = String::new();
+    conn.read_to_string(&mut response).expect("read response");
+    assert!(response.starts_with("HTTP/1.1 202"), "{response}");
+    assert!(fx.ingest.terminate(), "ingest must exit successfully");
+    assert_eq!(fx.stored_count().await, 1);
+}
