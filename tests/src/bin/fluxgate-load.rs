@@ -1,0 +1,187 @@
+//! `fluxgate-load`: the ingest benchmark. Starts a private nats-server and the release
+//! `fluxgate-ingest`, sends N signed GitHub webhooks over C keep-alive connections, and prints
+//! throughput, latency percentiles and ingest's memory, next to the raw async-nats JetStream
+//! publish rate against the same server at the same concurrency.
+//!
+//! Run with `cargo run --release -p fluxgate-tests --bin fluxgate-load -- --requests 50000`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use bytes::Bytes;
+use clap::Parser;
+use fluxgate_shared::contract::{self, header};
+use fluxgate_tests::ingest::Ingest;
+use fluxgate_tests::nats::NatsServer;
+use fluxgate_tests::webhook::{github_push_body, github_signature, hook_path, receiver_manifest, secret_manifest};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+#[derive(Parser)]
+struct Args {
+    /// Webhooks to send (and raw messages to publish).
+    #[arg(long, default_value_t = 50_000)]
+    requests: usize,
+    /// Concurrent keep-alive connections (and concurrent raw publishers).
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Size of each webhook body.
+    #[arg(long, default_value_t = 1024)]
+    body_bytes: usize,
+}
+
+const TOKEN: &str = "load-secret";
+
+struct Phase {
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&mut self, p: f64) -> Duration {
+        self.latencies.sort_unstable();
+        let index = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies.get(index).copied().unwrap_or_default()
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(args.connections > 0 && args.requests >= args.connections, "need requests >= connections > 0");
+    let nats = NatsServer::start().await;
+    let dir = tempfile::tempdir()?;
+    let receivers = dir.path().join("receivers.yaml");
+    let manifests = [
+        secret_manifest("token", "bench", TOKEN),
+        receiver_manifest("github", "bench", "github", "token", ""),
+    ];
+    std::fs::write(&receivers, manifests.join("---\n"))?;
+    let ingest = Ingest::start(&nats.url(), &receivers, &[]).await;
+    let url = ingest.hook_url(&hook_path(TOKEN, "github", "bench"));
+    let body = Bytes::from(github_push_body(args.body_bytes));
+
+    // Warm up connections, the stream and the allocator before measuring.
+    send_webhooks(ingest.port, &url, &body, args.connections, args.connections * 10, "warm").await?;
+    let mut ingest_phase = send_webhooks(ingest.port, &url, &body, args.connections, args.requests, "load").await?;
+    let (rss, peak) = memory_kib(ingest.pid())?;
+    let mut raw_phase = publish_raw(&nats.url(), &body, args.connections, args.requests).await?;
+
+    let ratio = ingest_phase.rate() / raw_phase.rate();
+    println!("fluxgate-load: {} requests of {} bytes over {} connections, nats-server on 127.0.0.1", args.requests, args.body_bytes, args.connections);
+    println!("{:<28} {:>12} {:>10} {:>10}", "", "msgs/s", "p50 ms", "p99 ms");
+    for (name, phase) in [("ingest (HTTP -> JetStream)", &mut ingest_phase), ("raw JetStream publish", &mut raw_phase)] {
+        let (p50, p99) = (phase.percentile(0.50), phase.percentile(0.99));
+        println!(
+            "{name:<28} {:>12.0} {:>10.2} {:>10.2}",
+            phase.rate(),
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3
+        );
+    }
+    println!("ingest / raw throughput: {:.0}%", ratio * 100.0);
+    println!("ingest RSS after the run: {:.1} MiB (peak {:.1} MiB)", rss as f64 / 1024.0, peak as f64 / 1024.0);
+    Ok(())
+}
+
+/// Sends `total` signed webhooks over `connections` keep-alive HTTP/1.1 connections.
+async fn send_webhooks(port: u16, url: &str, body: &Bytes, connections: usize, total: usize, tag: &str) -> anyhow::Result<Phase> {
+    let signature = github_signature(TOKEN, body);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for connection in 0..connections {
+        let share = total / connections + usize::from(connection < total % connections);
+        let (url, body, signature, tag) = (url.to_owned(), body.clone(), signature.clone(), tag.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            stream.set_nodelay(true)?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            let mut latencies = Vec::with_capacity(share);
+            for i in 0..share {
+                let request = hyper::Request::post(&url)
+                    .header("host", "fluxgate")
+                    .header("content-type", "application/json")
+                    .header("x-github-event", "push")
+                    .header("x-github-delivery", format!("{tag}-{connection}-{i}"))
+                    .header("x-hub-signature-256", &signature)
+                    .body(Full::new(body.clone()))?;
+                let sent = Instant::now();
+                let response = sender.send_request(request).await?;
+                let status = response.status();
+                response.into_body().collect().await?;
+                latencies.push(sent.elapsed());
+                anyhow::ensure!(status == 202, "ingest answered {status}");
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    collect(tasks, started).await
+}
+
+/// Publishes `total` messages like ingest's (same body, headers and `Nats-Msg-Id`) straight
+/// to the deliveries stream, `concurrency` publishers each awaiting its ack.
+async fn publish_raw(nats_url: &str, body: &Bytes, concurrency: usize, total: usize) -> anyhow::Result<Phase> {
+    let jetstream = jetstream::new(async_nats::connect(nats_url).await?);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for publisher in 0..concurrency {
+        let share = total / concurrency + usize::from(publisher < total % concurrency);
+        let (jetstream, body) = (jetstream.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(share);
+            for i in 0..share {
+                let mut headers = async_nats::HeaderMap::new();
+                for (name, value) in [
+                    (header::DELIVERY_ID, "raw"),
+                    (header::RECEIVER_NAMESPACE, "bench"),
+                    (header::RECEIVER_NAME, "raw"),
+                    (header::RECEIVER_TYPE, "github"),
+                    (header::EVENT, "push"),
+                    (header::CONTENT_TYPE, "application/json"),
+                ] {
+                    headers.insert(name, value);
+                }
+                let message = jetstream::message::PublishMessage::build()
+                    .payload(body.clone())
+                    .headers(headers)
+                    .message_id(format!("bench/raw/{publisher}-{i}"));
+                let sent = Instant::now();
+                jetstream.send_publish(contract::delivery_subject("bench", "raw"), message).await?.await?;
+                latencies.push(sent.elapsed());
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    collect(tasks, started).await
+}
+
+async fn collect(tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Vec<Duration>>>>, started: Instant) -> anyhow::Result<Phase> {
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    Ok(Phase {
+        elapsed: started.elapsed(),
+        latencies,
+    })
+}
+
+/// Current and peak resident memory of a process, in KiB.
+fn memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("read /proc status")?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("VmRSS:"), field("VmHWM:")))
+}
