@@ -5,6 +5,11 @@ use clap::Parser as _;
 use fluxgate_ingest::Config;
 use tokio::net::TcpListener;
 
+// glibc's malloc serialises the many small allocations of concurrent requests on arena locks;
+// mimalloc's per-thread heaps do not (measured with fluxgate-load: see the README).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();

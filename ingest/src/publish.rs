@@ -161,7 +161,7 @@ impl Publisher {
     }
 
     async fn store(&self, mut delivery: Delivery) -> Result<Stored, Error> {
-        let max_payload = self.client.server_info().max_payload;
+        let max_payload = self.client.max_payload();
         if delivery.body.len() + HEADER_ALLOWANCE > max_payload {
             let name = self.store_body(&delivery.body, max_payload).await?;
             delivery.headers.insert(header::BODY_OBJECT, name.as_str());

@@ -11,10 +11,12 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use bytes::Bytes;
 use clap::Parser;
-use fluxgate_shared::contract::{self, header};
+use fluxgate_shared::contract;
 use fluxgate_tests::ingest::Ingest;
 use fluxgate_tests::nats::NatsServer;
-use fluxgate_tests::webhook::{github_push_body, github_signature, hook_path, receiver_manifest, secret_manifest};
+use fluxgate_tests::webhook::{
+    github_push_body, github_signature, hook_path, receiver_manifest, secret_manifest,
+};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
@@ -53,7 +55,10 @@ impl Phase {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::ensure!(args.connections > 0 && args.requests >= args.connections, "need requests >= connections > 0");
+    anyhow::ensure!(
+        args.connections > 0 && args.requests >= args.connections,
+        "need requests >= connections > 0"
+    );
     let nats = NatsServer::start().await;
     let dir = tempfile::tempdir()?;
     let receivers = dir.path().join("receivers.yaml");
@@ -67,15 +72,59 @@ async fn main() -> anyhow::Result<()> {
     let body = Bytes::from(github_push_body(args.body_bytes));
 
     // Warm up connections, the stream and the allocator before measuring.
-    send_webhooks(ingest.port, &url, &body, args.connections, args.connections * 10, "warm").await?;
-    let mut ingest_phase = send_webhooks(ingest.port, &url, &body, args.connections, args.requests, "load").await?;
+    send_webhooks(
+        ingest.port,
+        &url,
+        &body,
+        args.connections,
+        args.connections * 10,
+        "warm",
+    )
+    .await?;
+    let nats_pid = nats.pid().context("nats-server is not running")?;
+    let pids = [ingest.pid(), nats_pid, std::process::id()];
+    let before = pids.map(cpu_seconds);
+    let mut ingest_phase = send_webhooks(
+        ingest.port,
+        &url,
+        &body,
+        args.connections,
+        args.requests,
+        "load",
+    )
+    .await?;
+    let during_ingest = cpu_delta(pids, before);
     let (rss, peak) = memory_kib(ingest.pid())?;
-    let mut raw_phase = publish_raw(&nats.url(), &body, args.connections, args.requests).await?;
+    // The raw publishers send exactly what ingest stored: the same body and the same headers.
+    let stored = jetstream::new(nats.client().await)
+        .get_stream(contract::DELIVERIES_STREAM)
+        .await?
+        .get_last_raw_message_by_subject(&contract::delivery_subject("bench", "github"))
+        .await?;
+    let before = pids.map(cpu_seconds);
+    let mut raw_phase = publish_raw(
+        &nats.url(),
+        &stored.headers,
+        &body,
+        args.connections,
+        args.requests,
+    )
+    .await?;
+    let during_raw = cpu_delta(pids, before);
 
     let ratio = ingest_phase.rate() / raw_phase.rate();
-    println!("fluxgate-load: {} requests of {} bytes over {} connections, nats-server on 127.0.0.1", args.requests, args.body_bytes, args.connections);
-    println!("{:<28} {:>12} {:>10} {:>10}", "", "msgs/s", "p50 ms", "p99 ms");
-    for (name, phase) in [("ingest (HTTP -> JetStream)", &mut ingest_phase), ("raw JetStream publish", &mut raw_phase)] {
+    println!(
+        "fluxgate-load: {} requests of {} bytes over {} connections, nats-server on 127.0.0.1",
+        args.requests, args.body_bytes, args.connections
+    );
+    println!(
+        "{:<28} {:>12} {:>10} {:>10}",
+        "", "msgs/s", "p50 ms", "p99 ms"
+    );
+    for (name, phase) in [
+        ("ingest (HTTP -> JetStream)", &mut ingest_phase),
+        ("raw JetStream publish", &mut raw_phase),
+    ] {
         let (p50, p99) = (phase.percentile(0.50), phase.percentile(0.99));
         println!(
             "{name:<28} {:>12.0} {:>10.2} {:>10.2}",
@@ -85,22 +134,42 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!("ingest / raw throughput: {:.0}%", ratio * 100.0);
-    println!("ingest RSS after the run: {:.1} MiB (peak {:.1} MiB)", rss as f64 / 1024.0, peak as f64 / 1024.0);
+    println!(
+        "CPU seconds (ingest, nats-server, load tool): ingest phase {during_ingest:.2?}, raw phase {during_raw:.2?}"
+    );
+    println!(
+        "ingest RSS after the run: {:.1} MiB (peak {:.1} MiB)",
+        rss as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
     Ok(())
 }
 
 /// Sends `total` signed webhooks over `connections` keep-alive HTTP/1.1 connections.
-async fn send_webhooks(port: u16, url: &str, body: &Bytes, connections: usize, total: usize, tag: &str) -> anyhow::Result<Phase> {
+async fn send_webhooks(
+    port: u16,
+    url: &str,
+    body: &Bytes,
+    connections: usize,
+    total: usize,
+    tag: &str,
+) -> anyhow::Result<Phase> {
     let signature = github_signature(TOKEN, body);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for connection in 0..connections {
         let share = total / connections + usize::from(connection < total % connections);
-        let (url, body, signature, tag) = (url.to_owned(), body.clone(), signature.clone(), tag.to_owned());
+        let (url, body, signature, tag) = (
+            url.to_owned(),
+            body.clone(),
+            signature.clone(),
+            tag.to_owned(),
+        );
         tasks.push(tokio::spawn(async move {
             let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
             stream.set_nodelay(true)?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
             tokio::spawn(conn);
             let mut latencies = Vec::with_capacity(share);
             for i in 0..share {
@@ -124,35 +193,33 @@ async fn send_webhooks(port: u16, url: &str, body: &Bytes, connections: usize, t
     collect(tasks, started).await
 }
 
-/// Publishes `total` messages like ingest's (same body, headers and `Nats-Msg-Id`) straight
-/// to the deliveries stream, `concurrency` publishers each awaiting its ack.
-async fn publish_raw(nats_url: &str, body: &Bytes, concurrency: usize, total: usize) -> anyhow::Result<Phase> {
+/// Publishes `total` copies of a stored delivery (its headers, a fresh `Nats-Msg-Id` each)
+/// straight to the deliveries stream, `concurrency` publishers each awaiting its ack.
+async fn publish_raw(
+    nats_url: &str,
+    headers: &async_nats::HeaderMap,
+    body: &Bytes,
+    concurrency: usize,
+    total: usize,
+) -> anyhow::Result<Phase> {
     let jetstream = jetstream::new(async_nats::connect(nats_url).await?);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for publisher in 0..concurrency {
         let share = total / concurrency + usize::from(publisher < total % concurrency);
-        let (jetstream, body) = (jetstream.clone(), body.clone());
+        let (jetstream, body, headers) = (jetstream.clone(), body.clone(), headers.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(share);
             for i in 0..share {
-                let mut headers = async_nats::HeaderMap::new();
-                for (name, value) in [
-                    (header::DELIVERY_ID, "raw"),
-                    (header::RECEIVER_NAMESPACE, "bench"),
-                    (header::RECEIVER_NAME, "raw"),
-                    (header::RECEIVER_TYPE, "github"),
-                    (header::EVENT, "push"),
-                    (header::CONTENT_TYPE, "application/json"),
-                ] {
-                    headers.insert(name, value);
-                }
                 let message = jetstream::message::PublishMessage::build()
                     .payload(body.clone())
-                    .headers(headers)
+                    .headers(headers.clone())
                     .message_id(format!("bench/raw/{publisher}-{i}"));
                 let sent = Instant::now();
-                jetstream.send_publish(contract::delivery_subject("bench", "raw"), message).await?.await?;
+                jetstream
+                    .send_publish(contract::delivery_subject("bench", "raw"), message)
+                    .await?
+                    .await?;
                 latencies.push(sent.elapsed());
             }
             anyhow::Ok(latencies)
@@ -161,7 +228,10 @@ async fn publish_raw(nats_url: &str, body: &Bytes, concurrency: usize, total: us
     collect(tasks, started).await
 }
 
-async fn collect(tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Vec<Duration>>>>, started: Instant) -> anyhow::Result<Phase> {
+async fn collect(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Vec<Duration>>>>,
+    started: Instant,
+) -> anyhow::Result<Phase> {
     let mut latencies = Vec::new();
     for task in tasks {
         latencies.extend(task.await??);
@@ -174,7 +244,8 @@ async fn collect(tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Vec<Duration>
 
 /// Current and peak resident memory of a process, in KiB.
 fn memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("read /proc status")?;
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).context("read /proc status")?;
     let field = |name: &str| {
         status
             .lines()
@@ -184,4 +255,29 @@ fn memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
             .unwrap_or(0)
     };
     Ok((field("VmRSS:"), field("VmHWM:")))
+}
+
+/// User plus system CPU time of a process so far, in seconds (Linux reports clock ticks of 1/100 s).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn cpu_delta(pids: [u32; 3], before: [f64; 3]) -> [f64; 3] {
+    let mut delta = [0.0; 3];
+    for (i, pid) in pids.iter().enumerate() {
+        delta[i] = ((cpu_seconds(*pid) - before[i]) * 100.0).round() / 100.0;
+    }
+    delta
 }

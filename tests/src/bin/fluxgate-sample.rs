@@ -8,7 +8,9 @@ use fluxgate_shared::contract;
 use fluxgate_tests::{http, webhook};
 
 #[derive(Parser)]
-#[command(about = "Send a signed sample webhook to fluxgate-ingest, or show the last stored delivery")]
+#[command(
+    about = "Send a signed sample webhook to fluxgate-ingest, or show the last stored delivery"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -47,7 +49,12 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Send { url, secret, delivery, event } => {
+        Command::Send {
+            url,
+            secret,
+            delivery,
+            event,
+        } => {
             let body = webhook::github_push_body(1024);
             let signature = webhook::github_signature(&secret, &body);
             let delivery = delivery.unwrap_or_else(|| format!("sample-{}", std::process::id()));
@@ -64,26 +71,48 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
             .map_err(|e| anyhow::anyhow!("cannot POST to {url}: {e}"))?;
-            println!("HTTP {} {}", response.status, String::from_utf8_lossy(&response.body));
+            println!(
+                "HTTP {} {}",
+                response.status,
+                String::from_utf8_lossy(&response.body)
+            );
             anyhow::ensure!(response.status < 300, "webhook was not accepted");
         }
         Command::Wait { url, seconds } => {
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
             while !http::get(&url).await.is_ok_and(|r| r.status == 200) {
-                anyhow::ensure!(tokio::time::Instant::now() < deadline, "{url} not ready after {seconds}s");
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "{url} not ready after {seconds}s"
+                );
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
         Command::Show { nats_url } => {
-            let client = async_nats::connect(&nats_url).await.with_context(|| format!("connect to {nats_url}"))?;
+            let client = async_nats::connect(&nats_url)
+                .await
+                .with_context(|| format!("connect to {nats_url}"))?;
             let mut stream = jetstream::new(client)
                 .get_stream(contract::DELIVERIES_STREAM)
                 .await
                 .context("the deliveries stream does not exist yet")?;
-            let last = stream.info().await.context("stream info")?.state.last_sequence;
+            let last = stream
+                .info()
+                .await
+                .context("stream info")?
+                .state
+                .last_sequence;
             anyhow::ensure!(last > 0, "no delivery stored yet");
-            let message = stream.get_raw_message(last).await.context("read the last delivery")?;
-            println!("{} #{} on {}", contract::DELIVERIES_STREAM, message.sequence, message.subject);
+            let message = stream
+                .get_raw_message(last)
+                .await
+                .context("read the last delivery")?;
+            println!(
+                "{} #{} on {}",
+                contract::DELIVERIES_STREAM,
+                message.sequence,
+                message.subject
+            );
             for (name, values) in message.headers.iter() {
                 for value in values {
                     println!("  {name}: {value}");
