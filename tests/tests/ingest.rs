@@ -528,3 +528,52 @@ async fn sigterm_finishes_in_flight_requests_then_exits() {
     assert!(fx.ingest.terminate(), "ingest must exit successfully");
     assert_eq!(fx.stored_count().await, 1);
 }
+
+#[tokio::test]
+async fn slow_clients_are_cut_off() {
+    let fx = Fixture::start(
+        "",
+        &["--header-timeout", "300ms", "--body-timeout", "300ms"],
+    )
+    .await;
+    let path = hook_path(GH_TOKEN, "gh", NS);
+
+    // Headers never finished: the connection is closed without a response.
+    let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", fx.ingest.port))
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stalled,
+        format!("POST {path} HTTP/1.1\r\nhost: x\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut received = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(20), stalled.read_to_end(&mut received)).await;
+    assert!(
+        read.is_ok(),
+        "a client that never finishes its headers must be disconnected"
+    );
+    assert!(!String::from_utf8_lossy(&received).contains("202"));
+
+    // Body never finished: 408 with a reason.
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", fx.ingest.port))
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut slow, head.as_bytes())
+        .await
+        .expect("write");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), slow.read_to_end(&mut response))
+        .await
+        .expect("ingest must answer a stalled body")
+        .expect("read");
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains("not received in time"), "{response}");
+    assert_eq!(fx.stored_count().await, 0);
+}
