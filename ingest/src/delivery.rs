@@ -28,34 +28,30 @@ pub fn build(
         ),
     };
     let mut headers = HeaderMap::new();
-    for name in contract::KEPT_REQUEST_HEADERS {
-        if let Some(value) = request.get(*name).and_then(|v| v.to_str().ok()) {
-            headers.insert(*name, value);
+    // Walk the request's few headers rather than look up every kept name: this is the hot path.
+    for (name, value) in request {
+        if contract::is_kept_request_header(name.as_str())
+            && let Ok(value) = value.to_str()
+        {
+            headers.insert(name.as_str(), value);
         }
     }
-    headers.insert(header::DELIVERY_ID, delivery_id.as_str());
-    headers.insert(header::DELIVERY_ID_SOURCE, id_source);
-    headers.insert(header::RECEIVER_NAMESPACE, receiver.namespace.as_str());
-    headers.insert(header::RECEIVER_NAME, receiver.name.as_str());
-    headers.insert(header::RECEIVER_TYPE, receiver.kind.as_str());
+    headers.insert(names::DELIVERY_ID, delivery_id.as_str());
+    headers.insert(names::DELIVERY_ID_SOURCE, id_source);
+    headers.insert(names::RECEIVER_NAMESPACE, receiver.namespace.as_str());
+    headers.insert(names::RECEIVER_NAME, receiver.name.as_str());
+    headers.insert(names::RECEIVER_TYPE, receiver.kind.as_str());
     if let Some(event) = &verified.event {
-        headers.insert(header::EVENT, event.as_str());
+        headers.insert(names::EVENT, event.as_str());
     }
-    headers.insert(
-        header::RECEIVED_AT,
-        Utc::now()
-            .to_rfc3339_opts(SecondsFormat::Nanos, true)
-            .as_str(),
-    );
+    let received_at = Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true);
+    headers.insert(names::RECEIVED_AT, received_at);
     if let Some(content_type) = request.get("content-type").and_then(|v| v.to_str().ok()) {
-        headers.insert(header::CONTENT_TYPE, content_type);
+        headers.insert(names::CONTENT_TYPE, content_type);
     }
-    headers.insert(
-        header::BODY_SHA256,
-        hex::encode(Sha256::digest(&body)).as_str(),
-    );
-    headers.insert(header::BODY_SIZE, body.len().to_string().as_str());
-    headers.insert(header::TRACEPARENT, traceparent(request).as_str());
+    headers.insert(names::BODY_SHA256, hex::encode(Sha256::digest(&body)));
+    headers.insert(names::BODY_SIZE, body.len().to_string());
+    headers.insert(names::TRACEPARENT, traceparent(request));
 
     let delivery = Delivery {
         subject: contract::delivery_subject(&receiver.namespace, &receiver.name),
@@ -64,6 +60,24 @@ pub fn build(
         body,
     };
     (delivery_id, delivery)
+}
+
+/// The contract's header names, parsed once at compile time instead of on every request.
+mod names {
+    use async_nats::HeaderName;
+    use fluxgate_shared::contract::header;
+
+    pub const DELIVERY_ID: HeaderName = HeaderName::from_static(header::DELIVERY_ID);
+    pub const DELIVERY_ID_SOURCE: HeaderName = HeaderName::from_static(header::DELIVERY_ID_SOURCE);
+    pub const RECEIVER_NAMESPACE: HeaderName = HeaderName::from_static(header::RECEIVER_NAMESPACE);
+    pub const RECEIVER_NAME: HeaderName = HeaderName::from_static(header::RECEIVER_NAME);
+    pub const RECEIVER_TYPE: HeaderName = HeaderName::from_static(header::RECEIVER_TYPE);
+    pub const EVENT: HeaderName = HeaderName::from_static(header::EVENT);
+    pub const RECEIVED_AT: HeaderName = HeaderName::from_static(header::RECEIVED_AT);
+    pub const CONTENT_TYPE: HeaderName = HeaderName::from_static(header::CONTENT_TYPE);
+    pub const BODY_SHA256: HeaderName = HeaderName::from_static(header::BODY_SHA256);
+    pub const BODY_SIZE: HeaderName = HeaderName::from_static(header::BODY_SIZE);
+    pub const TRACEPARENT: HeaderName = HeaderName::from_static(header::TRACEPARENT);
 }
 
 /// The sender's W3C `traceparent` when it is well formed, else the root of a new trace.

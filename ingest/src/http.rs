@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -41,6 +41,13 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// Label of requests that matched no receiver.
 const NO_RECEIVER: &str = "none";
 
+/// The 202 body: the delivery id and whether JetStream already held it.
+#[derive(serde::Serialize)]
+struct StoredResponse<'a> {
+    delivery: &'a str,
+    duplicate: bool,
+}
+
 enum Accepted {
     Stored {
         delivery_id: String,
@@ -54,10 +61,12 @@ enum Accepted {
 async fn receive(
     State(state): State<Arc<AppState>>,
     Path(digest): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
     let started = Instant::now();
+    // Take the headers out of the request rather than have an extractor clone them.
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     let catalog = state.catalog.current();
     let Some(receiver) = catalog.get(&digest) else {
         return reject(&state, NO_RECEIVER, None, Error::NotFound, started);
@@ -80,7 +89,10 @@ async fn receive(
                 .request(receiver.kind.as_str(), outcome, started.elapsed());
             (
                 StatusCode::ACCEPTED,
-                Json(json!({ "delivery": delivery_id, "duplicate": duplicate })),
+                Json(StoredResponse {
+                    delivery: &delivery_id,
+                    duplicate,
+                }),
             )
                 .into_response()
         }

@@ -37,44 +37,50 @@ pub mod header {
 pub const DELIVERY_ID_FROM_SENDER: &str = "sender";
 pub const DELIVERY_ID_GENERATED: &str = "generated";
 
-/// Request headers worth keeping with a delivery (lowercase). Credentials (`Authorization`,
-/// `X-Gitlab-Token`) are deliberately absent; signatures (HMAC outputs) may be kept.
+/// Request headers worth keeping with a delivery (lowercase, sorted for binary search).
+/// Credentials (`Authorization`, `X-Gitlab-Token`) are deliberately absent; signatures (HMAC
+/// outputs) may be kept.
 pub const KEPT_REQUEST_HEADERS: &[&str] = &[
+    "ce-id",
+    "ce-source",
+    "ce-specversion",
+    "ce-subject",
+    "ce-time",
+    "ce-type",
+    "idempotency-key",
     "user-agent",
-    "x-github-event",
+    "x-attempt-number",
+    "x-event-key",
+    "x-forgejo-delivery",
+    "x-forgejo-event",
+    "x-forgejo-signature",
+    "x-gitea-delivery",
+    "x-gitea-event",
+    "x-gitea-signature",
     "x-github-delivery",
+    "x-github-event",
     "x-github-hook-id",
     "x-github-hook-installation-target-id",
     "x-github-hook-installation-target-type",
-    "x-hub-signature",
-    "x-hub-signature-256",
-    "x-gitea-event",
-    "x-gitea-delivery",
-    "x-gitea-signature",
-    "x-forgejo-event",
-    "x-forgejo-delivery",
-    "x-forgejo-signature",
     "x-gitlab-event",
     "x-gitlab-event-uuid",
-    "x-gitlab-webhook-uuid",
     "x-gitlab-instance",
-    "idempotency-key",
-    "x-event-key",
-    "x-request-uuid",
-    "x-request-id",
+    "x-gitlab-webhook-uuid",
     "x-hook-uuid",
-    "x-attempt-number",
-    "x-nexus-webhook-id",
+    "x-hub-signature",
+    "x-hub-signature-256",
     "x-nexus-webhook-delivery",
+    "x-nexus-webhook-id",
     "x-nexus-webhook-signature",
+    "x-request-id",
+    "x-request-uuid",
     "x-signature",
-    "ce-id",
-    "ce-source",
-    "ce-type",
-    "ce-specversion",
-    "ce-time",
-    "ce-subject",
 ];
+
+/// Whether a (lowercase) request header is kept with the delivery.
+pub fn is_kept_request_header(name: &str) -> bool {
+    KEPT_REQUEST_HEADERS.binary_search(&name).is_ok()
+}
 
 /// A Kubernetes name may contain `.`, which separates NATS subject tokens; `_` never occurs in
 /// Kubernetes names, so mapping `.` to `_` keeps the subject one token and stays reversible.
@@ -121,7 +127,19 @@ mod tests {
     #[test]
     fn credentials_are_never_kept() {
         for h in ["authorization", "x-gitlab-token", "cookie"] {
-            assert!(!KEPT_REQUEST_HEADERS.contains(&h), "{h} must not be kept");
+            assert!(!is_kept_request_header(h), "{h} must not be kept");
+        }
+    }
+
+    #[test]
+    fn kept_headers_are_sorted_lowercase_and_found() {
+        assert!(
+            KEPT_REQUEST_HEADERS.windows(2).all(|w| w[0] < w[1]),
+            "keep the list sorted"
+        );
+        for h in KEPT_REQUEST_HEADERS {
+            assert_eq!(h.to_ascii_lowercase(), *h);
+            assert!(is_kept_request_header(h), "{h}");
         }
     }
 }
