@@ -41,8 +41,8 @@ pub fn build(
     headers.insert(names::RECEIVER_NAMESPACE, receiver.namespace.as_str());
     headers.insert(names::RECEIVER_NAME, receiver.name.as_str());
     headers.insert(names::RECEIVER_TYPE, receiver.kind.as_str());
-    if let Some(event) = &verified.event {
-        headers.insert(names::EVENT, event.as_str());
+    if let Some(event) = verified.event.as_deref().filter(|e| !e.is_empty()) {
+        headers.insert(names::EVENT, event);
     }
     let received_at = Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true);
     headers.insert(names::RECEIVED_AT, received_at);

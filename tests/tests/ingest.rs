@@ -310,7 +310,7 @@ async fn every_rejection_says_why_is_counted_and_stores_nothing() {
         (r#"receiver_type="github",outcome="unauthorized""#, 2),
         (r#"receiver_type="quay",outcome="bad_request""#, 1),
         (r#"receiver_type="generic",outcome="unavailable""#, 1),
-        (r#"receiver_type="github",outcome="ignored""#, 1),
+        (r#"receiver_type="github",outcome="ignored""#, 2),
     ] {
         let line = format!("fluxgate_ingest_requests_total{{{labels}}} {count}");
         assert!(metrics.contains(&line), "missing {line} in\n{metrics}");

@@ -4,13 +4,13 @@
 use axum::http::HeaderMap;
 
 use super::github::verify_signed_payload;
-use super::{Verified, first_header};
+use super::{Verified, event_name, first_header};
 use crate::error::Error;
 
 pub fn verify(token: &[u8], headers: &HeaderMap, body: &[u8]) -> Result<Verified, Error> {
     verify_signed_payload(token, headers, body)?;
     Ok(Verified {
-        event: first_header(headers, &["x-event-key"]),
+        event: event_name(headers, &["x-event-key"]),
         delivery_id: first_header(headers, &["x-request-uuid", "x-request-id"]),
     })
 }

@@ -4,7 +4,7 @@
 
 use axum::http::HeaderMap;
 
-use super::{Verified, first_header};
+use super::{Verified, event_name, first_header};
 use crate::error::Error;
 
 pub fn verify(headers: &HeaderMap, body: &[u8]) -> Result<Verified, Error> {
@@ -18,7 +18,7 @@ pub fn verify(headers: &HeaderMap, body: &[u8]) -> Result<Verified, Error> {
         _ => format!("{}/{}", event.source(), event.id()),
     };
     Ok(Verified {
-        event: first_header(headers, &["ce-type"]),
+        event: event_name(headers, &["ce-type"]),
         delivery_id: Some(delivery_id),
     })
 }

@@ -4,7 +4,7 @@
 
 use axum::http::HeaderMap;
 
-use super::{Verified, first_header, header, hmac_matches, verify_prefixed_signature};
+use super::{Verified, event_name, first_header, header, hmac_matches, verify_prefixed_signature};
 use crate::error::Error;
 
 /// Gitea's and Forgejo's own signature headers: bare lowercase hex HMAC-SHA256.
@@ -13,7 +13,7 @@ const BARE_SHA256_HEADERS: &[&str] = &["x-gitea-signature", "x-forgejo-signature
 pub fn verify(token: &[u8], headers: &HeaderMap, body: &[u8]) -> Result<Verified, Error> {
     verify_signed_payload(token, headers, body)?;
     Ok(Verified {
-        event: first_header(
+        event: event_name(
             headers,
             &["x-github-event", "x-gitea-event", "x-forgejo-event"],
         ),

@@ -3,7 +3,7 @@
 
 use axum::http::HeaderMap;
 
-use super::{Verified, first_header, header, secret_eq};
+use super::{Verified, event_name, first_header, header, secret_eq};
 use crate::error::Error;
 
 pub fn verify(token: &[u8], headers: &HeaderMap) -> Result<Verified, Error> {
@@ -15,7 +15,7 @@ pub fn verify(token: &[u8], headers: &HeaderMap) -> Result<Verified, Error> {
         ));
     }
     Ok(Verified {
-        event: first_header(headers, &["x-gitlab-event"]),
+        event: event_name(headers, &["x-gitlab-event"]),
         delivery_id: first_header(headers, &["idempotency-key", "x-gitlab-event-uuid"]),
     })
 }

@@ -78,6 +78,12 @@ fn first_header(headers: &HeaderMap, names: &[&str]) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The event name of a type that has one. A missing header counts as the empty name, so a
+/// receiver with `spec.events` ignores it, as Flux does.
+fn event_name(headers: &HeaderMap, names: &[&str]) -> Option<String> {
+    Some(first_header(headers, names).unwrap_or_default())
+}
+
 /// `Idempotency-Key`, the delivery id of types whose sender has none of its own.
 fn idempotency_key(headers: &HeaderMap) -> Option<String> {
     first_header(headers, &["idempotency-key"])
