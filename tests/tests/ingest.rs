@@ -296,6 +296,18 @@ async fn every_rejection_says_why_is_counted_and_stores_nothing() {
             .as_str()
             .is_some_and(|r| r.contains("release"))
     );
+    // No event header at all is the empty event name, which `spec.events` does not list.
+    let unnamed = http::post(
+        &gh,
+        &[json, ("x-hub-signature-256", &good_sig)],
+        body.clone(),
+    )
+    .await
+    .expect("req");
+    assert_eq!(
+        (unnamed.status, unnamed.json()["ignored"].as_bool()),
+        (200, Some(true))
+    );
 
     assert_eq!(
         fx.stored_count().await,
