@@ -364,6 +364,33 @@ async fn nats_outage_answers_503_then_recovers_by_itself() {
 }
 
 #[tokio::test]
+async fn a_deleted_stream_is_provisioned_again() {
+    let fx = Fixture::start("", &[]).await;
+    let body = github_push_body(256);
+    jetstream::new(fx.nats.client().await)
+        .delete_stream(contract::DELIVERIES_STREAM)
+        .await
+        .expect("delete the stream");
+    let lost = fx.github_push("while-gone", &body).await;
+    assert_eq!(lost.status, 503, "no stream, no 2xx: {:?}", lost.body);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = fx.github_push("after", &body).await;
+        if response.status == 202 {
+            break;
+        }
+        assert_eq!(response.status, 503, "{:?}", response.body);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream was never re-created"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fx.stored_count().await, 1);
+}
+
+#[tokio::test]
 async fn concurrent_deliveries_are_stored_exactly_once_each() {
     let fx = Fixture::start("", &[]).await;
     let body = github_push_body(1024);
