@@ -10,6 +10,8 @@ echo "using $FLUXGATE_NATS_SERVER ($("$FLUXGATE_NATS_SERVER" --version))"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The end-to-end tests run the real binaries of other packages, which test builds skip.
+cargo build --workspace --bins --locked
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
 else
