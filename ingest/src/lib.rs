@@ -69,7 +69,14 @@ pub async fn run(
         max_body_bytes: config.max_body_bytes,
         body_timeout: config.body_timeout,
     });
-    tracing::info!(listen = %listener.local_addr()?, admin = %admin_listener.local_addr()?, "fluxgate-ingest serving");
+    // A target of its own, so a supervisor (the test harness) can enable just this line and
+    // learn the bound ports when it asked for port 0.
+    tracing::info!(
+        target: "fluxgate_ingest::listen",
+        listen = %listener.local_addr()?,
+        admin = %admin_listener.local_addr()?,
+        "fluxgate-ingest serving"
+    );
     let admin = tokio::spawn(serve::serve(
         admin_listener,
         admin::router(state.clone()),

@@ -12,14 +12,6 @@ use std::time::Duration;
 /// How long a harness waits for a process to become ready before failing the test.
 pub const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 
-/// A port that was free a moment ago on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port on 127.0.0.1")
-}
-
 /// A binary of this workspace, next to the running test or tool (`target/<profile>/`).
 /// `cargo test --workspace` and `cargo nextest run --workspace` build every binary first.
 pub fn workspace_binary(name: &str) -> PathBuf {

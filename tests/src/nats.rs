@@ -1,11 +1,12 @@
-//! Spawns a private `nats-server` with JetStream on a free port and a temporary store, so tests
-//! never share state with the machine's server; it can be killed and restarted in place.
+//! Spawns a private `nats-server` with JetStream on a port of its own choosing and a temporary
+//! store, so tests never share state with the machine's server (or race each other for ports);
+//! it can be killed and restarted in place.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::{STARTUP_DEADLINE, free_port};
+use crate::STARTUP_DEADLINE;
 
 /// `FLUXGATE_NATS_SERVER`, else `nats-server` on PATH, else Debian's `/usr/sbin/nats-server`.
 pub fn server_binary() -> PathBuf {
@@ -39,7 +40,7 @@ impl NatsServer {
         let config = store.path().join("nats.conf");
         std::fs::write(&config, extra).expect("write nats config");
         let mut server = Self {
-            port: free_port(),
+            port: 0,
             store,
             config,
             child: None,
@@ -57,25 +58,63 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// Starts the server on `self.port`, or on a port it picks itself (and reports in a ports
+    /// file) when that is still 0, then waits until it accepts clients.
     async fn spawn(&mut self) {
+        let ports_dir = self.store.path().join("ports");
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir).expect("ports directory");
+        let port = if self.port == 0 {
+            "-1".to_owned()
+        } else {
+            self.port.to_string()
+        };
         let child = Command::new(server_binary())
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
+            .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
             .arg(self.store.path().join("js"))
             .arg("-c")
             .arg(&self.config)
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", server_binary().display()));
         self.child = Some(child);
+        self.port = self.reported_port(&ports_dir).await;
         self.wait_ready().await;
+    }
+
+    /// The client port from the `<name>_<pid>.ports` file nats-server writes once it listens.
+    async fn reported_port(&mut self, dir: &std::path::Path) -> u16 {
+        let deadline = tokio::time::Instant::now() + STARTUP_DEADLINE;
+        loop {
+            let report = std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .find_map(|entry| std::fs::read_to_string(entry.path()).ok())
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+            let url = report.as_ref().and_then(|r| r["nats"][0].as_str());
+            if let Some(port) = url
+                .and_then(|u| u.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+            {
+                return port;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("nats-server exited at start-up: {status}");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nats-server did not report its port"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Waits until the server accepts a client connection.
@@ -103,7 +142,7 @@ impl NatsServer {
         }
     }
 
-    /// Starts the server again on the same port with the same store.
+    /// Starts the server again on the same port with the same store (clients reconnect there).
     pub async fn restart(&mut self) {
         self.kill();
         self.spawn().await;
