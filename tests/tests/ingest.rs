@@ -89,6 +89,15 @@ impl Fixture {
             .expect("deliveries stream")
     }
 
+    /// The last delivery stored for the `gh` receiver.
+    async fn last_github_delivery(&self) -> jetstream::message::StreamMessage {
+        self.stream()
+            .await
+            .get_last_raw_message_by_subject(&contract::delivery_subject(NS, "gh"))
+            .await
+            .expect("stored delivery")
+    }
+
     async fn stored_count(&self) -> u64 {
         self.stream()
             .await
@@ -125,12 +134,7 @@ async fn signed_github_push_is_stored_byte_exact() {
         serde_json::json!({"delivery": "d-0001", "duplicate": false})
     );
 
-    let stored = fx
-        .stream()
-        .await
-        .get_last_raw_message_by_subject(&contract::delivery_subject(NS, "gh"))
-        .await
-        .expect("stored delivery");
+    let stored = fx.last_github_delivery().await;
     assert_eq!(
         stored.payload.as_ref(),
         body.as_slice(),
@@ -432,12 +436,7 @@ async fn body_above_max_payload_is_stored_intact_in_the_object_store() {
     let response = fx.github_push("large-1", &body).await;
     assert_eq!(response.status, 202, "{:?}", response.body);
 
-    let stored = fx
-        .stream()
-        .await
-        .get_last_raw_message_by_subject(&contract::delivery_subject(NS, "gh"))
-        .await
-        .expect("stored delivery");
+    let stored = fx.last_github_delivery().await;
     assert!(stored.payload.is_empty(), "the body must not be inline");
     let object = stored_header(&stored, header::BODY_OBJECT).expect("object reference");
     assert_eq!(

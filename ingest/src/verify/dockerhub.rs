@@ -3,7 +3,7 @@
 use axum::http::HeaderMap;
 use serde::Deserialize;
 
-use super::{Verified, idempotency_key, parse_json};
+use super::{Verified, parse_json};
 use crate::error::Error;
 
 #[derive(Deserialize)]
@@ -31,10 +31,7 @@ struct Repository {
 
 pub fn verify(headers: &HeaderMap, body: &[u8]) -> Result<Verified, Error> {
     parse_json::<Payload>(body, "DockerHub")?;
-    Ok(Verified {
-        event: None,
-        delivery_id: idempotency_key(headers),
-    })
+    Ok(Verified::unnamed(headers))
 }
 
 #[cfg(test)]

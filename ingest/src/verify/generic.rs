@@ -2,14 +2,11 @@
 
 use axum::http::HeaderMap;
 
-use super::{Verified, idempotency_key};
+use super::Verified;
 use crate::error::Error;
 
 pub fn verify(headers: &HeaderMap) -> Result<Verified, Error> {
-    Ok(Verified {
-        event: None,
-        delivery_id: idempotency_key(headers),
-    })
+    Ok(Verified::unnamed(headers))
 }
 
 #[cfg(test)]

@@ -2,17 +2,14 @@
 
 use axum::http::HeaderMap;
 
-use super::{Verified, header, idempotency_key, verify_prefixed_signature};
+use super::{Verified, header, verify_prefixed_signature};
 use crate::error::Error;
 
 pub fn verify(token: &[u8], headers: &HeaderMap, body: &[u8]) -> Result<Verified, Error> {
     let signature = header(headers, "x-signature")
         .ok_or_else(|| Error::Unauthorized("missing X-Signature header".into()))?;
     verify_prefixed_signature(signature, body, token)?;
-    Ok(Verified {
-        event: None,
-        delivery_id: idempotency_key(headers),
-    })
+    Ok(Verified::unnamed(headers))
 }
 
 #[cfg(test)]

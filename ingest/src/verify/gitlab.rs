@@ -3,17 +3,11 @@
 
 use axum::http::HeaderMap;
 
-use super::{Verified, event_name, first_header, header, secret_eq};
+use super::{Verified, event_name, first_header, require_token_header};
 use crate::error::Error;
 
 pub fn verify(token: &[u8], headers: &HeaderMap) -> Result<Verified, Error> {
-    let given = header(headers, "x-gitlab-token")
-        .ok_or_else(|| Error::Unauthorized("missing X-Gitlab-Token header".into()))?;
-    if !secret_eq(given.as_bytes(), token) {
-        return Err(Error::Unauthorized(
-            "the X-Gitlab-Token header does not match the receiver token".into(),
-        ));
-    }
+    require_token_header(headers, "X-Gitlab-Token", token)?;
     Ok(Verified {
         event: event_name(headers, &["x-gitlab-event"]),
         delivery_id: first_header(headers, &["idempotency-key", "x-gitlab-event-uuid"]),

@@ -2,21 +2,12 @@
 
 use axum::http::HeaderMap;
 
-use super::{Verified, header, idempotency_key, secret_eq};
+use super::{Verified, require_token_header};
 use crate::error::Error;
 
 pub fn verify(token: &[u8], headers: &HeaderMap) -> Result<Verified, Error> {
-    let given = header(headers, "authorization")
-        .ok_or_else(|| Error::Unauthorized("missing Authorization header".into()))?;
-    if !secret_eq(given.as_bytes(), token) {
-        return Err(Error::Unauthorized(
-            "the Authorization header does not match the receiver token".into(),
-        ));
-    }
-    Ok(Verified {
-        event: None,
-        delivery_id: idempotency_key(headers),
-    })
+    require_token_header(headers, "Authorization", token)?;
+    Ok(Verified::unnamed(headers))
 }
 
 #[cfg(test)]

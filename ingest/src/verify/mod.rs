@@ -89,11 +89,34 @@ fn idempotency_key(headers: &HeaderMap) -> Option<String> {
     first_header(headers, &["idempotency-key"])
 }
 
+impl Verified {
+    /// A webhook of a type without event names, identified by its `Idempotency-Key` if any.
+    fn unnamed(headers: &HeaderMap) -> Self {
+        Self {
+            event: None,
+            delivery_id: idempotency_key(headers),
+        }
+    }
+}
+
 /// Constant-time equality that also hides the length of the secret: both sides are hashed first.
 fn secret_eq(given: &[u8], expected: &[u8]) -> bool {
     Sha256::digest(given)
         .ct_eq(&Sha256::digest(expected))
         .into()
+}
+
+/// Checks that header `name` carries exactly the receiver's token (gitlab, harbor).
+fn require_token_header(headers: &HeaderMap, name: &str, token: &[u8]) -> Result<(), Error> {
+    let given = header(headers, name)
+        .ok_or_else(|| Error::Unauthorized(format!("missing {name} header")))?;
+    if secret_eq(given.as_bytes(), token) {
+        Ok(())
+    } else {
+        Err(Error::Unauthorized(format!(
+            "the {name} header does not match the receiver token"
+        )))
+    }
 }
 
 /// Whether `mac` is the HMAC of `body` under `key` with digest `D` (constant-time).

@@ -3,7 +3,7 @@
 use axum::http::HeaderMap;
 use serde::Deserialize;
 
-use super::{Verified, idempotency_key, parse_json};
+use super::{Verified, parse_json};
 use crate::error::Error;
 
 #[derive(Deserialize)]
@@ -17,10 +17,7 @@ struct Payload {
 
 pub fn verify(headers: &HeaderMap, body: &[u8]) -> Result<Verified, Error> {
     parse_json::<Payload>(body, "Quay")?;
-    Ok(Verified {
-        event: None,
-        delivery_id: idempotency_key(headers),
-    })
+    Ok(Verified::unnamed(headers))
 }
 
 #[cfg(test)]
