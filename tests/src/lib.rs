@@ -1,6 +1,7 @@
 //! Test and benchmark support for fluxgate: a `nats-server` harness, real-binary process
 //! handles, and signed-webhook helpers. Used by the end-to-end tests and the load tool.
 
+pub mod apiserver;
 pub mod http;
 pub mod ingest;
 pub mod nats;

@@ -1,0 +1,47 @@
+//! `fluxgate-apiserver`: runs the Kubernetes API stand-in as a process, preloaded with objects
+//! from YAML files, and writes a kubeconfig pointing at it -- for running the dispatcher by hand
+//! where no real cluster is reachable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use fluxgate_tests::apiserver::ApiServer;
+
+#[derive(Parser)]
+#[command(about = "A Kubernetes API stand-in over plain HTTP, for tests and local runs")]
+struct Args {
+    /// Address to serve on.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Multi-document YAML files of objects to create at start-up.
+    #[arg(long = "objects")]
+    objects: Vec<PathBuf>,
+    /// Where to write the kubeconfig for this server.
+    #[arg(long, default_value = "kubeconfig")]
+    kubeconfig: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let server = ApiServer::start(args.listen).await.context("bind")?;
+    for file in &args.objects {
+        let yaml =
+            std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+        let count = server
+            .apply_yaml(&yaml)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        eprintln!("applied {count} objects from {}", file.display());
+    }
+    std::fs::write(&args.kubeconfig, server.kubeconfig())
+        .with_context(|| format!("write {}", args.kubeconfig.display()))?;
+    println!(
+        "serving the Kubernetes API stand-in on {}; kubeconfig: {}",
+        server.url(),
+        args.kubeconfig.display()
+    );
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
