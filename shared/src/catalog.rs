@@ -175,16 +175,23 @@ pub fn hook_digest(token: &[u8], name: &str, namespace: &str) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// All served receivers, indexed by hook digest for O(1) lookup.
+/// All served receivers, indexed by hook digest (ingest) and by namespace and name (dispatcher),
+/// both O(1).
 #[derive(Debug, Default)]
 pub struct Catalog {
     by_digest: HashMap<String, Arc<Receiver>>,
+    by_name: HashMap<(String, String), Arc<Receiver>>,
 }
 
 impl Catalog {
     /// The receiver whose hook path is `/hook/<digest>`.
     pub fn get(&self, digest: &str) -> Option<&Arc<Receiver>> {
         self.by_digest.get(digest)
+    }
+
+    /// The receiver `namespace/name`.
+    pub fn by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Receiver>> {
+        self.by_name.get(&(namespace.to_owned(), name.to_owned()))
     }
 
     pub fn len(&self) -> usize {
@@ -264,7 +271,11 @@ impl Catalog {
                 });
             }
         }
-        Ok(Self { by_digest })
+        let by_name = by_digest
+            .values()
+            .map(|r| ((r.namespace.clone(), r.name.clone()), r.clone()))
+            .collect();
+        Ok(Self { by_digest, by_name })
     }
 }
 
@@ -609,6 +620,13 @@ metadata:
         assert_eq!(gh.token.expose(), b"s3cret");
         assert_eq!(gh.resources[0].kind, "GitRepository");
         assert!(gh.allows_event("push") && gh.allows_event("PING") && !gh.allows_event("release"));
+        assert_eq!(
+            catalog
+                .by_name("flux-system", "github-receiver")
+                .map(|r| r.kind),
+            Some(ReceiverType::Github)
+        );
+        assert!(catalog.by_name("apps", "github-receiver").is_none());
         let generic = receiver(&catalog, "hello", "generic", "apps");
         assert!(generic.suspend);
         assert!(generic.allows_event("anything"));

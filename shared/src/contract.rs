@@ -5,6 +5,12 @@
 pub const DELIVERIES_STREAM: &str = "FLUXGATE_DELIVERIES";
 /// Subjects of `DELIVERIES_STREAM`: `fluxgate.deliveries.<namespace>.<receiver>`.
 pub const DELIVERIES_SUBJECT_PREFIX: &str = "fluxgate.deliveries";
+/// What happened to each delivery, one event per thing (see the dispatcher's `outcome` module).
+pub const OUTCOMES_STREAM: &str = "FLUXGATE_OUTCOMES";
+/// Subjects of `OUTCOMES_STREAM`: `fluxgate.outcomes.<namespace>.<receiver>`.
+pub const OUTCOMES_SUBJECT_PREFIX: &str = "fluxgate.outcomes";
+/// KV bucket: delivery key -> stream sequence that claimed it.
+pub const DEDUP_BUCKET: &str = "fluxgate-dedup";
 /// Object store holding bodies larger than the server's `max_payload`.
 pub const BODIES_OBJECT_STORE: &str = "fluxgate-bodies";
 
@@ -92,6 +98,15 @@ fn subject_token(name: &str) -> String {
 pub fn delivery_subject(namespace: &str, receiver: &str) -> String {
     format!(
         "{DELIVERIES_SUBJECT_PREFIX}.{}.{}",
+        subject_token(namespace),
+        subject_token(receiver)
+    )
+}
+
+/// `fluxgate.outcomes.<namespace>.<receiver>`.
+pub fn outcome_subject(namespace: &str, receiver: &str) -> String {
+    format!(
+        "{OUTCOMES_SUBJECT_PREFIX}.{}.{}",
         subject_token(namespace),
         subject_token(receiver)
     )

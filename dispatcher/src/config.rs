@@ -1,0 +1,107 @@
+//! Command-line and environment configuration of `fluxgate-dispatcher`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fluxgate_shared::telemetry::LogFormat;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "fluxgate-dispatcher",
+    version,
+    about = "Consume stored Flux webhooks and request reconciles"
+)]
+pub struct Config {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Multi-document YAML file of Flux `Receiver` and `Secret` manifests; reloaded on change.
+    #[arg(long, env = "FLUXGATE_RECEIVERS_FILE")]
+    pub receivers_file: PathBuf,
+
+    /// How often the receivers file is checked for changes.
+    #[arg(long, env = "FLUXGATE_RELOAD_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub reload_interval: Duration,
+
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "FLUXGATE_ADMIN_LISTEN", default_value = "0.0.0.0:9294")]
+    pub admin_listen: SocketAddr,
+
+    /// Name of the durable JetStream consumer.
+    #[arg(long, env = "FLUXGATE_CONSUMER", default_value = "fluxgate-dispatcher")]
+    pub consumer: String,
+
+    /// How long a delivery key is remembered for deduplication.
+    #[arg(long, env = "FLUXGATE_DEDUP_TTL", default_value = "72h", value_parser = humantime::parse_duration)]
+    pub dedup_ttl: Duration,
+
+    /// Deliveries for one target within this window become one patch.
+    #[arg(long, env = "FLUXGATE_COALESCE_WINDOW", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub coalesce_window: Duration,
+
+    /// How long a transiently failing patch is retried before it is recorded as failed.
+    #[arg(long, env = "FLUXGATE_RETRY_DEADLINE", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub retry_deadline: Duration,
+
+    /// Longest pause between two attempts of a patch.
+    #[arg(long, env = "FLUXGATE_RETRY_MAX_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub retry_max_backoff: Duration,
+
+    /// JetStream redelivers a message not acknowledged (nor kept alive) within this time.
+    #[arg(long, env = "FLUXGATE_ACK_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ack_wait: Duration,
+
+    /// Deliveries in flight at once.
+    #[arg(long, env = "FLUXGATE_MAX_ACK_PENDING", default_value_t = 10_000)]
+    pub max_ack_pending: i64,
+
+    /// Hold a Lease so that only one dispatcher consumes.
+    #[arg(long, env = "FLUXGATE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+
+    /// Namespace of the Lease (the pod's namespace when set, else flux-system).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "flux-system")]
+    pub lease_namespace: String,
+
+    /// Name of the Lease.
+    #[arg(
+        long,
+        env = "FLUXGATE_LEASE_NAME",
+        default_value = "fluxgate-dispatcher"
+    )]
+    pub lease_name: String,
+
+    /// A leader that has not renewed the Lease for this long is replaced.
+    #[arg(long, env = "FLUXGATE_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+
+    /// This replica's identity in the Lease (the pod name when set).
+    #[arg(long, env = "HOSTNAME")]
+    pub identity: Option<String>,
+
+    /// Resolve targets and record what would be patched, without patching.
+    #[arg(long, env = "FLUXGATE_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// Refuse targets outside the Receiver's namespace, as Flux's --no-cross-namespace-refs.
+    #[arg(long, env = "FLUXGATE_NO_CROSS_NAMESPACE_REFS")]
+    pub no_cross_namespace_refs: bool,
+
+    /// Replicas of the outcomes stream and the dedup bucket.
+    #[arg(long, env = "FLUXGATE_STREAM_REPLICAS", default_value_t = 1)]
+    pub stream_replicas: usize,
+
+    /// How long outcomes are kept.
+    #[arg(long, env = "FLUXGATE_OUTCOMES_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub outcomes_max_age: Duration,
+
+    /// Time in-flight patches get to finish after SIGTERM.
+    #[arg(long, env = "FLUXGATE_SHUTDOWN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// `json` or `text`.
+    #[arg(long, env = "FLUXGATE_LOG_FORMAT", default_value = "json")]
+    pub log_format: LogFormat,
+}

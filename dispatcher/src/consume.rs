@@ -1,0 +1,175 @@
+//! The consumer: reads deliveries from the durable pull consumer and takes each through
+//! deduplication, target resolution and coalescing, recording what happens. A delivery is
+//! acknowledged only once its effect happened; unreadable ones are terminated and recorded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::{self, AckKind};
+use fluxgate_shared::catalog::SharedCatalog;
+use futures::StreamExt as _;
+use tokio::sync::watch;
+
+use crate::coalesce::Coalescer;
+use crate::dedup::{Claim, Dedup};
+use crate::delivery::Delivery;
+use crate::error::Error;
+use crate::inflight::{Registry, acknowledge};
+use crate::outcome::{Event, Recorder};
+use crate::targets::Resolver;
+
+/// How long JetStream waits before redelivering a delivery whose handling failed transiently.
+const RETRY_DELAY: Duration = Duration::from_secs(5);
+
+pub struct Dispatcher {
+    pub catalog: SharedCatalog,
+    pub dedup: Dedup,
+    pub resolver: Arc<Resolver>,
+    pub recorder: Recorder,
+    pub coalescer: Coalescer,
+    pub registry: Registry,
+    pub dry_run: bool,
+}
+
+impl Dispatcher {
+    /// Consumes until `stop` turns true or `leading` turns false.
+    pub async fn consume(
+        &self,
+        consumer: &PullConsumer,
+        mut stop: watch::Receiver<bool>,
+        mut leading: watch::Receiver<bool>,
+    ) -> Result<(), Error> {
+        let mut messages = consumer.messages().await.map_err(Error::nats)?;
+        loop {
+            let next = tokio::select! {
+                next = messages.next() => next,
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+                _ = leading.wait_for(|l| !*l) => return Ok(()),
+            };
+            match next {
+                Some(Ok(message)) => self.handle(message).await,
+                // Missed heartbeats and the like: the stream carries on.
+                Some(Err(error)) => tracing::warn!(%error, "consumer error"),
+                None => return Err(Error::Nats("the consumer's message stream ended".into())),
+            }
+        }
+    }
+
+    async fn handle(&self, message: jetstream::Message) {
+        let sequence = match message.info() {
+            Ok(info) => info.stream_sequence,
+            Err(error) => {
+                tracing::error!(%error, "message without JetStream metadata; terminating it");
+                let _ = message.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        if self.registry.contains(sequence) {
+            // Still in flight from an earlier delivery of the same message.
+            return;
+        }
+        let delivery = match Delivery::from_headers(sequence, message.headers.as_ref()) {
+            Ok(delivery) => delivery,
+            Err(error) => return self.poison(sequence, &message, error).await,
+        };
+        if delivery.from_sender {
+            match self.dedup.claim(&delivery).await {
+                Ok(Claim::DuplicateOf(first)) => {
+                    self.recorder
+                        .record(&delivery, Event::Duplicate { of_seq: first })
+                        .await;
+                    return acknowledge(&message, &delivery).await;
+                }
+                Ok(Claim::First | Claim::Redelivery) => {}
+                Err(error) => {
+                    tracing::warn!(%error, delivery = %delivery.id, "cannot check for duplicates; retrying later");
+                    let _ = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
+                    return;
+                }
+            }
+        }
+        let catalog = self.catalog.current();
+        let Some(receiver) = catalog.by_name(&delivery.namespace, &delivery.receiver) else {
+            let reason = format!(
+                "receiver {}/{} is not in the catalog",
+                delivery.namespace, delivery.receiver
+            );
+            self.recorder
+                .record(
+                    &delivery,
+                    Event::Failed {
+                        target: None,
+                        reason,
+                    },
+                )
+                .await;
+            return acknowledge(&message, &delivery).await;
+        };
+        let resolved = match self.resolver.resolve(receiver).await {
+            Ok(resolved) => resolved,
+            Err(error) => {
+                tracing::warn!(%error, delivery = %delivery.id, "cannot resolve targets; retrying later");
+                let _ = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
+                return;
+            }
+        };
+        let targets = resolved.targets;
+        self.recorder
+            .record(
+                &delivery,
+                Event::Dispatched {
+                    targets: targets.clone(),
+                },
+            )
+            .await;
+        for reason in resolved.refused {
+            self.recorder
+                .record(
+                    &delivery,
+                    Event::Failed {
+                        target: None,
+                        reason,
+                    },
+                )
+                .await;
+        }
+        if targets.is_empty() {
+            return acknowledge(&message, &delivery).await;
+        }
+        if self.dry_run {
+            for target in targets {
+                self.recorder
+                    .record(&delivery, Event::WouldPatch { target })
+                    .await;
+            }
+            return acknowledge(&message, &delivery).await;
+        }
+        let in_flight = self.registry.start(delivery, message, targets.len());
+        for target in targets {
+            self.coalescer.submit(target, in_flight.clone());
+        }
+    }
+
+    /// A message without a delivery's metadata can never be handled: record and terminate it.
+    async fn poison(&self, sequence: u64, message: &jetstream::Message, error: Error) {
+        tracing::error!(%error, seq = sequence, "poison message terminated");
+        let unknown = Delivery {
+            sequence,
+            id: format!("seq-{sequence}"),
+            from_sender: false,
+            namespace: "_unknown".into(),
+            receiver: "_unknown".into(),
+            event: None,
+            received_at: None,
+        };
+        let event = Event::Failed {
+            target: None,
+            reason: error.to_string(),
+        };
+        self.recorder.record(&unknown, event).await;
+        if let Err(error) = message.ack_with(AckKind::Term).await {
+            tracing::warn!(%error, seq = sequence, "cannot terminate a poison message");
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Deduplication by delivery key in the JetStream KV bucket `fluxgate-dedup`: the first stream
+//! message that claims a key wins (an atomic create); a different message with the same key is
+//! a duplicate; the same message seen again (a redelivery after a crash) is not.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use sha2::{Digest, Sha256};
+
+use crate::delivery::Delivery;
+use crate::error::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This message is the first with its key.
+    First,
+    /// This very message claimed the key before (JetStream redelivered it).
+    Redelivery,
+    /// Another message, at this stream sequence, carried the same delivery first.
+    DuplicateOf(u64),
+}
+
+pub struct Dedup {
+    store: kv::Store,
+}
+
+impl Dedup {
+    /// Creates the bucket if needed; keys expire after `ttl`.
+    pub async fn provision(
+        jetstream: &jetstream::Context,
+        ttl: Duration,
+        replicas: usize,
+    ) -> Result<Self, Error> {
+        if let Ok(store) = jetstream
+            .get_key_value(fluxgate_shared::contract::DEDUP_BUCKET)
+            .await
+        {
+            return Ok(Self { store });
+        }
+        let store = jetstream
+            .create_key_value(kv::Config {
+                bucket: fluxgate_shared::contract::DEDUP_BUCKET.into(),
+                description: "delivery key -> stream sequence that claimed it".into(),
+                history: 1,
+                max_age: ttl,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(Error::nats)?;
+        Ok(Self { store })
+    }
+
+    /// Claims the delivery's key for its stream sequence.
+    pub async fn claim(&self, delivery: &Delivery) -> Result<Claim, Error> {
+        // Delivery ids may hold any character; KV keys may not.
+        let key = hex::encode(Sha256::digest(delivery.key()));
+        let sequence = delivery.sequence.to_string();
+        // Twice at most: the holder may expire between our create and our read.
+        for _ in 0..2 {
+            match self.store.create(&key, sequence.clone().into()).await {
+                Ok(_) => return Ok(Claim::First),
+                Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(error) => return Err(Error::nats(error)),
+            }
+            let holder = self.store.get(&key).await.map_err(Error::nats)?;
+            if let Some(holder) = holder {
+                let holder: u64 = String::from_utf8_lossy(&holder).parse().map_err(|_| {
+                    Error::Nats(format!("unreadable dedup entry for {}", delivery.key()))
+                })?;
+                return Ok(if holder == delivery.sequence {
+                    Claim::Redelivery
+                } else {
+                    Claim::DuplicateOf(holder)
+                });
+            }
+        }
+        Err(Error::Nats(format!(
+            "cannot claim dedup key for {}",
+            delivery.key()
+        )))
+    }
+}

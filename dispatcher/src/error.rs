@@ -1,0 +1,24 @@
+//! The one error type of the dispatcher, and where each error becomes a metric label.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot load receivers: {0}")]
+    Catalog(#[from] fluxgate_shared::catalog::CatalogError),
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error("Kubernetes client: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("kubeconfig: {0}")]
+    KubeConfig(String),
+    #[error("cannot listen: {0}")]
+    Listen(#[from] std::io::Error),
+    /// A delivery message without the metadata every delivery has.
+    #[error("unreadable delivery: {0}")]
+    Poison(String),
+}
+
+impl Error {
+    pub fn nats(error: impl std::fmt::Display) -> Self {
+        Self::Nats(error.to_string())
+    }
+}

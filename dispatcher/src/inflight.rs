@@ -1,0 +1,101 @@
+//! Deliveries in flight: each holds its JetStream message until every one of its targets is
+//! done (patched, or failed for good), then acknowledges it -- never before. Messages still
+//! working are kept alive with progress acks so JetStream does not redeliver them meanwhile.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+
+use crate::delivery::Delivery;
+
+pub struct InFlight {
+    pub delivery: Delivery,
+    message: jetstream::Message,
+    remaining: AtomicUsize,
+    registry: Registry,
+}
+
+impl InFlight {
+    /// One target of this delivery is done; the last one acknowledges the message.
+    pub async fn target_done(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            acknowledge(&self.message, &self.delivery).await;
+            self.registry.remove(self.delivery.sequence);
+        }
+    }
+}
+
+/// Acknowledges and waits for JetStream to confirm it, so the effect and the ack cannot part.
+pub async fn acknowledge(message: &jetstream::Message, delivery: &Delivery) {
+    if let Err(error) = message.double_ack().await {
+        tracing::warn!(%error, delivery = %delivery.id, seq = delivery.sequence, "ack not confirmed; JetStream may redeliver");
+    }
+}
+
+/// Every delivery in flight, by stream sequence.
+#[derive(Clone, Default)]
+pub struct Registry(Arc<Mutex<HashMap<u64, Arc<InFlight>>>>);
+
+impl Registry {
+    /// Registers a delivery with `targets` targets to finish.
+    pub fn start(
+        &self,
+        delivery: Delivery,
+        message: jetstream::Message,
+        targets: usize,
+    ) -> Arc<InFlight> {
+        let in_flight = Arc::new(InFlight {
+            delivery,
+            message,
+            remaining: AtomicUsize::new(targets),
+            registry: self.clone(),
+        });
+        if let Ok(mut map) = self.0.lock() {
+            map.insert(in_flight.delivery.sequence, in_flight.clone());
+        }
+        in_flight
+    }
+
+    /// Whether this stream sequence is already being handled (JetStream redelivered it).
+    pub fn contains(&self, sequence: u64) -> bool {
+        self.0
+            .lock()
+            .map(|m| m.contains_key(&sequence))
+            .unwrap_or(false)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn remove(&self, sequence: u64) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(&sequence);
+        }
+    }
+
+    /// Sends a progress ack for every delivery in flight, every `interval`, forever.
+    pub async fn keep_alive(self, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        loop {
+            ticker.tick().await;
+            let messages: Vec<Arc<InFlight>> = self
+                .0
+                .lock()
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default();
+            for in_flight in messages {
+                if let Err(error) = in_flight.message.ack_with(AckKind::Progress).await {
+                    tracing::debug!(%error, seq = in_flight.delivery.sequence, "progress ack failed");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! fluxgate-dispatcher: consumes `FLUXGATE_DELIVERIES`, drops duplicates, resolves each
+//! receiver's targets, coalesces bursts per target and asks Flux to reconcile by annotating
+//! them, with retries, one leader at a time, and an outcome event for everything that happens.
+
+pub mod admin;
+pub mod coalesce;
+pub mod config;
+pub mod consume;
+pub mod dedup;
+pub mod delivery;
+pub mod error;
+pub mod inflight;
+pub mod leader;
+pub mod metrics;
+pub mod outcome;
+pub mod patch;
+pub mod targets;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use fluxgate_shared::catalog::{self, Catalog, SharedCatalog};
+use fluxgate_shared::contract;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::Config;
+pub use error::Error;
+
+use crate::coalesce::Coalescer;
+use crate::consume::Dispatcher;
+use crate::dedup::Dedup;
+use crate::inflight::Registry;
+use crate::leader::LeaderElector;
+use crate::metrics::Metrics;
+use crate::outcome::Recorder;
+use crate::patch::Patcher;
+use crate::targets::Resolver;
+
+/// Runs the dispatcher until `shutdown` resolves: then it stops fetching, lets in-flight
+/// patches finish and be acknowledged, releases the lease and returns.
+pub async fn run(
+    config: Config,
+    admin_listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let catalog = SharedCatalog::new(Catalog::load_file(&config.receivers_file)?);
+    let metrics = Arc::new(Metrics::default());
+    let nats = async_nats::ConnectOptions::new()
+        .name("fluxgate-dispatcher")
+        .retry_on_initial_connect()
+        .connect(&config.nats_url)
+        .await
+        .map_err(Error::nats)?;
+    let jetstream = jetstream::new(nats.clone());
+    let kube = kube::Client::try_default().await?;
+
+    let (leading_tx, leading) = watch::channel(!config.leader_election);
+    metrics.set_leader(!config.leader_election);
+    let admin = tokio::spawn(
+        axum::serve(
+            admin_listener,
+            admin::router(Arc::new(admin::AdminState {
+                nats: nats.clone(),
+                metrics: metrics.clone(),
+                leading: leading.clone(),
+            })),
+        )
+        .into_future(),
+    );
+
+    let consumer = wait_for_consumer(&jetstream, &config).await;
+    let recorder = Recorder::provision(
+        jetstream.clone(),
+        metrics.clone(),
+        config.stream_replicas,
+        config.outcomes_max_age,
+    )
+    .await?;
+    let dedup = Dedup::provision(&jetstream, config.dedup_ttl, config.stream_replicas).await?;
+    let resolver = Arc::new(Resolver::new(kube.clone(), config.no_cross_namespace_refs));
+    let patcher = Arc::new(Patcher {
+        resolver: resolver.clone(),
+        recorder: recorder.clone(),
+        metrics: metrics.clone(),
+        retry_deadline: config.retry_deadline,
+        max_backoff: config.retry_max_backoff,
+    });
+    let registry = Registry::default();
+    let keep_alive = tokio::spawn(registry.clone().keep_alive(config.ack_wait / 3));
+    let dispatcher = Dispatcher {
+        catalog: catalog.clone(),
+        dedup,
+        resolver,
+        recorder,
+        coalescer: Coalescer::spawn(config.coalesce_window, patcher),
+        registry: registry.clone(),
+        dry_run: config.dry_run,
+    };
+
+    let (stop_tx, stop) = watch::channel(false);
+    let (release_tx, release) = watch::channel(false);
+    let watcher = {
+        let mut stop = stop.clone();
+        tokio::spawn(catalog::watch_file(
+            config.receivers_file.clone(),
+            catalog.clone(),
+            config.reload_interval,
+            |_| {},
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ))
+    };
+    let elector = config.leader_election.then(|| {
+        let identity = config
+            .identity
+            .clone()
+            .unwrap_or_else(|| format!("fluxgate-dispatcher-{}", uuid::Uuid::now_v7()));
+        let elector = LeaderElector::new(
+            kube.clone(),
+            &config.lease_namespace,
+            &config.lease_name,
+            &identity,
+            config.lease_duration,
+        );
+        tokio::spawn(elector.run(leading_tx, release))
+    });
+    let pending = tokio::spawn(report_pending(consumer.clone(), metrics.clone()));
+
+    tracing::info!(admin = %config.admin_listen, dry_run = config.dry_run, "fluxgate-dispatcher running");
+    let consuming = consume_while_leading(
+        &dispatcher,
+        &consumer,
+        &metrics,
+        stop.clone(),
+        leading.clone(),
+    );
+    tokio::pin!(consuming);
+    tokio::select! {
+        result = &mut consuming => result?,
+        _ = shutdown => {
+            tracing::info!("shutting down: no new deliveries, finishing in-flight patches");
+            let _ = stop_tx.send(true);
+            consuming.await?;
+        }
+    }
+    drain(&registry, config.shutdown_grace).await;
+    let _ = release_tx.send(true);
+    if let Some(elector) = elector {
+        let _ = elector.await;
+    }
+    let _ = stop_tx.send(true);
+    let _ = watcher.await;
+    keep_alive.abort();
+    pending.abort();
+    admin.abort();
+    tracing::info!("fluxgate-dispatcher stopped");
+    Ok(())
+}
+
+/// The durable consumer, once ingest has created the deliveries stream and NATS answers.
+async fn wait_for_consumer(
+    jetstream: &jetstream::Context,
+    config: &Config,
+) -> consumer::PullConsumer {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            let stream = jetstream
+                .get_stream(contract::DELIVERIES_STREAM)
+                .await
+                .map_err(Error::nats)?;
+            stream
+                .get_or_create_consumer(
+                    &config.consumer,
+                    consumer::pull::Config {
+                        durable_name: Some(config.consumer.clone()),
+                        description: Some("fluxgate-dispatcher".into()),
+                        ack_policy: consumer::AckPolicy::Explicit,
+                        ack_wait: config.ack_wait,
+                        max_ack_pending: config.max_ack_pending,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(Error::nats)
+        };
+        match attempt.await {
+            Ok(consumer) => return consumer,
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?backoff, "waiting for the deliveries stream (created by fluxgate-ingest)");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Consumes while this replica leads, until `stop`.
+async fn consume_while_leading(
+    dispatcher: &Dispatcher,
+    consumer: &consumer::PullConsumer,
+    metrics: &Metrics,
+    mut stop: watch::Receiver<bool>,
+    mut leading: watch::Receiver<bool>,
+) -> Result<(), Error> {
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+            _ = leading.wait_for(|l| *l) => {}
+        }
+        metrics.set_leader(true);
+        tracing::info!("leading: consuming deliveries");
+        let result = dispatcher
+            .consume(consumer, stop.clone(), leading.clone())
+            .await;
+        metrics.set_leader(false);
+        if let Err(error) = result {
+            tracing::error!(%error, "consuming failed; starting again");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Waits (up to `grace`) for every delivery in flight to be finished and acknowledged.
+async fn drain(registry: &Registry, grace: Duration) {
+    let deadline = tokio::time::Instant::now() + grace;
+    while !registry.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if !registry.is_empty() {
+        tracing::warn!(
+            in_flight = registry.len(),
+            "shutdown grace elapsed; JetStream will redeliver the rest"
+        );
+    }
+}
+
+/// Keeps the pending-deliveries gauge current.
+async fn report_pending(mut consumer: consumer::PullConsumer, metrics: Arc<Metrics>) {
+    loop {
+        if let Ok(info) = consumer.info().await {
+            metrics.set_pending(info.num_pending);
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}

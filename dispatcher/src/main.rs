@@ -1,0 +1,34 @@
+//! `fluxgate-dispatcher`: parses the configuration, binds the admin listener and runs until
+//! SIGTERM.
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use fluxgate_dispatcher::Config;
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    fluxgate_shared::telemetry::init(config.log_format);
+    let admin = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
+    fluxgate_dispatcher::run(config, admin, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Prometheus metrics of the dispatcher.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    outcomes: Family<OutcomeLabels, Counter>,
+    coalesced: Counter,
+    patches: Family<ResultLabels, Counter>,
+    patch_duration: Histogram,
+    webhook_to_patch: Histogram,
+    pending: Gauge,
+    leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("fluxgate_dispatcher");
+        let outcomes = Family::default();
+        registry.register(
+            "outcomes",
+            "Outcome events recorded, by type",
+            outcomes.clone(),
+        );
+        let coalesced = Counter::default();
+        registry.register(
+            "coalesced_events",
+            "Deliveries folded into another delivery's patch",
+            coalesced.clone(),
+        );
+        let patches = Family::default();
+        registry.register(
+            "patches",
+            "Patch attempts by result (patched, retry, failed)",
+            patches.clone(),
+        );
+        let patch_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register(
+            "patch_duration_seconds",
+            "Time of one patch attempt",
+            patch_duration.clone(),
+        );
+        let webhook_to_patch = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        registry.register(
+            "webhook_to_patch_seconds",
+            "Time from the webhook's arrival at ingest to its target's patch",
+            webhook_to_patch.clone(),
+        );
+        let pending = Gauge::default();
+        registry.register(
+            "consumer_pending",
+            "Deliveries stored but not yet consumed",
+            pending.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the lease and consumes",
+            leader.clone(),
+        );
+        Self {
+            registry,
+            outcomes,
+            coalesced,
+            patches,
+            patch_duration,
+            webhook_to_patch,
+            pending,
+            leader,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn outcome(&self, outcome: &'static str) {
+        self.outcomes
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    pub fn coalesced(&self, folded: usize) {
+        self.coalesced.inc_by(u64::try_from(folded).unwrap_or(0));
+    }
+
+    pub fn patch(&self, result: &'static str, elapsed: Duration) {
+        self.patches.get_or_create(&ResultLabels { result }).inc();
+        self.patch_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn webhook_to_patch(&self, elapsed: Duration) {
+        self.webhook_to_patch.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn set_pending(&self, pending: u64) {
+        self.pending.set(i64::try_from(pending).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

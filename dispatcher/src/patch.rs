@@ -1,0 +1,177 @@
+//! The reconcile request: a JSON merge patch of `reconcile.fluxcd.io/requestedAt` on a target,
+//! retried with capped exponential backoff and jitter while the error is transient (5xx, 429,
+//! timeouts, connection errors) and up to a deadline; a permanent error (404, 403, 422) fails at
+//! once. Every attempt's result is recorded for each delivery of the batch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use tokio::time::Instant;
+
+use crate::inflight::InFlight;
+use crate::metrics::Metrics;
+use crate::outcome::{Event, Recorder};
+use crate::targets::{Resolver, Target, is_permanent};
+
+/// The annotation Flux watches.
+pub const REQUESTED_AT: &str = "reconcile.fluxcd.io/requestedAt";
+/// One attempt may take this long before it counts as a transient failure.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first pause between attempts.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+
+pub struct Patcher {
+    pub resolver: Arc<Resolver>,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub retry_deadline: Duration,
+    pub max_backoff: Duration,
+}
+
+enum Attempt {
+    Patched,
+    Permanent(String),
+    Transient(String),
+}
+
+impl Patcher {
+    /// Patches `target` once for the whole batch, retrying as needed, records the outcome for
+    /// every delivery and marks the target done for each.
+    pub async fn run_batch(&self, target: &Target, requested_at: &str, batch: Vec<Arc<InFlight>>) {
+        let batch_id = uuid::Uuid::now_v7().to_string();
+        if batch.len() > 1 {
+            self.metrics.coalesced(batch.len() - 1);
+            for d in &batch {
+                let event = Event::Coalesced {
+                    target: target.clone(),
+                    batch: batch_id.clone(),
+                    size: batch.len(),
+                };
+                self.recorder.record(&d.delivery, event).await;
+            }
+        }
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        let final_event = loop {
+            attempt += 1;
+            let attempt_started = Instant::now();
+            let result = self.attempt(target, requested_at).await;
+            self.metrics
+                .patch(result.label(), attempt_started.elapsed());
+            match result {
+                Attempt::Patched => {
+                    break Event::Patched {
+                        target: target.clone(),
+                        requested_at: requested_at.to_owned(),
+                        batch: batch_id.clone(),
+                        attempts: attempt,
+                    };
+                }
+                Attempt::Permanent(reason) => {
+                    break Event::Failed {
+                        target: Some(target.clone()),
+                        reason,
+                    };
+                }
+                Attempt::Transient(error) => {
+                    let backoff = backoff(attempt, self.max_backoff);
+                    if started.elapsed() + backoff > self.retry_deadline {
+                        let reason = format!(
+                            "gave up after {attempt} attempts over {:?}: {error}",
+                            started.elapsed()
+                        );
+                        break Event::Failed {
+                            target: Some(target.clone()),
+                            reason,
+                        };
+                    }
+                    tracing::warn!(%target, attempt, %error, retry_in = ?backoff, "patch failed; retrying");
+                    for d in &batch {
+                        let event = Event::Retrying {
+                            target: target.clone(),
+                            attempt,
+                            error: error.clone(),
+                            retry_in_ms: u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+                        };
+                        self.recorder.record(&d.delivery, event).await;
+                    }
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+        };
+        if let Event::Failed { reason, .. } = &final_event {
+            tracing::error!(%target, %reason, "reconcile request failed");
+        }
+        for d in &batch {
+            if matches!(final_event, Event::Patched { .. })
+                && let Some(received) = d.delivery.received_at
+            {
+                let latency = (chrono::Utc::now() - received).to_std().unwrap_or_default();
+                self.metrics.webhook_to_patch(latency);
+            }
+            self.recorder.record(&d.delivery, final_event.clone()).await;
+            d.target_done().await;
+        }
+    }
+
+    async fn attempt(&self, target: &Target, requested_at: &str) -> Attempt {
+        let patch = serde_json::json!({"metadata": {"annotations": {REQUESTED_AT: requested_at}}});
+        let request = async {
+            let resource = self
+                .resolver
+                .api_resource(&target.api_version, &target.kind)
+                .await?;
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.resolver.client().clone(), &target.namespace, &resource);
+            api.patch(&target.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+        };
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, request).await {
+            Ok(Ok(_)) => Attempt::Patched,
+            Ok(Err(error)) if is_permanent(&error) => Attempt::Permanent(error.to_string()),
+            Ok(Err(error)) => Attempt::Transient(error.to_string()),
+            Err(_) => Attempt::Transient(format!("no answer within {ATTEMPT_TIMEOUT:?}")),
+        }
+    }
+}
+
+impl Attempt {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Patched => "patched",
+            Self::Permanent(_) => "failed",
+            Self::Transient(_) => "retry",
+        }
+    }
+}
+
+/// Capped exponential backoff with "equal jitter": between half and all of the doubled delay.
+fn backoff(attempt: u32, cap: Duration) -> Duration {
+    let doubled = FIRST_BACKOFF.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    let ceiling = doubled.min(cap);
+    let half = ceiling / 2;
+    half + half.mul_f64(fastrand::f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_then_stays_under_the_cap() {
+        let cap = Duration::from_secs(30);
+        for attempt in 1..40 {
+            let ceiling = FIRST_BACKOFF
+                .saturating_mul(1u32 << (attempt - 1).min(16))
+                .min(cap);
+            let b = backoff(attempt, cap);
+            assert!(
+                b >= ceiling / 2 && b <= ceiling,
+                "attempt {attempt}: {b:?} not in [{:?}, {ceiling:?}]",
+                ceiling / 2
+            );
+        }
+        assert!(backoff(30, cap) >= Duration::from_secs(15));
+    }
+}

@@ -1,0 +1,251 @@
+//! Target resolution: a Receiver's `spec.resources` become the objects to annotate, as Flux
+//! resolves them -- namespace and apiVersion defaults, `name: "*"` with `matchLabels` listed by
+//! label selector, optional refusal of cross-namespace references -- for any kind, through the
+//! dynamic API and discovery.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use fluxgate_shared::catalog::{Receiver, ResourceRef};
+use kube::api::{Api, DynamicObject, ListParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde::Serialize;
+
+/// One object to annotate.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{} {}/{}",
+            self.api_version, self.kind, self.namespace, self.name
+        )
+    }
+}
+
+/// Flux's apiVersion for a kind named without one; other kinds must say theirs.
+pub fn default_api_version(kind: &str) -> Option<&'static str> {
+    match kind {
+        "Bucket" | "GitRepository" | "HelmChart" | "HelmRepository" | "OCIRepository" => {
+            Some("source.toolkit.fluxcd.io/v1")
+        }
+        "ImageRepository" => Some("image.toolkit.fluxcd.io/v1"),
+        "ArtifactGenerator" => Some("source.extensions.fluxcd.io/v1beta1"),
+        _ => None,
+    }
+}
+
+/// The targets of a delivery, and the references that cannot be served (with why).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Resolved {
+    pub targets: Vec<Target>,
+    pub refused: Vec<String>,
+}
+
+pub struct Resolver {
+    client: kube::Client,
+    no_cross_namespace_refs: bool,
+    /// apiVersion + kind -> what discovery said about it.
+    discovered: Mutex<HashMap<(String, String), ApiResource>>,
+}
+
+/// An API error that asking again will not change.
+pub fn is_permanent(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => matches!(status.code, 400 | 403 | 404 | 405 | 410 | 422),
+        kube::Error::Discovery(_) => true,
+        _ => false,
+    }
+}
+
+impl Resolver {
+    pub fn new(client: kube::Client, no_cross_namespace_refs: bool) -> Self {
+        Self {
+            client,
+            no_cross_namespace_refs,
+            discovered: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
+    /// The dynamic API of a kind, from discovery (cached).
+    pub async fn api_resource(
+        &self,
+        api_version: &str,
+        kind: &str,
+    ) -> Result<ApiResource, kube::Error> {
+        let key = (api_version.to_owned(), kind.to_owned());
+        if let Some(found) = self
+            .discovered
+            .lock()
+            .ok()
+            .and_then(|d| d.get(&key).cloned())
+        {
+            return Ok(found);
+        }
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        let (resource, _) = kube::discovery::pinned_kind(&self.client, &gvk).await?;
+        if let Ok(mut discovered) = self.discovered.lock() {
+            discovered.insert(key, resource.clone());
+        }
+        Ok(resource)
+    }
+
+    /// Resolves every entry of `spec.resources`. Refusals (bad references, unknown kinds) are
+    /// permanent and reported; any other API error is returned, to be retried.
+    pub async fn resolve(&self, receiver: &Receiver) -> Result<Resolved, kube::Error> {
+        let mut targets = BTreeSet::new();
+        let mut refused = Vec::new();
+        for resource in &receiver.resources {
+            match self.resolve_one(receiver, resource).await {
+                Ok(found) => targets.extend(found),
+                Err(Refusal::Permanent(reason)) => refused.push(reason),
+                Err(Refusal::Transient(error)) => return Err(error),
+            }
+        }
+        Ok(Resolved {
+            targets: targets.into_iter().collect(),
+            refused,
+        })
+    }
+
+    async fn resolve_one(
+        &self,
+        receiver: &Receiver,
+        resource: &ResourceRef,
+    ) -> Result<Vec<Target>, Refusal> {
+        let describe = || format!("{} {}", resource.kind, resource.name);
+        let namespace = resource
+            .namespace
+            .clone()
+            .unwrap_or_else(|| receiver.namespace.clone());
+        if self.no_cross_namespace_refs && namespace != receiver.namespace {
+            return Err(Refusal::Permanent(format!(
+                "{}: cross-namespace reference to {namespace} refused (--no-cross-namespace-refs)",
+                describe()
+            )));
+        }
+        let api_version = match &resource.api_version {
+            Some(v) if !v.is_empty() => v.clone(),
+            _ => default_api_version(&resource.kind)
+                .ok_or_else(|| {
+                    Refusal::Permanent(format!(
+                        "{}: apiVersion is required for kind {}",
+                        describe(),
+                        resource.kind
+                    ))
+                })?
+                .to_owned(),
+        };
+        let target = |name: String| Target {
+            api_version: api_version.clone(),
+            kind: resource.kind.clone(),
+            namespace: namespace.clone(),
+            name,
+        };
+        if resource.name != "*" {
+            // As in Flux, matchLabels only apply to the wildcard.
+            return Ok(vec![target(resource.name.clone())]);
+        }
+        let labels = resource
+            .match_labels
+            .as_ref()
+            .filter(|l| !l.is_empty())
+            .ok_or_else(|| {
+                Refusal::Permanent(format!(
+                    "{}: matchLabels field not set when using wildcard '*' as name",
+                    describe()
+                ))
+            })?;
+        let selector = labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let api_resource = self
+            .api_resource(&api_version, &resource.kind)
+            .await
+            .map_err(Refusal::from)?;
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &namespace, &api_resource);
+        let listed = api
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(Refusal::from)?;
+        Ok(listed
+            .items
+            .into_iter()
+            .filter_map(|o| o.metadata.name)
+            .map(target)
+            .collect())
+    }
+}
+
+enum Refusal {
+    Permanent(String),
+    Transient(kube::Error),
+}
+
+impl From<kube::Error> for Refusal {
+    fn from(error: kube::Error) -> Self {
+        if is_permanent(&error) {
+            Self::Permanent(error.to_string())
+        } else {
+            Self::Transient(error)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flux_defaults_for_source_kinds_only() {
+        assert_eq!(
+            default_api_version("GitRepository"),
+            Some("source.toolkit.fluxcd.io/v1")
+        );
+        assert_eq!(
+            default_api_version("OCIRepository"),
+            Some("source.toolkit.fluxcd.io/v1")
+        );
+        assert_eq!(
+            default_api_version("ImageRepository"),
+            Some("image.toolkit.fluxcd.io/v1")
+        );
+        assert_eq!(
+            default_api_version("ArtifactGenerator"),
+            Some("source.extensions.fluxcd.io/v1beta1")
+        );
+        assert_eq!(default_api_version("Kustomization"), None);
+    }
+
+    #[test]
+    fn permanent_errors_are_the_ones_a_retry_cannot_fix() {
+        let status = |code| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                ..Default::default()
+            }))
+        };
+        for code in [400, 403, 404, 422] {
+            assert!(is_permanent(&status(code)), "{code}");
+        }
+        for code in [409, 429, 500, 503] {
+            assert!(!is_permanent(&status(code)), "{code}");
+        }
+    }
+}
