@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::{self, kv, stream};
+use fluxgate_shared::contract;
 use sha2::{Digest, Sha256};
 
 use crate::delivery::Delivery;
@@ -26,29 +27,37 @@ pub struct Dedup {
 
 impl Dedup {
     /// Creates the bucket if needed; keys expire after `ttl`.
+    ///
+    /// The bucket's stream is created directly, with the settings a KV bucket has, because
+    /// async-nats's `create_key_value` first reads account information in a shape NATS 2.9
+    /// does not send.
     pub async fn provision(
         jetstream: &jetstream::Context,
         ttl: Duration,
         replicas: usize,
     ) -> Result<Self, Error> {
-        if let Ok(store) = jetstream
-            .get_key_value(fluxgate_shared::contract::DEDUP_BUCKET)
-            .await
-        {
+        let bucket = contract::DEDUP_BUCKET;
+        if let Ok(store) = jetstream.get_key_value(bucket).await {
             return Ok(Self { store });
         }
-        let store = jetstream
-            .create_key_value(kv::Config {
-                bucket: fluxgate_shared::contract::DEDUP_BUCKET.into(),
-                description: "delivery key -> stream sequence that claimed it".into(),
-                history: 1,
+        jetstream
+            .get_or_create_stream(stream::Config {
+                name: format!("KV_{bucket}"),
+                description: Some("delivery key -> stream sequence that claimed it".into()),
+                subjects: vec![format!("$KV.{bucket}.>")],
+                max_messages_per_subject: 1,
                 max_age: ttl,
-                storage: jetstream::stream::StorageType::File,
+                storage: stream::StorageType::File,
                 num_replicas: replicas,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: stream::DiscardPolicy::New,
                 ..Default::default()
             })
             .await
             .map_err(Error::nats)?;
+        let store = jetstream.get_key_value(bucket).await.map_err(Error::nats)?;
         Ok(Self { store })
     }
 

@@ -57,6 +57,7 @@ pub async fn run(
     let jetstream = jetstream::new(nats.clone());
     let kube = kube::Client::try_default().await?;
 
+    let admin_address = admin_listener.local_addr()?;
     let (leading_tx, leading) = watch::channel(!config.leader_election);
     metrics.set_leader(!config.leader_election);
     let admin = tokio::spawn(
@@ -130,7 +131,13 @@ pub async fn run(
     });
     let pending = tokio::spawn(report_pending(consumer.clone(), metrics.clone()));
 
-    tracing::info!(admin = %config.admin_listen, dry_run = config.dry_run, "fluxgate-dispatcher running");
+    // A target of its own, so a supervisor (the test harness) can learn the bound port.
+    tracing::info!(
+        target: "fluxgate_dispatcher::listen",
+        admin = %admin_address,
+        dry_run = config.dry_run,
+        "fluxgate-dispatcher running"
+    );
     let consuming = consume_while_leading(
         &dispatcher,
         &consumer,

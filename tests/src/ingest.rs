@@ -1,56 +1,46 @@
-//! Runs the real `fluxgate-ingest` binary on ports it picks itself (so parallel tests never
-//! race for a port) and waits until it is ready.
+//! Runs the real `fluxgate-ingest` binary and waits until it is ready.
 
-use std::io::BufRead;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::{STARTUP_DEADLINE, http, workspace_binary};
-
-/// The log line ingest writes once it listens, under a target of its own.
-const LISTEN_TARGET: &str = "fluxgate_ingest::listen";
+use crate::process::Service;
+use crate::{STARTUP_DEADLINE, http};
 
 pub struct Ingest {
     pub port: u16,
     pub admin_port: u16,
-    child: Child,
+    service: Service,
 }
 
 impl Ingest {
-    /// Starts ingest against `nats_url` with `receivers_file` and any extra flags, learns its
-    /// ports from its start-up log line, and waits for `/readyz` to answer 200. Its other log
-    /// lines (warnings, unless `RUST_LOG` says otherwise) go to this process's stderr.
+    /// Starts ingest against `nats_url` with `receivers_file` and any extra flags on ports of
+    /// its choosing, and waits for `/readyz` to answer 200.
     pub async fn start(nats_url: &str, receivers_file: &Path, extra_args: &[&str]) -> Self {
-        let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-        let mut child = Command::new(workspace_binary("fluxgate-ingest"))
-            .arg("--nats-url")
-            .arg(nats_url)
-            .arg("--receivers-file")
-            .arg(receivers_file)
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--reload-interval", "100ms", "--log-format", "json"])
-            .args(extra_args)
-            .env("RUST_LOG", format!("{level},{LISTEN_TARGET}=info"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start fluxgate-ingest");
-        let (ports_tx, ports_rx) = tokio::sync::oneshot::channel();
-        let stderr = child.stderr.take().expect("piped stderr");
-        std::thread::spawn(move || forward_logs(stderr, ports_tx));
-        let (port, admin_port) = match tokio::time::timeout(STARTUP_DEADLINE, ports_rx).await {
-            Ok(Ok(ports)) => ports,
-            Ok(Err(_)) => panic!(
-                "fluxgate-ingest exited before listening: {:?}",
-                child.wait()
-            ),
-            Err(_) => panic!("fluxgate-ingest did not start listening"),
-        };
+        let mut args: Vec<String> = vec![
+            "--nats-url".into(),
+            nats_url.into(),
+            "--receivers-file".into(),
+            receivers_file.display().to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--admin-listen".into(),
+            "127.0.0.1:0".into(),
+            "--reload-interval".into(),
+            "100ms".into(),
+        ];
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        let (service, ports) = Service::start(
+            "fluxgate-ingest",
+            &args,
+            &[],
+            "fluxgate_ingest::listen",
+            &["listen", "admin"],
+        )
+        .await;
         let ingest = Self {
-            port,
-            admin_port,
-            child,
+            port: ports[0],
+            admin_port: ports[1],
+            service,
         };
         ingest.wait_ready().await;
         ingest
@@ -65,7 +55,7 @@ impl Ingest {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.service.pid()
     }
 
     /// Polls `/readyz` until it answers 200.
@@ -87,45 +77,6 @@ impl Ingest {
 
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited successfully.
     pub fn terminate(&mut self) -> bool {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        self.child.wait().map(|s| s.success()).unwrap_or(false)
-    }
-}
-
-/// Copies ingest's log lines to stderr, and reports the ports of its "serving" line.
-fn forward_logs(
-    stderr: std::process::ChildStderr,
-    ports: tokio::sync::oneshot::Sender<(u16, u16)>,
-) {
-    let mut ports = Some(ports);
-    for line in std::io::BufReader::new(stderr)
-        .lines()
-        .map_while(Result::ok)
-    {
-        let parsed: Option<serde_json::Value> = serde_json::from_str(&line).ok();
-        let Some(entry) = parsed.filter(|e| e["target"] == LISTEN_TARGET) else {
-            eprintln!("{line}");
-            continue;
-        };
-        let port_of = |field: &str| {
-            entry[field]
-                .as_str()
-                .and_then(|addr| addr.rsplit(':').next())
-                .and_then(|p| p.parse::<u16>().ok())
-        };
-        if let (Some(listen), Some(admin), Some(tx)) =
-            (port_of("listen"), port_of("admin"), ports.take())
-        {
-            let _ = tx.send((listen, admin));
-        }
-    }
-}
-
-impl Drop for Ingest {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.service.terminate()
     }
 }

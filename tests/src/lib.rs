@@ -2,9 +2,11 @@
 //! handles, and signed-webhook helpers. Used by the end-to-end tests and the load tool.
 
 pub mod apiserver;
+pub mod dispatcher;
 pub mod http;
 pub mod ingest;
 pub mod nats;
+pub mod process;
 pub mod webhook;
 
 use std::path::PathBuf;

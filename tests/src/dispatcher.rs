@@ -1,0 +1,77 @@
+//! Runs the real `fluxgate-dispatcher` binary against a NATS server and the Kubernetes API
+//! stand-in (through a kubeconfig), and reads the outcome events it records.
+
+use std::path::Path;
+
+use async_nats::jetstream;
+use fluxgate_shared::contract;
+use serde_json::Value;
+
+use crate::process::Service;
+
+pub struct Dispatcher {
+    pub admin_port: u16,
+    pub service: Service,
+}
+
+impl Dispatcher {
+    /// Starts a dispatcher; `kubeconfig` points it at the stand-in.
+    pub async fn start(
+        nats_url: &str,
+        receivers_file: &Path,
+        kubeconfig: &Path,
+        extra_args: &[&str],
+    ) -> Self {
+        let mut args: Vec<String> = vec![
+            "--nats-url".into(),
+            nats_url.into(),
+            "--receivers-file".into(),
+            receivers_file.display().to_string(),
+            "--admin-listen".into(),
+            "127.0.0.1:0".into(),
+            "--reload-interval".into(),
+            "100ms".into(),
+        ];
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        let kubeconfig = kubeconfig.display().to_string();
+        let (service, ports) = Service::start(
+            "fluxgate-dispatcher",
+            &args,
+            &[("KUBECONFIG", kubeconfig.as_str())],
+            "fluxgate_dispatcher::listen",
+            &["admin"],
+        )
+        .await;
+        Self {
+            admin_port: ports[0],
+            service,
+        }
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+}
+
+/// Every outcome event recorded so far, oldest first.
+pub async fn outcomes(client: &async_nats::Client) -> Vec<Value> {
+    let Ok(mut stream) = jetstream::new(client.clone())
+        .get_stream(contract::OUTCOMES_STREAM)
+        .await
+    else {
+        return Vec::new();
+    };
+    let Ok(info) = stream.info().await else {
+        return Vec::new();
+    };
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    let mut events = Vec::new();
+    for sequence in first.max(1)..=last {
+        if let Ok(message) = stream.get_raw_message(sequence).await
+            && let Ok(event) = serde_json::from_slice(&message.payload)
+        {
+            events.push(event);
+        }
+    }
+    events
+}

@@ -1,0 +1,105 @@
+//! Runs a fluxgate binary as a child process on ports it picks itself, learning them from the
+//! start-up log line it writes under a target of its own (so parallel tests never race for a
+//! port). The child's other log lines are copied to this process's stderr.
+
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+
+use crate::{STARTUP_DEADLINE, workspace_binary};
+
+pub struct Service {
+    child: Child,
+}
+
+impl Service {
+    /// Starts `binary` with `args` (plus `--log-format json`), waits for its log line with
+    /// `target`, and returns the service with the ports of that line's `fields`
+    /// (`"127.0.0.1:1234"` style values), in order.
+    pub async fn start(
+        binary: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+        target: &str,
+        fields: &[&str],
+    ) -> (Self, Vec<u16>) {
+        let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+        let mut child = Command::new(workspace_binary(binary))
+            .args(args)
+            .args(["--log-format", "json"])
+            .envs(env.iter().copied())
+            .env("RUST_LOG", format!("{level},{target}=info"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {binary}: {e}"));
+        let (ports_tx, ports_rx) = tokio::sync::oneshot::channel();
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (target, fields) = (
+            target.to_owned(),
+            fields.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+        );
+        std::thread::spawn(move || forward_logs(stderr, &target, &fields, ports_tx));
+        let ports = match tokio::time::timeout(STARTUP_DEADLINE, ports_rx).await {
+            Ok(Ok(ports)) => ports,
+            Ok(Err(_)) => panic!("{binary} exited before listening: {:?}", child.wait()),
+            Err(_) => panic!("{binary} did not start listening"),
+        };
+        (Self { child }, ports)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
+    /// SIGKILLs the process, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Copies log lines to stderr, and reports the ports of the line with `target`.
+fn forward_logs(
+    stderr: std::process::ChildStderr,
+    target: &str,
+    fields: &[String],
+    ports: tokio::sync::oneshot::Sender<Vec<u16>>,
+) {
+    let mut ports = Some(ports);
+    for line in std::io::BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+    {
+        let parsed: Option<serde_json::Value> = serde_json::from_str(&line).ok();
+        let Some(entry) = parsed.filter(|e| e["target"] == target) else {
+            eprintln!("{line}");
+            continue;
+        };
+        let found: Option<Vec<u16>> = fields
+            .iter()
+            .map(|field| {
+                entry[field.as_str()]
+                    .as_str()
+                    .and_then(|addr| addr.rsplit(':').next())
+                    .and_then(|p| p.parse::<u16>().ok())
+            })
+            .collect();
+        if let (Some(found), Some(tx)) = (found, ports.take()) {
+            let _ = tx.send(found);
+        }
+    }
+}

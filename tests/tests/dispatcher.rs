@@ -1,0 +1,404 @@
+//! End-to-end tests of the whole pipeline: `fluxgate-ingest` and `fluxgate-dispatcher` as real
+//! processes, a real `nats-server`, and the Kubernetes API stand-in as the cluster.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use fluxgate_shared::contract::{self, header};
+use fluxgate_tests::apiserver::{ApiServer, Fault, ObjectRef};
+use fluxgate_tests::dispatcher::{Dispatcher, outcomes};
+use fluxgate_tests::http;
+use fluxgate_tests::ingest::Ingest;
+use fluxgate_tests::nats::NatsServer;
+use fluxgate_tests::webhook::{github_push_body, github_signature, hook_path, secret_manifest};
+use serde_json::{Value, json};
+
+const NS: &str = "flux-system";
+const SOURCE: &str = "source.toolkit.fluxcd.io/v1";
+const GH_TOKEN: &str = "gh-secret";
+const TOKEN: &str = "plain-token";
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn receiver(name: &str, kind: &str, secret: &str, resources: &str) -> String {
+    format!(
+        "apiVersion: notification.toolkit.fluxcd.io/v1\nkind: Receiver\nmetadata:\n  name: {name}\n  namespace: {NS}\nspec:\n  type: {kind}\n  secretRef:\n    name: {secret}\n  resources:\n{resources}"
+    )
+}
+
+fn receivers_yaml() -> String {
+    [
+        secret_manifest("gh-token", NS, GH_TOKEN),
+        secret_manifest("plain", NS, TOKEN),
+        receiver(
+            "gh",
+            "github",
+            "gh-token",
+            "    - kind: GitRepository\n      name: app\n",
+        ),
+        receiver(
+            "labels",
+            "generic",
+            "plain",
+            "    - kind: GitRepository\n      name: \"*\"\n      matchLabels:\n        team: web\n",
+        ),
+        receiver(
+            "missing",
+            "generic",
+            "plain",
+            "    - kind: GitRepository\n      name: ghost\n",
+        ),
+        receiver(
+            "flaky",
+            "generic",
+            "plain",
+            "    - kind: GitRepository\n      name: flaky\n",
+        ),
+    ]
+    .join("---\n")
+}
+
+fn git_repository(name: &str, team: &str) -> Value {
+    json!({
+        "apiVersion": SOURCE,
+        "kind": "GitRepository",
+        "metadata": {"name": name, "namespace": NS, "labels": {"team": team}},
+        "spec": {"url": "https://example.org/repo", "interval": "10m"},
+    })
+}
+
+fn repo(name: &str) -> ObjectRef {
+    ObjectRef::new(SOURCE, "GitRepository", NS, name)
+}
+
+struct Pipeline {
+    nats: NatsServer,
+    cluster: ApiServer,
+    ingest: Ingest,
+    dir: tempfile::TempDir,
+    receivers: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl Pipeline {
+    /// NATS, the stand-in with its repositories, and ingest; dispatchers are started by the tests.
+    async fn start() -> Self {
+        let nats = NatsServer::start().await;
+        let cluster = ApiServer::start_local().await;
+        for (name, team) in [
+            ("app", "core"),
+            ("flaky", "core"),
+            ("web-1", "web"),
+            ("web-2", "web"),
+            ("api", "api"),
+        ] {
+            cluster.apply(git_repository(name, team));
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let receivers = dir.path().join("receivers.yaml");
+        std::fs::write(&receivers, receivers_yaml()).expect("write receivers");
+        let kubeconfig = cluster.write_kubeconfig(dir.path()).expect("kubeconfig");
+        let ingest = Ingest::start(&nats.url(), &receivers, &[]).await;
+        Self {
+            nats,
+            cluster,
+            ingest,
+            dir,
+            receivers,
+            kubeconfig,
+        }
+    }
+
+    async fn dispatcher(&self, args: &[&str]) -> Dispatcher {
+        Dispatcher::start(&self.nats.url(), &self.receivers, &self.kubeconfig, args).await
+    }
+
+    async fn push(&self, delivery: &str) {
+        let body = github_push_body(512);
+        let signature = github_signature(GH_TOKEN, &body);
+        let response = http::post(
+            &self.ingest.hook_url(&hook_path(GH_TOKEN, "gh", NS)),
+            &[
+                ("content-type", "application/json"),
+                ("x-github-event", "push"),
+                ("x-github-delivery", delivery),
+                ("x-hub-signature-256", &signature),
+            ],
+            body,
+        )
+        .await
+        .expect("push");
+        assert_eq!(response.status, 202, "{:?}", response.body);
+    }
+
+    /// A bare generic trigger; returns its delivery id.
+    async fn trigger(&self, receiver: &str) -> String {
+        let response = http::post(
+            &self.ingest.hook_url(&hook_path(TOKEN, receiver, NS)),
+            &[],
+            "",
+        )
+        .await
+        .expect("trigger");
+        assert_eq!(response.status, 202, "{:?}", response.body);
+        response.json()["delivery"]
+            .as_str()
+            .expect("delivery id")
+            .to_owned()
+    }
+
+    /// Successful patches of a repository, in order.
+    fn patches(&self, name: &str) -> Vec<Value> {
+        self.requests_to(name, "PATCH")
+            .into_iter()
+            .filter(|r| r.status == 200)
+            .filter_map(|r| r.body)
+            .collect()
+    }
+
+    fn requests_to(
+        &self,
+        name: &str,
+        method: &str,
+    ) -> Vec<fluxgate_tests::apiserver::RecordedRequest> {
+        let path =
+            format!("/apis/source.toolkit.fluxcd.io/v1/namespaces/{NS}/gitrepositories/{name}");
+        self.cluster
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == method && r.path == path)
+            .collect()
+    }
+
+    async fn outcomes(&self) -> Vec<Value> {
+        outcomes(&self.nats.client().await).await
+    }
+
+    /// Waits until `done` holds for the recorded outcomes, and returns them.
+    async fn wait_outcomes(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let events = self.outcomes().await;
+            if done(&events) {
+                return events;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}; outcomes: {events:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == kind).collect()
+}
+
+fn annotation(object: &Value) -> Option<&str> {
+    object["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"].as_str()
+}
+
+#[tokio::test]
+async fn signed_push_patches_its_target_once_and_records_the_trail() {
+    let p = Pipeline::start().await;
+    let _dispatcher = p.dispatcher(&["--coalesce-window", "100ms"]).await;
+    p.push("guid-1").await;
+    p.push("guid-1").await; // GitHub redelivery: stored once by JetStream.
+
+    let events = p
+        .wait_outcomes("the patch", |e| !of_type(e, "patched").is_empty())
+        .await;
+    let patched = of_type(&events, "patched");
+    assert_eq!(patched.len(), 1);
+    assert_eq!(patched[0]["delivery"], "guid-1");
+    assert_eq!(
+        patched[0]["target"],
+        json!({"apiVersion": SOURCE, "kind": "GitRepository", "namespace": NS, "name": "app"})
+    );
+    let dispatched = of_type(&events, "dispatched");
+    assert_eq!(dispatched.len(), 1);
+    assert_eq!(dispatched[0]["seq"], 1);
+    assert_eq!(dispatched[0]["receiver"], "flux-system/gh");
+
+    let app = p.cluster.get(&repo("app")).expect("app");
+    let value = annotation(&app).expect("requestedAt annotation");
+    assert_eq!(patched[0]["requested_at"], value);
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(value).is_ok()
+            && value.ends_with('Z')
+            && value.len() == 30,
+        "{value}"
+    );
+    assert_eq!(p.patches("app").len(), 1, "one delivery, one patch");
+    assert!(p.patches("web-1").is_empty() && p.patches("flaky").is_empty());
+}
+
+#[tokio::test]
+async fn a_second_message_with_the_same_delivery_key_is_a_duplicate() {
+    let p = Pipeline::start().await;
+    // Two stream messages for one delivery, as when a sender retries after JetStream's
+    // duplicate window: only the dedup bucket can tell.
+    let jetstream = jetstream::new(p.nats.client().await);
+    for msg_id in ["first", "second"] {
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, value) in [
+            (header::DELIVERY_ID, "late-retry"),
+            (header::DELIVERY_ID_SOURCE, "sender"),
+            (header::RECEIVER_NAMESPACE, NS),
+            (header::RECEIVER_NAME, "gh"),
+            (header::RECEIVER_TYPE, "github"),
+            ("Nats-Msg-Id", msg_id),
+        ] {
+            headers.insert(name, value);
+        }
+        jetstream
+            .publish_with_headers(contract::delivery_subject(NS, "gh"), headers, "{}".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    let _dispatcher = p.dispatcher(&["--coalesce-window", "100ms"]).await;
+    let events = p
+        .wait_outcomes("the patch and the duplicate", |e| {
+            !of_type(e, "patched").is_empty() && !of_type(e, "duplicate").is_empty()
+        })
+        .await;
+    let duplicate = of_type(&events, "duplicate");
+    assert_eq!(
+        (
+            duplicate[0]["seq"].as_u64(),
+            duplicate[0]["of_seq"].as_u64()
+        ),
+        (Some(2), Some(1))
+    );
+    assert_eq!(of_type(&events, "patched").len(), 1);
+    assert_eq!(p.patches("app").len(), 1);
+}
+
+#[tokio::test]
+async fn a_burst_to_one_target_becomes_one_or_two_patches() {
+    let p = Pipeline::start().await;
+    let _dispatcher = p.dispatcher(&["--coalesce-window", "1s"]).await;
+    futures::future::join_all((0..50).map(|i| {
+        let p = &p;
+        async move { p.push(&format!("burst-{i}")).await }
+    }))
+    .await;
+    let events = p
+        .wait_outcomes("50 patched outcomes", |e| of_type(e, "patched").len() == 50)
+        .await;
+    let patches = p.patches("app").len();
+    assert!(
+        (1..=2).contains(&patches),
+        "50 deliveries made {patches} patches"
+    );
+    let batches: HashSet<&str> = of_type(&events, "patched")
+        .iter()
+        .filter_map(|e| e["batch"].as_str())
+        .collect();
+    assert_eq!(batches.len(), patches);
+    assert!(!of_type(&events, "coalesced").is_empty());
+}
+
+#[tokio::test]
+async fn a_label_selector_patches_every_match_and_nothing_else() {
+    let p = Pipeline::start().await;
+    let _dispatcher = p.dispatcher(&["--coalesce-window", "100ms"]).await;
+    let delivery = p.trigger("labels").await;
+    let events = p
+        .wait_outcomes("two patches", |e| of_type(e, "patched").len() == 2)
+        .await;
+    let dispatched = of_type(&events, "dispatched");
+    assert_eq!(dispatched[0]["delivery"], delivery.as_str());
+    let names: Vec<&str> = dispatched[0]["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names, ["web-1", "web-2"]);
+    assert_eq!((p.patches("web-1").len(), p.patches("web-2").len()), (1, 1));
+    assert!(p.patches("api").is_empty() && p.patches("app").is_empty());
+    assert!(p.requests_to("api", "PATCH").is_empty());
+}
+
+#[tokio::test]
+async fn transient_errors_are_retried_until_the_patch_lands() {
+    let p = Pipeline::start().await;
+    for fault in [
+        Fault::status(500),
+        Fault::status(500),
+        Fault::too_many_requests(1),
+    ] {
+        p.cluster.inject(&repo("flaky"), fault.on("PATCH"));
+    }
+    let _dispatcher = p.dispatcher(&["--coalesce-window", "100ms"]).await;
+    p.trigger("flaky").await;
+    let events = p
+        .wait_outcomes("the patch", |e| !of_type(e, "patched").is_empty())
+        .await;
+    let statuses: Vec<u16> = p
+        .requests_to("flaky", "PATCH")
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, [500, 500, 429, 200]);
+    let retrying: Vec<u64> = of_type(&events, "retrying")
+        .iter()
+        .filter_map(|e| e["attempt"].as_u64())
+        .collect();
+    assert_eq!(retrying, [1, 2]);
+    assert_eq!(
+        of_type(&events, "patched")[0]["attempts"],
+        3,
+        "the 429 is retried by the kube client itself"
+    );
+    assert!(annotation(&p.cluster.get(&repo("flaky")).expect("flaky")).is_some());
+}
+
+#[tokio::test]
+async fn a_missing_target_fails_at_once_without_a_retry_storm() {
+    let p = Pipeline::start().await;
+    let _dispatcher = p.dispatcher(&["--coalesce-window", "100ms"]).await;
+    let delivery = p.trigger("missing").await;
+    let events = p
+        .wait_outcomes("the failure", |e| !of_type(e, "failed").is_empty())
+        .await;
+    let failed = of_type(&events, "failed");
+    assert_eq!(failed[0]["delivery"], delivery.as_str());
+    assert_eq!(failed[0]["target"]["name"], "ghost");
+    assert!(
+        failed[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("not found")),
+        "{}",
+        failed[0]
+    );
+    assert_eq!(
+        p.requests_to("ghost", "PATCH").len(),
+        1,
+        "a 404 is not retried"
+    );
+    assert!(of_type(&events, "retrying").is_empty());
+    // The failed delivery is acknowledged: a later one is handled normally.
+    p.trigger("labels").await;
+    p.wait_outcomes("the next delivery", |e| of_type(e, "patched").len() == 2)
+        .await;
+    assert_eq!(p.requests_to("ghost", "PATCH").len(), 1);
+}
+
+#[tokio::test]
+async fn dry_run_records_what_it_would_patch_and_patches_nothing() {
+    let p = Pipeline::start().await;
+    let _dispatcher = p.dispatcher(&["--dry-run"]).await;
+    p.trigger("labels").await;
+    let events = p
+        .wait_outcomes("two would_patch", |e| of_type(e, "would_patch").len() == 2)
+        .await;
+    assert!(of_type(&events, "patched").is_empty());
+    assert!(p.cluster.requests().iter().all(|r| r.method != "PATCH"));
+    let _ = &p.dir;
+}
