@@ -11,6 +11,7 @@ use fluxgate_shared::catalog::SharedCatalog;
 use futures::StreamExt as _;
 use tokio::sync::watch;
 
+use crate::becomes;
 use crate::coalesce::Coalescer;
 use crate::dedup::{Claim, Dedup};
 use crate::delivery::Delivery;
@@ -43,9 +44,10 @@ impl Dispatcher {
         let mut messages = consumer.messages().await.map_err(Error::nats)?;
         loop {
             let next = tokio::select! {
+                biased;
+                _ = becomes(&mut stop, true) => return Ok(()),
+                _ = becomes(&mut leading, false) => return Ok(()),
                 next = messages.next() => next,
-                _ = stop.wait_for(|s| *s) => return Ok(()),
-                _ = leading.wait_for(|l| !*l) => return Ok(()),
             };
             match next {
                 Some(Ok(message)) => self.handle(message).await,

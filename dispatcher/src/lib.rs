@@ -154,7 +154,9 @@ pub async fn run(
             consuming.await?;
         }
     }
+    tracing::info!("stopped consuming");
     drain(&registry, config.shutdown_grace).await;
+    tracing::info!("in-flight deliveries drained");
     let _ = release_tx.send(true);
     if let Some(elector) = elector {
         let _ = elector.await;
@@ -216,8 +218,10 @@ async fn consume_while_leading(
 ) -> Result<(), Error> {
     loop {
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => return Ok(()),
-            _ = leading.wait_for(|l| *l) => {}
+            // Stopping wins over leading when both hold.
+            biased;
+            _ = becomes(&mut stop, true) => return Ok(()),
+            _ = becomes(&mut leading, true) => {}
         }
         metrics.set_leader(true);
         tracing::info!("leading: consuming deliveries");
@@ -229,6 +233,13 @@ async fn consume_while_leading(
             tracing::error!(%error, "consuming failed; starting again");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+}
+
+/// Resolves once the flag is `value`; never, if its sender is gone without saying so.
+pub async fn becomes(flag: &mut watch::Receiver<bool>, value: bool) {
+    if flag.wait_for(|v| *v == value).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

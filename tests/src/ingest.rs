@@ -76,7 +76,7 @@ impl Ingest {
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited successfully.
-    pub fn terminate(&mut self) -> bool {
-        self.service.terminate()
+    pub async fn terminate(&mut self) -> bool {
+        self.service.terminate().await
     }
 }

@@ -52,11 +52,22 @@ impl Service {
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited successfully.
-    pub fn terminate(&mut self) -> bool {
+    /// Waiting polls instead of blocking, so servers in this test's runtime (the API stand-in)
+    /// keep answering the exiting process.
+    pub async fn terminate(&mut self) -> bool {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        self.child.wait().map(|s| s.success()).unwrap_or(false)
+        let deadline = tokio::time::Instant::now() + STARTUP_DEADLINE;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                _ => return false,
+            }
+        }
     }
 
     /// SIGKILLs the process, as a crash would.

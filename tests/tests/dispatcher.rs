@@ -402,3 +402,178 @@ async fn dry_run_records_what_it_would_patch_and_patches_nothing() {
     assert!(p.cluster.requests().iter().all(|r| r.method != "PATCH"));
     let _ = &p.dir;
 }
+
+/// Polls a dispatcher's `/metrics` until `line` appears; returns how long that took.
+async fn wait_metric(dispatcher: &Dispatcher, line: &str) -> Duration {
+    let started = tokio::time::Instant::now();
+    loop {
+        let metrics = http::get(&dispatcher.admin_url("/metrics"))
+            .await
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned());
+        if metrics.is_ok_and(|m| m.lines().any(|l| l == line)) {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < DEADLINE, "{line} never appeared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn patched_deliveries(events: &[Value]) -> HashSet<String> {
+    of_type(events, "patched")
+        .iter()
+        .filter_map(|e| e["delivery"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_dispatcher_killed_mid_backlog_loses_nothing() {
+    let p = Pipeline::start().await;
+    // Slow patches keep deliveries in flight when the dispatcher dies.
+    for _ in 0..5 {
+        p.cluster.inject(
+            &repo("app"),
+            Fault::delay(Duration::from_millis(300)).on("PATCH"),
+        );
+    }
+    let ids: Vec<String> = (0..200).map(|i| format!("backlog-{i}")).collect();
+    for id in &ids {
+        p.push(id).await;
+    }
+    let args = [
+        "--leader-election",
+        "false",
+        "--ack-wait",
+        "2s",
+        "--coalesce-window",
+        "50ms",
+    ];
+    let mut first = p.dispatcher(&args).await;
+    p.wait_outcomes("the first patch", |e| !of_type(e, "patched").is_empty())
+        .await;
+    first.service.kill();
+    let done_before = patched_deliveries(&p.outcomes().await).len();
+
+    let _second = p.dispatcher(&args).await;
+    let expected: HashSet<String> = ids.into_iter().collect();
+    let events = p
+        .wait_outcomes("every delivery patched", |e| {
+            patched_deliveries(e).is_superset(&expected)
+        })
+        .await;
+    eprintln!(
+        "killed after {done_before} of 200 deliveries were patched; {} patches in all",
+        p.patches("app").len()
+    );
+    assert!(patched_deliveries(&events).is_superset(&expected));
+    assert!(annotation(&p.cluster.get(&repo("app")).expect("app")).is_some());
+}
+
+#[tokio::test]
+async fn only_the_leader_patches_and_a_standby_takes_over_when_it_dies() {
+    let p = Pipeline::start().await;
+    let args = |id: &'static str| {
+        [
+            "--identity",
+            id,
+            "--lease-duration",
+            "2s",
+            "--coalesce-window",
+            "50ms",
+            "--ack-wait",
+            "2s",
+        ]
+    };
+    let mut a = p.dispatcher(&args("a")).await;
+    wait_metric(&a, "fluxgate_dispatcher_leader 1").await;
+    let b = p.dispatcher(&args("b")).await;
+    wait_metric(&b, "fluxgate_dispatcher_leader 0").await;
+
+    p.push("while-a-leads").await;
+    p.wait_outcomes("the patch", |e| of_type(e, "patched").len() == 1)
+        .await;
+    wait_metric(
+        &a,
+        r#"fluxgate_dispatcher_outcomes_total{outcome="patched"} 1"#,
+    )
+    .await;
+    let b_metrics = http::get(&b.admin_url("/metrics")).await.expect("metrics");
+    assert!(
+        !String::from_utf8_lossy(&b_metrics.body).contains("outcome=\"patched\""),
+        "the standby must not patch"
+    );
+
+    a.service.kill();
+    let failover = wait_metric(&b, "fluxgate_dispatcher_leader 1").await;
+    eprintln!("failover after SIGKILL of the leader: {failover:?}");
+    p.push("after-failover").await;
+    p.wait_outcomes("the second patch", |e| of_type(e, "patched").len() == 2)
+        .await;
+    wait_metric(
+        &b,
+        r#"fluxgate_dispatcher_outcomes_total{outcome="patched"} 1"#,
+    )
+    .await;
+    let lease = p
+        .cluster
+        .get(&ObjectRef::new(
+            "coordination.k8s.io/v1",
+            "Lease",
+            NS,
+            "fluxgate-dispatcher",
+        ))
+        .expect("lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "b");
+}
+
+#[tokio::test]
+async fn sigterm_releases_the_lease_at_once() {
+    let p = Pipeline::start().await;
+    let mut a = p
+        .dispatcher(&["--identity", "a", "--lease-duration", "60s"])
+        .await;
+    wait_metric(&a, "fluxgate_dispatcher_leader 1").await;
+    let lease_ref = ObjectRef::new("coordination.k8s.io/v1", "Lease", NS, "fluxgate-dispatcher");
+    assert_eq!(
+        p.cluster.get(&lease_ref).expect("lease")["spec"]["holderIdentity"],
+        "a"
+    );
+    assert!(a.service.terminate().await, "a graceful shutdown exits 0");
+    let lease = p.cluster.get(&lease_ref).expect("lease");
+    assert!(
+        lease["spec"]["holderIdentity"].is_null(),
+        "released: {lease}"
+    );
+    // With the lease released, a newcomer leads without waiting out the 60s lease.
+    let b = p
+        .dispatcher(&["--identity", "b", "--lease-duration", "60s"])
+        .await;
+    wait_metric(&b, "fluxgate_dispatcher_leader 1").await;
+}
+
+#[tokio::test]
+async fn a_poison_message_is_terminated_and_recorded() {
+    let p = Pipeline::start().await;
+    let jetstream = jetstream::new(p.nats.client().await);
+    jetstream
+        .publish(contract::delivery_subject(NS, "gh"), "no headers".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    let _dispatcher = p.dispatcher(&["--ack-wait", "1s"]).await;
+    let events = p
+        .wait_outcomes("the poison record", |e| !of_type(e, "failed").is_empty())
+        .await;
+    let failed = of_type(&events, "failed");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        (failed[0]["seq"].as_u64(), failed[0]["receiver"].as_str()),
+        (Some(1), Some("_unknown/_unknown"))
+    );
+    // Terminated, not redelivered: a later delivery is handled and the poison is not seen again.
+    p.push("after-poison").await;
+    let events = p
+        .wait_outcomes("the next patch", |e| !of_type(e, "patched").is_empty())
+        .await;
+    assert_eq!(of_type(&events, "failed").len(), 1);
+}

@@ -563,7 +563,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits() {
     let mut response = String::new();
     conn.read_to_string(&mut response).expect("read response");
     assert!(response.starts_with("HTTP/1.1 202"), "{response}");
-    assert!(fx.ingest.terminate(), "ingest must exit successfully");
+    assert!(fx.ingest.terminate().await, "ingest must exit successfully");
     assert_eq!(fx.stored_count().await, 1);
 }
 
