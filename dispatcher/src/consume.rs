@@ -20,6 +20,8 @@ use crate::inflight::{Registry, acknowledge};
 use crate::outcome::{Event, Recorder};
 use crate::targets::Resolver;
 
+/// Deliveries handled at once.
+const CONCURRENCY: usize = 256;
 /// How long JetStream waits before redelivering a delivery whose handling failed transiently.
 const RETRY_DELAY: Duration = Duration::from_secs(5);
 
@@ -34,27 +36,37 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Consumes until `stop` turns true or `leading` turns false.
+    /// Consumes until `stop` turns true or `leading` turns false, handling up to
+    /// `CONCURRENCY` deliveries at once (each waits on NATS and the API server, not the CPU).
     pub async fn consume(
         &self,
         consumer: &PullConsumer,
         mut stop: watch::Receiver<bool>,
         mut leading: watch::Receiver<bool>,
     ) -> Result<(), Error> {
-        let mut messages = consumer.messages().await.map_err(Error::nats)?;
-        loop {
-            let next = tokio::select! {
-                biased;
-                _ = becomes(&mut stop, true) => return Ok(()),
-                _ = becomes(&mut leading, false) => return Ok(()),
-                next = messages.next() => next,
-            };
-            match next {
-                Some(Ok(message)) => self.handle(message).await,
-                // Missed heartbeats and the like: the stream carries on.
-                Some(Err(error)) => tracing::warn!(%error, "consumer error"),
-                None => return Err(Error::Nats("the consumer's message stream ended".into())),
+        let messages = consumer.messages().await.map_err(Error::nats)?;
+        let (mut stop_seen, mut leading_seen) = (stop.clone(), leading.clone());
+        let ended = async move {
+            tokio::select! {
+                _ = becomes(&mut stop_seen, true) => {}
+                _ = becomes(&mut leading_seen, false) => {}
             }
+        };
+        messages
+            .take_until(ended)
+            .for_each_concurrent(CONCURRENCY, |next| async {
+                match next {
+                    Ok(message) => self.handle(message).await,
+                    // Missed heartbeats and the like: the stream carries on.
+                    Err(error) => tracing::warn!(%error, "consumer error"),
+                }
+            })
+            .await;
+        let told_to_stop = *stop.borrow_and_update() || !*leading.borrow_and_update();
+        if told_to_stop {
+            Ok(())
+        } else {
+            Err(Error::Nats("the consumer's message stream ended".into()))
         }
     }
 

@@ -42,14 +42,12 @@ impl Patcher {
         let batch_id = uuid::Uuid::now_v7().to_string();
         if batch.len() > 1 {
             self.metrics.coalesced(batch.len() - 1);
-            for d in &batch {
-                let event = Event::Coalesced {
-                    target: target.clone(),
-                    batch: batch_id.clone(),
-                    size: batch.len(),
-                };
-                self.recorder.record(&d.delivery, event).await;
-            }
+            let event = Event::Coalesced {
+                target: target.clone(),
+                batch: batch_id.clone(),
+                size: batch.len(),
+            };
+            self.record_all(&batch, &event).await;
         }
         let started = Instant::now();
         let mut attempt = 0u32;
@@ -87,15 +85,13 @@ impl Patcher {
                         };
                     }
                     tracing::warn!(%target, attempt, %error, retry_in = ?backoff, "patch failed; retrying");
-                    for d in &batch {
-                        let event = Event::Retrying {
-                            target: target.clone(),
-                            attempt,
-                            error: error.clone(),
-                            retry_in_ms: u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
-                        };
-                        self.recorder.record(&d.delivery, event).await;
-                    }
+                    let event = Event::Retrying {
+                        target: target.clone(),
+                        attempt,
+                        error: error.clone(),
+                        retry_in_ms: u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+                    };
+                    self.record_all(&batch, &event).await;
                     tokio::time::sleep(backoff).await;
                 }
             }
@@ -103,16 +99,25 @@ impl Patcher {
         if let Event::Failed { reason, .. } = &final_event {
             tracing::error!(%target, %reason, "reconcile request failed");
         }
-        for d in &batch {
-            if matches!(final_event, Event::Patched { .. })
-                && let Some(received) = d.delivery.received_at
-            {
-                let latency = (chrono::Utc::now() - received).to_std().unwrap_or_default();
-                self.metrics.webhook_to_patch(latency);
+        if matches!(final_event, Event::Patched { .. }) {
+            let now = chrono::Utc::now();
+            for received in batch.iter().filter_map(|d| d.delivery.received_at) {
+                self.metrics
+                    .webhook_to_patch((now - received).to_std().unwrap_or_default());
             }
-            self.recorder.record(&d.delivery, final_event.clone()).await;
-            d.target_done().await;
         }
+        self.record_all(&batch, &final_event).await;
+        futures::future::join_all(batch.iter().map(|d| d.target_done())).await;
+    }
+
+    /// Records one event for every delivery of a batch, concurrently.
+    async fn record_all(&self, batch: &[Arc<InFlight>], event: &Event) {
+        futures::future::join_all(
+            batch
+                .iter()
+                .map(|d| self.recorder.record(&d.delivery, event.clone())),
+        )
+        .await;
     }
 
     async fn attempt(&self, target: &Target, requested_at: &str) -> Attempt {

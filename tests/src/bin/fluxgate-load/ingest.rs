@@ -1,16 +1,13 @@
-//! `fluxgate-load`: the ingest benchmark. Starts a private nats-server and the release
+//! The ingest benchmark. Starts a private nats-server and the release
 //! `fluxgate-ingest`, sends N signed GitHub webhooks over C keep-alive connections, and prints
 //! throughput, latency percentiles and ingest's memory, next to the raw async-nats JetStream
 //! publish rate against the same server at the same concurrency.
-//!
-//! Run with `cargo run --release -p fluxgate-tests --bin fluxgate-load -- --requests 50000`.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream;
 use bytes::Bytes;
-use clap::Parser;
 use fluxgate_shared::contract;
 use fluxgate_tests::ingest::Ingest;
 use fluxgate_tests::nats::NatsServer;
@@ -20,8 +17,8 @@ use fluxgate_tests::webhook::{
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-#[derive(Parser)]
-struct Args {
+#[derive(clap::Args)]
+pub struct Args {
     /// Webhooks to send (and raw messages to publish).
     #[arg(long, default_value_t = 50_000)]
     requests: usize,
@@ -35,13 +32,13 @@ struct Args {
 
 const TOKEN: &str = "load-secret";
 
-struct Phase {
+pub struct Phase {
     elapsed: Duration,
     latencies: Vec<Duration>,
 }
 
 impl Phase {
-    fn rate(&self) -> f64 {
+    pub fn rate(&self) -> f64 {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
 
@@ -52,9 +49,7 @@ impl Phase {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.connections > 0 && args.requests >= args.connections,
         "need requests >= connections > 0"
@@ -258,7 +253,7 @@ fn memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
 }
 
 /// User plus system CPU time of a process so far, in seconds (Linux reports clock ticks of 1/100 s).
-fn cpu_seconds(pid: u32) -> f64 {
+pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
     let fields: Vec<&str> = stat

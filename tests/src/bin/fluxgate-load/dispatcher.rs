@@ -1,0 +1,214 @@
+//! The dispatcher benchmark. Stores a backlog of deliveries (with sender ids, as ingest would)
+//! spread over receivers each targeting its own GitRepository in the Kubernetes API stand-in,
+//! starts the release `fluxgate-dispatcher`, and measures how fast it drains the backlog into
+//! patches; then drains the same backlog with a bare JetStream consumer that only acks.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer};
+use fluxgate_shared::contract::{self, header};
+use fluxgate_tests::apiserver::ApiServer;
+use fluxgate_tests::dispatcher::Dispatcher;
+use fluxgate_tests::nats::NatsServer;
+use fluxgate_tests::webhook::secret_manifest;
+use futures::StreamExt as _;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Deliveries in the backlog.
+    #[arg(long, default_value_t = 100_000)]
+    deliveries: usize,
+    /// Targets (one receiver and one GitRepository each) they are spread over.
+    #[arg(long, default_value_t = 1_000)]
+    targets: usize,
+    /// The dispatcher's coalescing window.
+    #[arg(long, default_value = "1s")]
+    coalesce_window: String,
+}
+
+const NS: &str = "bench";
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.targets > 0 && args.deliveries >= args.targets,
+        "need deliveries >= targets > 0"
+    );
+    let nats = NatsServer::start().await;
+    let cluster = ApiServer::start_local().await;
+    let dir = tempfile::tempdir()?;
+    let mut manifests = vec![secret_manifest("token", NS, "bench-token")];
+    for t in 0..args.targets {
+        cluster.apply(serde_json::json!({
+            "apiVersion": "source.toolkit.fluxcd.io/v1",
+            "kind": "GitRepository",
+            "metadata": {"name": format!("repo-{t}"), "namespace": NS},
+            "spec": {"url": "https://example.org/repo", "interval": "10m"},
+        }));
+        manifests.push(format!(
+            "apiVersion: notification.toolkit.fluxcd.io/v1\nkind: Receiver\nmetadata:\n  name: hook-{t}\n  namespace: {NS}\nspec:\n  type: generic\n  secretRef:\n    name: token\n  resources:\n    - kind: GitRepository\n      name: repo-{t}\n"
+        ));
+    }
+    let receivers = dir.path().join("receivers.yaml");
+    std::fs::write(&receivers, manifests.join("---\n"))?;
+    let kubeconfig = cluster.write_kubeconfig(dir.path())?;
+
+    let client = nats.client().await;
+    let jetstream = jetstream::new(client.clone());
+    let stream = jetstream
+        .get_or_create_stream(jetstream::stream::Config {
+            name: contract::DELIVERIES_STREAM.into(),
+            subjects: vec![format!("{}.>", contract::DELIVERIES_SUBJECT_PREFIX)],
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    store_backlog(&jetstream, &args).await?;
+    println!(
+        "fluxgate-load dispatcher: {} deliveries over {} targets, nats-server on 127.0.0.1",
+        args.deliveries, args.targets
+    );
+
+    let started = Instant::now();
+    let mut dispatcher = Dispatcher::start(
+        &nats.url(),
+        &receivers,
+        &kubeconfig,
+        &[
+            "--leader-election",
+            "false",
+            "--coalesce-window",
+            &args.coalesce_window,
+        ],
+    )
+    .await;
+    let dispatcher_cpu_before = crate::ingest::cpu_seconds(dispatcher.service.pid());
+    let (drained, max_lag) = wait_drained(&stream, "fluxgate-dispatcher", args.deliveries).await?;
+    let elapsed = started.elapsed();
+    let dispatcher_cpu =
+        crate::ingest::cpu_seconds(dispatcher.service.pid()) - dispatcher_cpu_before;
+    dispatcher.service.kill();
+    let patches = cluster
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.status == 200)
+        .count();
+    anyhow::ensure!(drained, "the dispatcher did not drain the backlog");
+
+    let raw = raw_consume(&stream, args.deliveries).await?;
+    let rate = args.deliveries as f64 / elapsed.as_secs_f64();
+    let raw_rate = args.deliveries as f64 / raw.as_secs_f64();
+    println!("{:<36} {:>12} {:>10}", "", "msgs/s", "seconds");
+    println!(
+        "{:<36} {:>12.0} {:>10.2}",
+        "dispatcher (dedup, resolve, patch)",
+        rate,
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "{:<36} {:>12.0} {:>10.2}",
+        "raw JetStream consume + ack",
+        raw_rate,
+        raw.as_secs_f64()
+    );
+    println!("dispatcher / raw: {:.1}%", rate / raw_rate * 100.0);
+    println!(
+        "patches issued: {patches} for {} deliveries ({:.1} deliveries per patch); largest consumer lag seen: {max_lag}",
+        args.deliveries,
+        args.deliveries as f64 / patches.max(1) as f64
+    );
+    println!(
+        "dispatcher CPU: {dispatcher_cpu:.2} s ({:.0} µs per delivery)",
+        dispatcher_cpu * 1e6 / args.deliveries as f64
+    );
+    Ok(())
+}
+
+/// Publishes the backlog as ingest would store it, 256 acks in flight at a time.
+async fn store_backlog(jetstream: &jetstream::Context, args: &Args) -> anyhow::Result<()> {
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for i in 0..args.deliveries {
+        let receiver = format!("hook-{}", i % args.targets);
+        let id = format!("backlog-{i}");
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, value) in [
+            (header::DELIVERY_ID, id.as_str()),
+            (header::DELIVERY_ID_SOURCE, "sender"),
+            (header::RECEIVER_NAMESPACE, NS),
+            (header::RECEIVER_NAME, receiver.as_str()),
+            (header::RECEIVER_TYPE, "generic"),
+            (
+                header::RECEIVED_AT,
+                &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            ),
+        ] {
+            headers.insert(name, value);
+        }
+        let message = jetstream::message::PublishMessage::build()
+            .payload("{}".into())
+            .headers(headers)
+            .message_id(contract::delivery_key(NS, &receiver, &id));
+        pending.push(
+            jetstream
+                .send_publish(contract::delivery_subject(NS, &receiver), message)
+                .await?
+                .into_future(),
+        );
+        if pending.len() >= 256
+            && let Some(ack) = pending.next().await
+        {
+            ack?;
+        }
+    }
+    while let Some(ack) = pending.next().await {
+        ack?;
+    }
+    Ok(())
+}
+
+/// Polls a consumer until it has delivered and had acknowledged `total` messages; returns
+/// whether it did within the deadline, and the largest backlog (pending + unacked) seen.
+async fn wait_drained(
+    stream: &jetstream::stream::Stream,
+    name: &str,
+    total: usize,
+) -> anyhow::Result<(bool, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut max_lag = 0;
+    while Instant::now() < deadline {
+        if let Ok(mut consumer) = stream.get_consumer::<consumer::pull::Config>(name).await {
+            let info = consumer.info().await.context("consumer info")?;
+            let lag = info.num_pending + info.num_ack_pending as u64;
+            max_lag = max_lag.max(lag);
+            if info.ack_floor.stream_sequence >= total as u64 && lag == 0 {
+                return Ok((true, max_lag));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok((false, max_lag))
+}
+
+/// Reads the whole stream with a fresh durable pull consumer, acking each message.
+async fn raw_consume(stream: &jetstream::stream::Stream, total: usize) -> anyhow::Result<Duration> {
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("bench-raw".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?;
+    let started = Instant::now();
+    let mut messages = consumer.messages().await?;
+    let mut seen = 0;
+    while seen < total {
+        let message = messages
+            .next()
+            .await
+            .context("stream ended")?
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        seen += 1;
+    }
+    Ok(started.elapsed())
+}
