@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Quick start: runs a private nats-server and fluxgate-ingest with deploy/examples/receivers.yaml,
-# sends a signed sample GitHub push, and shows the delivery JetStream stored. Ingest then keeps
-# serving on http://127.0.0.1:9292 until Ctrl-C (or exits at once with --once).
+# Quick start: the whole pipeline on this machine. A private nats-server, fluxgate-ingest with
+# deploy/examples/receivers.yaml, and fluxgate-dispatcher -- against the cluster of the current
+# kubeconfig when one is reachable, else in --dry-run against a local Kubernetes API stand-in
+# serving deploy/examples/cluster.yaml. Sends a signed sample GitHub push, then shows the stored
+# delivery and the dispatcher's outcome events. Keeps serving until Ctrl-C (--once: exit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 NATS_SERVER="$(scripts/nats-server.sh)"
-cargo build --quiet -p fluxgate-ingest -p fluxgate-tests --bins
+cargo build --quiet -p fluxgate-ingest -p fluxgate-dispatcher -p fluxgate-tests --bins
 bin=target/debug
 
 work="$(mktemp -d)"
@@ -25,6 +27,23 @@ receivers=deploy/examples/receivers.yaml
 pids+=($!)
 "$bin/fluxgate-sample" wait --url http://127.0.0.1:9293/readyz
 
+dispatcher_flags=(--receivers-file "$receivers" --admin-listen 127.0.0.1:9294 --log-format text
+  --leader-election false --coalesce-window 200ms)
+kubeconfig="${KUBECONFIG:-$HOME/.kube/config}"
+if [ -f "${kubeconfig%%:*}" ]; then
+  echo "== dispatching to the cluster of ${kubeconfig}"
+else
+  echo "== no kubeconfig: --dry-run against a local Kubernetes API stand-in"
+  "$bin/fluxgate-apiserver" --objects deploy/examples/cluster.yaml --kubeconfig "$work/kubeconfig" &
+  pids+=($!)
+  while [ ! -s "$work/kubeconfig" ]; do sleep 0.1; done
+  export KUBECONFIG="$work/kubeconfig"
+  dispatcher_flags+=(--dry-run)
+fi
+"$bin/fluxgate-dispatcher" "${dispatcher_flags[@]}" &
+pids+=($!)
+"$bin/fluxgate-sample" wait --url http://127.0.0.1:9294/readyz
+
 token=quickstart-secret-change-me
 digest="$(printf %s "${token}github-receiver" "flux-system" | sha256sum | cut -d' ' -f1)"
 url="http://127.0.0.1:9292/hook/${digest}"
@@ -36,9 +55,12 @@ echo
 echo "== The delivery as stored in JetStream (${NATS_URL})"
 "$bin/fluxgate-sample" show
 echo
+echo "== What the dispatcher did (FLUXGATE_OUTCOMES)"
+"$bin/fluxgate-sample" outcomes --at-least 2
+echo
 
 if [ "${1:-}" = "--once" ]; then
   exit 0
 fi
-echo "fluxgate-ingest serves ${url} (metrics: http://127.0.0.1:9293/metrics). Ctrl-C stops it."
+echo "Serving ${url} (metrics: :9293/metrics ingest, :9294/metrics dispatcher). Ctrl-C stops."
 wait "${pids[1]}"

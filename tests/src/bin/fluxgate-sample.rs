@@ -1,5 +1,6 @@
 //! `fluxgate-sample`: sends a signed sample GitHub push to a hook URL, and shows what the
-//! deliveries stream holds -- the quick start's way to watch a webhook land in JetStream.
+//! streams hold -- the quick start's way to watch a webhook land in JetStream and what the
+//! dispatcher made of it.
 
 use anyhow::Context as _;
 use async_nats::jetstream;
@@ -38,6 +39,14 @@ enum Command {
         url: String,
         #[arg(long, default_value_t = 30)]
         seconds: u64,
+    },
+    /// Print the outcome events the dispatcher recorded, one JSON object per line.
+    Outcomes {
+        #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        nats_url: String,
+        /// Wait until at least this many events are there (for at most 30 s).
+        #[arg(long, default_value_t = 0)]
+        at_least: usize,
     },
     /// Print the last delivery stored in FLUXGATE_DELIVERIES: its headers and body.
     Show {
@@ -86,6 +95,20 @@ async fn main() -> anyhow::Result<()> {
                     "{url} not ready after {seconds}s"
                 );
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+        Command::Outcomes { nats_url, at_least } => {
+            let client = async_nats::connect(&nats_url)
+                .await
+                .with_context(|| format!("connect to {nats_url}"))?;
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+            let mut events = fluxgate_tests::dispatcher::outcomes(&client).await;
+            while events.len() < at_least && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                events = fluxgate_tests::dispatcher::outcomes(&client).await;
+            }
+            for event in events {
+                println!("{event}");
             }
         }
         Command::Show { nats_url } => {
