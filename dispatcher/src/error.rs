@@ -8,8 +8,6 @@ pub enum Error {
     Nats(String),
     #[error("Kubernetes client: {0}")]
     Kube(#[from] kube::Error),
-    #[error("kubeconfig: {0}")]
-    KubeConfig(String),
     #[error("cannot listen: {0}")]
     Listen(#[from] std::io::Error),
     /// A delivery message without the metadata every delivery has.

@@ -161,7 +161,6 @@ pub async fn run(
     if let Some(elector) = elector {
         let _ = elector.await;
     }
-    let _ = stop_tx.send(true);
     let _ = watcher.await;
     keep_alive.abort();
     pending.abort();

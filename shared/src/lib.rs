@@ -3,4 +3,5 @@
 
 pub mod catalog;
 pub mod contract;
+pub mod shutdown;
 pub mod telemetry;
