@@ -536,13 +536,25 @@ async fn sigterm_finishes_in_flight_requests_then_exits() {
     let path = hook_path(GH_TOKEN, "gh", NS);
     let port = fx.ingest.port;
 
-    // Send the headers and half the body, then ask ingest to stop.
+    // Send the headers and half the body; `Expect: 100-continue` makes ingest say when its
+    // handler has started reading the body, so the request is surely in flight before SIGTERM.
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let head = format!(
-        "POST {path} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\nx-github-event: push\r\nx-github-delivery: in-flight\r\nx-hub-signature-256: {signature}\r\ncontent-length: {}\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nhost: test\r\nexpect: 100-continue\r\ncontent-type: application/json\r\nx-github-event: push\r\nx-github-delivery: in-flight\r\nx-hub-signature-256: {signature}\r\ncontent-length: {}\r\n\r\n",
         body.len()
     );
     conn.write_all(head.as_bytes()).expect("write head");
+    let mut interim = Vec::new();
+    let mut byte = [0u8; 1];
+    while !interim.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut byte).expect("read 100 Continue");
+        interim.push(byte[0]);
+    }
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&interim)
+    );
     conn.write_all(&body[..512]).expect("write half");
     let pid = fx.ingest.pid();
     std::process::Command::new("kill")
