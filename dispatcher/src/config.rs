@@ -1,10 +1,7 @@
 //! Command-line and environment configuration of `fluxgate-dispatcher`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
-
-use fluxgate_shared::telemetry::LogFormat;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -13,17 +10,8 @@ use fluxgate_shared::telemetry::LogFormat;
     about = "Consume stored Flux webhooks and request reconciles"
 )]
 pub struct Config {
-    /// NATS server URL(s), comma-separated.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-
-    /// Multi-document YAML file of Flux `Receiver` and `Secret` manifests; reloaded on change.
-    #[arg(long, env = "FLUXGATE_RECEIVERS_FILE")]
-    pub receivers_file: PathBuf,
-
-    /// How often the receivers file is checked for changes.
-    #[arg(long, env = "FLUXGATE_RELOAD_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
-    pub reload_interval: Duration,
+    #[command(flatten)]
+    pub common: fluxgate_shared::config::Common,
 
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "FLUXGATE_ADMIN_LISTEN", default_value = "0.0.0.0:9294")]
@@ -100,8 +88,4 @@ pub struct Config {
     /// Time in-flight patches get to finish after SIGTERM.
     #[arg(long, env = "FLUXGATE_SHUTDOWN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
-
-    /// `json` or `text`.
-    #[arg(long, env = "FLUXGATE_LOG_FORMAT", default_value = "json")]
-    pub log_format: LogFormat,
 }

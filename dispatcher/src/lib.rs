@@ -46,12 +46,12 @@ pub async fn run(
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let catalog = SharedCatalog::new(Catalog::load_file(&config.receivers_file)?);
+    let catalog = SharedCatalog::new(Catalog::load_file(&config.common.receivers_file)?);
     let metrics = Arc::new(Metrics::default());
     let nats = async_nats::ConnectOptions::new()
         .name("fluxgate-dispatcher")
         .retry_on_initial_connect()
-        .connect(&config.nats_url)
+        .connect(&config.common.nats_url)
         .await
         .map_err(Error::nats)?;
     let jetstream = jetstream::new(nats.clone());
@@ -106,9 +106,9 @@ pub async fn run(
     let watcher = {
         let mut stop = stop.clone();
         tokio::spawn(catalog::watch_file(
-            config.receivers_file.clone(),
+            config.common.receivers_file.clone(),
             catalog.clone(),
-            config.reload_interval,
+            config.common.reload_interval,
             |_| {},
             async move {
                 let _ = stop.wait_for(|s| *s).await;

@@ -1,10 +1,7 @@
 //! Command-line and environment configuration of `fluxgate-ingest`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
-
-use fluxgate_shared::telemetry::LogFormat;
 
 /// Every option is a flag with an environment fallback, as DESIGN.md's contract requires.
 #[derive(Debug, Clone, clap::Parser)]
@@ -14,17 +11,8 @@ use fluxgate_shared::telemetry::LogFormat;
     about = "Verify Flux webhooks and store them durably in NATS JetStream"
 )]
 pub struct Config {
-    /// NATS server URL(s), comma-separated.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-
-    /// Multi-document YAML file of Flux `Receiver` and `Secret` manifests; reloaded on change.
-    #[arg(long, env = "FLUXGATE_RECEIVERS_FILE")]
-    pub receivers_file: PathBuf,
-
-    /// How often the receivers file is checked for changes.
-    #[arg(long, env = "FLUXGATE_RELOAD_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
-    pub reload_interval: Duration,
+    #[command(flatten)]
+    pub common: fluxgate_shared::config::Common,
 
     /// Address of the webhook listener.
     #[arg(long, env = "FLUXGATE_LISTEN", default_value = "0.0.0.0:9292")]
@@ -65,8 +53,4 @@ pub struct Config {
     /// Time in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "FLUXGATE_SHUTDOWN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
-
-    /// `json` or `text`.
-    #[arg(long, env = "FLUXGATE_LOG_FORMAT", default_value = "json")]
-    pub log_format: LogFormat,
 }

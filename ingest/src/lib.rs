@@ -33,10 +33,10 @@ pub async fn run(
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let catalog = Catalog::load_file(&config.receivers_file)?;
+    let catalog = Catalog::load_file(&config.common.receivers_file)?;
     let metrics = Arc::new(Metrics::default());
     metrics.catalog_loaded(catalog.len());
-    tracing::info!(receivers = catalog.len(), file = %config.receivers_file.display(), "receivers loaded");
+    tracing::info!(receivers = catalog.len(), file = %config.common.receivers_file.display(), "receivers loaded");
     let catalog = SharedCatalog::new(catalog);
 
     let settings = StreamSettings {
@@ -44,7 +44,8 @@ pub async fn run(
         max_age: config.stream_max_age,
         duplicate_window: config.stream_duplicate_window,
     };
-    let publisher = Publisher::connect(&config.nats_url, settings, config.publish_timeout).await?;
+    let publisher =
+        Publisher::connect(&config.common.nats_url, settings, config.publish_timeout).await?;
     let provisioning = tokio::spawn(publisher.clone().keep_provisioned());
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -52,9 +53,9 @@ pub async fn run(
         let metrics = metrics.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(catalog::watch_file(
-            config.receivers_file.clone(),
+            config.common.receivers_file.clone(),
             catalog.clone(),
-            config.reload_interval,
+            config.common.reload_interval,
             move |result| metrics.reload(result.map_err(|_| ())),
             async move {
                 let _ = stop.wait_for(|s| *s).await;

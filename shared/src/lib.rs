@@ -2,6 +2,7 @@
 //! (stream, subject and header names), the receiver catalog, and telemetry set-up.
 
 pub mod catalog;
+pub mod config;
 pub mod contract;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,0 +1,26 @@
+//! Options both services take: where NATS is, where the receivers are, how to log.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::telemetry::LogFormat;
+
+/// Flattened into each binary's own configuration.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Common {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Multi-document YAML file of Flux `Receiver` and `Secret` manifests; reloaded on change.
+    #[arg(long, env = "FLUXGATE_RECEIVERS_FILE")]
+    pub receivers_file: PathBuf,
+
+    /// How often the receivers file is checked for changes.
+    #[arg(long, env = "FLUXGATE_RELOAD_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub reload_interval: Duration,
+
+    /// `json` or `text`.
+    #[arg(long, env = "FLUXGATE_LOG_FORMAT", default_value = "json")]
+    pub log_format: LogFormat,
+}
