@@ -29,11 +29,10 @@ pids+=($!)
 
 dispatcher_flags=(--receivers-file "$receivers" --admin-listen 127.0.0.1:9294 --log-format text
   --leader-election false --coalesce-window 200ms)
-kubeconfig="${KUBECONFIG:-$HOME/.kube/config}"
-if [ -f "${kubeconfig%%:*}" ]; then
-  echo "== dispatching to the cluster of ${kubeconfig}"
+if "$bin/fluxgate-sample" cluster-reachable 2>/dev/null; then
+  echo "== dispatching to the cluster of the current kubeconfig"
 else
-  echo "== no kubeconfig: --dry-run against a local Kubernetes API stand-in"
+  echo "== no reachable cluster: --dry-run against a local Kubernetes API stand-in"
   "$bin/fluxgate-apiserver" --objects deploy/examples/cluster.yaml --kubeconfig "$work/kubeconfig" &
   pids+=($!)
   while [ ! -s "$work/kubeconfig" ]; do sleep 0.1; done

@@ -71,6 +71,11 @@ async fn discovery_lists_groups_and_resources() {
         .expect("Lease");
     assert_eq!(resource.plural, "leases");
     assert_eq!(caps.scope, kube::discovery::Scope::Namespaced);
+    let version = client.apiserver_version().await.expect("/version");
+    assert_eq!(
+        (version.major.as_str(), version.minor.as_str()),
+        ("1", "33")
+    );
 }
 
 #[tokio::test]

@@ -21,6 +21,7 @@ use super::store::{EventType, ObjectKey, RecordedRequest, ResourceType, Store, W
 const DEFAULT_WATCH_SECONDS: u64 = 300;
 
 enum Route {
+    Version,
     ApiVersions,
     GroupList,
     ResourceList {
@@ -157,6 +158,18 @@ async fn serve(
         route(&store, path)?
     };
     match route {
+        Route::Version => Ok(axum::Json(json!({
+            "major": "1",
+            "minor": "33",
+            "gitVersion": "v1.33.0-fluxgate-stand-in",
+            "gitCommit": "",
+            "gitTreeState": "clean",
+            "buildDate": "2026-01-01T00:00:00Z",
+            "goVersion": "",
+            "compiler": "",
+            "platform": "linux/amd64",
+        }))
+        .into_response()),
         Route::ApiVersions => Ok(axum::Json(json!({
             "kind": "APIVersions",
             "versions": ["v1"],
@@ -232,6 +245,7 @@ fn describe(ty: &ResourceType, name: &str) -> String {
 fn route(store: &Store, path: &str) -> Result<Route, ApiError> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest) = match segments.as_slice() {
+        ["version"] => return Ok(Route::Version),
         ["api"] => return Ok(Route::ApiVersions),
         ["apis"] => return Ok(Route::GroupList),
         ["api", version, rest @ ..] => ("", *version, rest),

@@ -40,6 +40,8 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         seconds: u64,
     },
+    /// Exit 0 if the current kubeconfig's cluster answers within 5 seconds, else 1.
+    ClusterReachable,
     /// Print the outcome events the dispatcher recorded, one JSON object per line.
     Outcomes {
         #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
@@ -96,6 +98,17 @@ async fn main() -> anyhow::Result<()> {
                 );
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
+        }
+        Command::ClusterReachable => {
+            let answered = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                let client = kube::Client::try_default().await.ok()?;
+                client.apiserver_version().await.ok()
+            })
+            .await;
+            anyhow::ensure!(
+                matches!(answered, Ok(Some(_))),
+                "no reachable cluster in the current kubeconfig"
+            );
         }
         Command::Outcomes { nats_url, at_least } => {
             let client = async_nats::connect(&nats_url)
