@@ -109,15 +109,7 @@ impl Dispatcher {
                 "receiver {}/{} is not in the catalog",
                 delivery.namespace, delivery.receiver
             );
-            self.recorder
-                .record(
-                    &delivery,
-                    Event::Failed {
-                        target: None,
-                        reason,
-                    },
-                )
-                .await;
+            self.fail(&delivery, reason).await;
             return acknowledge(&message, &delivery).await;
         };
         let resolved = match self.resolver.resolve(receiver).await {
@@ -138,15 +130,7 @@ impl Dispatcher {
             )
             .await;
         for reason in resolved.refused {
-            self.recorder
-                .record(
-                    &delivery,
-                    Event::Failed {
-                        target: None,
-                        reason,
-                    },
-                )
-                .await;
+            self.fail(&delivery, reason).await;
         }
         if targets.is_empty() {
             return acknowledge(&message, &delivery).await;
@@ -165,6 +149,19 @@ impl Dispatcher {
         }
     }
 
+    /// Records a failure that concerns the delivery as a whole, not one target.
+    async fn fail(&self, delivery: &Delivery, reason: String) {
+        self.recorder
+            .record(
+                delivery,
+                Event::Failed {
+                    target: None,
+                    reason,
+                },
+            )
+            .await;
+    }
+
     /// A message without a delivery's metadata can never be handled: record and terminate it.
     async fn poison(&self, sequence: u64, message: &jetstream::Message, error: Error) {
         tracing::error!(%error, seq = sequence, "poison message terminated");
@@ -177,11 +174,7 @@ impl Dispatcher {
             event: None,
             received_at: None,
         };
-        let event = Event::Failed {
-            target: None,
-            reason: error.to_string(),
-        };
-        self.recorder.record(&unknown, event).await;
+        self.fail(&unknown, error.to_string()).await;
         if let Err(error) = message.ack_with(AckKind::Term).await {
             tracing::warn!(%error, seq = sequence, "cannot terminate a poison message");
         }

@@ -208,19 +208,11 @@ async fn serve(
             }
             let mut store = shared.lock()?;
             match *method {
-                Method::GET => store
-                    .objects
-                    .get(&key)
-                    .map(|o| axum::Json(o.clone()).into_response())
-                    .ok_or_else(|| ApiError::not_found(&describe(&ty, &name))),
+                Method::GET => Ok(axum::Json(stored(&store, &ty, &key)?).into_response()),
                 Method::PUT => replace(&mut store, &ty, key, parse_object(body)?, status),
                 Method::PATCH => patch(&mut store, &ty, key, content_type, body, status),
                 Method::DELETE => {
-                    let object = store
-                        .objects
-                        .get(&key)
-                        .cloned()
-                        .ok_or_else(|| ApiError::not_found(&describe(&ty, &name)))?;
+                    let object = stored(&store, &ty, &key)?;
                     Ok(axum::Json(store.commit(key, EventType::Deleted, object)).into_response())
                 }
                 _ => Err(ApiError::new(405, "MethodNotAllowed", format!("{method} is not supported on an object"))),
@@ -548,21 +540,12 @@ fn replace(
     store: &mut Store,
     ty: &ResourceType,
     key: ObjectKey,
-    mut object: Value,
+    object: Value,
     status_only: bool,
 ) -> Result<Response, ApiError> {
-    let current = store
-        .objects
-        .get(&key)
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(&describe(ty, &key.name)))?;
+    let current = stored(store, ty, &key)?;
     check_precondition(&current, &object, ty, &key.name)?;
-    if status_only {
-        let mut updated = current.clone();
-        updated["status"] = object["status"].take();
-        object = updated;
-    }
-    Ok(axum::Json(update(store, key, &current, object)).into_response())
+    Ok(axum::Json(update(store, key, &current, object, status_only)).into_response())
 }
 
 fn patch(
@@ -573,11 +556,7 @@ fn patch(
     body: &[u8],
     status_only: bool,
 ) -> Result<Response, ApiError> {
-    let current = store
-        .objects
-        .get(&key)
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(&describe(ty, &key.name)))?;
+    let current = stored(store, ty, &key)?;
     let patch: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::new(400, "BadRequest", format!("invalid patch: {e}")))?;
     let mut object = current.clone();
@@ -601,17 +580,33 @@ fn patch(
             ));
         }
     }
+    Ok(axum::Json(update(store, key, &current, object, status_only)).into_response())
+}
+
+/// The object as stored, or 404.
+fn stored(store: &Store, ty: &ResourceType, key: &ObjectKey) -> Result<Value, ApiError> {
+    store
+        .objects
+        .get(key)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(&describe(ty, &key.name)))
+}
+
+/// Stores a new version of an object: identity fields stay, the generation moves with the spec,
+/// an unchanged object keeps its resourceVersion (as the API server does), and a write to the
+/// status subresource changes only `status`.
+fn update(
+    store: &mut Store,
+    key: ObjectKey,
+    current: &Value,
+    mut object: Value,
+    status_only: bool,
+) -> Value {
     if status_only {
         let mut updated = current.clone();
         updated["status"] = object["status"].take();
         object = updated;
     }
-    Ok(axum::Json(update(store, key, &current, object)).into_response())
-}
-
-/// Stores a new version of an object: identity fields stay, the generation moves with the spec,
-/// and an unchanged object keeps its resourceVersion (as the API server does).
-fn update(store: &mut Store, key: ObjectKey, current: &Value, mut object: Value) -> Value {
     for field in [
         "name",
         "namespace",
