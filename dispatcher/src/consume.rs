@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind};
 use fluxgate_shared::catalog::SharedCatalog;
+use fluxgate_shared::filter;
 use futures::StreamExt as _;
 use tokio::sync::watch;
 
@@ -18,6 +19,7 @@ use crate::delivery::Delivery;
 use crate::error::Error;
 use crate::inflight::{Registry, acknowledge};
 use crate::outcome::{Event, Recorder};
+use crate::request;
 use crate::targets::Resolver;
 
 /// Deliveries handled at once.
@@ -33,6 +35,7 @@ pub struct Dispatcher {
     pub coalescer: Coalescer,
     pub registry: Registry,
     pub dry_run: bool,
+    pub jetstream: jetstream::Context,
 }
 
 impl Dispatcher {
@@ -112,7 +115,28 @@ impl Dispatcher {
             self.fail(&delivery, reason).await;
             return acknowledge(&message, &delivery).await;
         };
-        let resolved = match self.resolver.resolve(receiver).await {
+        if let Some(reason) = &receiver.not_ready {
+            self.fail(&delivery, format!("receiver is not ready: {reason}"))
+                .await;
+            return acknowledge(&message, &delivery).await;
+        }
+        let request = if receiver.has_filters() {
+            match request::of(&self.jetstream, &message).await {
+                Ok(request) => request,
+                Err(error @ Error::Body(_)) => {
+                    self.fail(&delivery, error.to_string()).await;
+                    return acknowledge(&message, &delivery).await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, delivery = %delivery.id, "cannot read the body for filters; retrying later");
+                    let _ = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
+                    return;
+                }
+            }
+        } else {
+            filter::Value::Null
+        };
+        let resolved = match self.resolver.resolve(receiver, &request).await {
             Ok(resolved) => resolved,
             Err(error) => {
                 tracing::warn!(%error, delivery = %delivery.id, "cannot resolve targets; retrying later");
@@ -129,8 +153,15 @@ impl Dispatcher {
                 },
             )
             .await;
-        for reason in resolved.refused {
-            self.fail(&delivery, reason).await;
+        for target in resolved.filtered_out {
+            self.recorder
+                .record(&delivery, Event::FilteredOut { target })
+                .await;
+        }
+        for (target, reason) in resolved.refused {
+            self.recorder
+                .record(&delivery, Event::Failed { target, reason })
+                .await;
         }
         if targets.is_empty() {
             return acknowledge(&message, &delivery).await;

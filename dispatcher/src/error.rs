@@ -10,6 +10,9 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("cannot listen: {0}")]
     Listen(#[from] std::io::Error),
+    /// A stored body that the filters cannot read as their `req`.
+    #[error("cannot evaluate filters: {0}")]
+    Body(String),
     /// A delivery message without the metadata every delivery has.
     #[error("unreadable delivery: {0}")]
     Poison(String),

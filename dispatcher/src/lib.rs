@@ -14,6 +14,7 @@ pub mod leader;
 pub mod metrics;
 pub mod outcome;
 pub mod patch;
+pub mod request;
 pub mod targets;
 
 use std::future::Future;
@@ -99,6 +100,7 @@ pub async fn run(
         coalescer: Coalescer::spawn(config.coalesce_window, patcher),
         registry: registry.clone(),
         dry_run: config.dry_run,
+        jetstream: jetstream.clone(),
     };
 
     let (stop_tx, stop) = watch::channel(false);

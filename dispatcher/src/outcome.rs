@@ -12,6 +12,7 @@
 //! | `coalesced` | `target`, `batch`, `size`: deliveries sharing one patch |
 //! | `patched` | `target`, `requested_at` (the annotation value), `batch`, `attempts` |
 //! | `would_patch` | `target` (`--dry-run`) |
+//! | `filtered_out` | `target`: a CEL filter of the receiver was false for it |
 //! | `retrying` | `target`, `attempt`, `error`, `retry_in_ms` |
 //! | `failed` | `target` (absent when the whole delivery failed), `reason` |
 
@@ -52,6 +53,9 @@ pub enum Event {
     WouldPatch {
         target: Target,
     },
+    FilteredOut {
+        target: Target,
+    },
     Retrying {
         target: Target,
         attempt: u32,
@@ -74,6 +78,7 @@ impl Event {
             Self::Coalesced { .. } => "coalesced",
             Self::Patched { .. } => "patched",
             Self::WouldPatch { .. } => "would_patch",
+            Self::FilteredOut { .. } => "filtered_out",
             Self::Retrying { .. } => "retrying",
             Self::Failed { .. } => "failed",
         }

@@ -1,12 +1,14 @@
 //! Target resolution: a Receiver's `spec.resources` become the objects to annotate, as Flux
 //! resolves them -- namespace and apiVersion defaults, `name: "*"` with `matchLabels` listed by
 //! label selector, optional refusal of cross-namespace references -- for any kind, through the
-//! dynamic API and discovery.
+//! dynamic API and discovery; then the receiver's CEL filters decide which of them to keep.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use fluxgate_shared::catalog::{Receiver, ResourceRef};
+use fluxgate_shared::filter::{self, Expression};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde::Serialize;
@@ -43,11 +45,13 @@ pub fn default_api_version(kind: &str) -> Option<&'static str> {
     }
 }
 
-/// The targets of a delivery, and the references that cannot be served (with why).
+/// The targets of a delivery, those its filters left out, and what cannot be served: a
+/// reference (no target) or a target whose filter could not be evaluated, with why.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Resolved {
     pub targets: Vec<Target>,
-    pub refused: Vec<String>,
+    pub filtered_out: Vec<Target>,
+    pub refused: Vec<(Option<Target>, String)>,
 }
 
 pub struct Resolver {
@@ -103,29 +107,80 @@ impl Resolver {
         Ok(resource)
     }
 
-    /// Resolves every entry of `spec.resources`. Refusals (bad references, unknown kinds) are
-    /// permanent and reported; any other API error is returned, to be retried.
-    pub async fn resolve(&self, receiver: &Receiver) -> Result<Resolved, kube::Error> {
+    /// Resolves every entry of `spec.resources` and applies the filters (`spec.resourceFilter`
+    /// and the entry's `filter`, ANDed) with `res` = the target's apiVersion, kind and metadata
+    /// and `req` = `request`. Refusals (bad references, unknown kinds, missing named targets
+    /// when filtering, filter errors) are permanent and reported; any other API error is
+    /// returned, to be retried.
+    pub async fn resolve(
+        &self,
+        receiver: &Receiver,
+        request: &filter::Value,
+    ) -> Result<Resolved, kube::Error> {
         let mut targets = BTreeSet::new();
+        let mut filtered_out = BTreeSet::new();
         let mut refused = Vec::new();
         for resource in &receiver.resources {
-            match self.resolve_one(receiver, resource).await {
-                Ok(found) => targets.extend(found),
-                Err(Refusal::Permanent(reason)) => refused.push(reason),
+            let filters: Vec<&Expression> = receiver
+                .resource_filter
+                .iter()
+                .chain(resource.filter.iter())
+                .collect();
+            let candidates = match self.resolve_one(receiver, resource).await {
+                Ok(found) => found,
+                Err(Refusal::Permanent(reason)) => {
+                    refused.push((None, reason));
+                    continue;
+                }
                 Err(Refusal::Transient(error)) => return Err(error),
+            };
+            for (target, metadata) in candidates {
+                if filters.is_empty() {
+                    targets.insert(target);
+                    continue;
+                }
+                let metadata = match metadata {
+                    Some(metadata) => metadata,
+                    None => match self.metadata(&target).await {
+                        Ok(metadata) => metadata,
+                        Err(Refusal::Permanent(reason)) => {
+                            refused.push((Some(target), reason));
+                            continue;
+                        }
+                        Err(Refusal::Transient(error)) => return Err(error),
+                    },
+                };
+                match passes(&filters, &target, &metadata, request) {
+                    Ok(true) => {
+                        targets.insert(target);
+                    }
+                    Ok(false) => {
+                        filtered_out.insert(target);
+                    }
+                    Err(reason) => refused.push((Some(target), reason)),
+                }
             }
         }
         Ok(Resolved {
+            filtered_out: filtered_out.difference(&targets).cloned().collect(),
             targets: targets.into_iter().collect(),
             refused,
         })
+    }
+
+    /// A named target's metadata, for its filters.
+    async fn metadata(&self, target: &Target) -> Result<ObjectMeta, Refusal> {
+        let api_resource = self.api_resource(&target.api_version, &target.kind).await?;
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &target.namespace, &api_resource);
+        Ok(api.get(&target.name).await?.metadata)
     }
 
     async fn resolve_one(
         &self,
         receiver: &Receiver,
         resource: &ResourceRef,
-    ) -> Result<Vec<Target>, Refusal> {
+    ) -> Result<Vec<(Target, Option<ObjectMeta>)>, Refusal> {
         let describe = || format!("{} {}", resource.kind, resource.name);
         let namespace = resource
             .namespace
@@ -157,7 +212,7 @@ impl Resolver {
         };
         if resource.name != "*" {
             // As in Flux, matchLabels only apply to the wildcard.
-            return Ok(vec![target(resource.name.clone())]);
+            return Ok(vec![(target(resource.name.clone()), None)]);
         }
         let labels = resource
             .match_labels
@@ -187,10 +242,30 @@ impl Resolver {
         Ok(listed
             .items
             .into_iter()
-            .filter_map(|o| o.metadata.name)
-            .map(target)
+            .filter_map(|o| Some((target(o.metadata.name.clone()?), Some(o.metadata))))
             .collect())
     }
+}
+
+/// Whether every filter holds for `target`; the first false one stops, an error fails.
+fn passes(
+    filters: &[&Expression],
+    target: &Target,
+    metadata: &ObjectMeta,
+    request: &filter::Value,
+) -> Result<bool, String> {
+    // `res` carries no spec or status, as in Flux.
+    let res = filter::value(&serde_json::json!({
+        "apiVersion": target.api_version,
+        "kind": target.kind,
+        "metadata": metadata,
+    }));
+    for expression in filters {
+        if !expression.is_true(&[("res", &res), ("req", request)])? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 enum Refusal {

@@ -121,6 +121,7 @@ mod tests {
             events: vec![],
             resources: vec![],
             resource_filter: None,
+            not_ready: None,
             suspend: false,
             token: SecretValue::new("t"),
             secret_data: Default::default(),

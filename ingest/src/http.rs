@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
 use fluxgate_shared::catalog::{Receiver, SharedCatalog};
+use fluxgate_shared::filter;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
@@ -129,14 +130,23 @@ async fn accept(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Accepted, Error> {
+    let name = || format!("{}/{}", receiver.namespace, receiver.name);
     if receiver.suspend {
-        return Err(Error::Suspended(format!(
-            "{}/{}",
-            receiver.namespace, receiver.name
-        )));
+        return Err(Error::Suspended(name()));
+    }
+    if receiver.not_ready.is_some() {
+        return Err(Error::NotReady(name()));
     }
     let body = read_body(body, headers, state.max_body_bytes, state.body_timeout).await?;
     let verified = verify::verify(receiver, headers, &body)?;
+    if receiver.has_filters() {
+        // The dispatcher's filters read a JSON body as `req`: refuse one that is not JSON now,
+        // as Flux does, rather than fail it later where the sender cannot hear.
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        filter::request(content_type, &body).map_err(Error::BadRequest)?;
+    }
     if let Some(event) = &verified.event
         && !receiver.allows_event(event)
     {

@@ -35,7 +35,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     let catalog = Catalog::load_file(&config.common.receivers_file)?;
     let metrics = Arc::new(Metrics::default());
-    metrics.catalog_loaded(catalog.len());
+    metrics.catalog_loaded(&catalog);
     tracing::info!(receivers = catalog.len(), file = %config.common.receivers_file.display(), "receivers loaded");
     let catalog = SharedCatalog::new(catalog);
 
@@ -56,7 +56,7 @@ pub async fn run(
             config.common.receivers_file.clone(),
             catalog.clone(),
             config.common.reload_interval,
-            move |result| metrics.reload(result.map_err(|_| ())),
+            move |result| metrics.reload(result),
             async move {
                 let _ = stop.wait_for(|s| *s).await;
             },

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use fluxgate_shared::catalog::{Catalog, CatalogError};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -28,6 +30,7 @@ pub struct Metrics {
     publish_duration: Histogram,
     reloads: Family<ReloadLabels, Counter>,
     receivers: Gauge,
+    receivers_not_ready: Gauge,
 }
 
 /// 0.25 ms to ~4 s.
@@ -64,6 +67,12 @@ impl Default for Metrics {
         );
         let receivers = Gauge::default();
         registry.register("receivers", "Receivers served", receivers.clone());
+        let receivers_not_ready = Gauge::default();
+        registry.register(
+            "receivers_not_ready",
+            "Receivers that cannot serve (an invalid CEL expression): answered 503",
+            receivers_not_ready.clone(),
+        );
         Self {
             registry,
             requests,
@@ -71,6 +80,7 @@ impl Default for Metrics {
             publish_duration,
             reloads,
             receivers,
+            receivers_not_ready,
         }
     }
 }
@@ -90,18 +100,19 @@ impl Metrics {
         self.publish_duration.observe(elapsed.as_secs_f64());
     }
 
-    pub fn catalog_loaded(&self, receivers: usize) {
-        self.receivers
-            .set(i64::try_from(receivers).unwrap_or(i64::MAX));
+    pub fn catalog_loaded(&self, catalog: &Catalog) {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.receivers.set(gauge(catalog.len()));
+        self.receivers_not_ready.set(gauge(catalog.not_ready()));
     }
 
-    pub fn reload(&self, result: Result<usize, ()>) {
+    pub fn reload(&self, result: Result<&Catalog, &CatalogError>) {
         let label = match result {
-            Ok(receivers) => {
-                self.catalog_loaded(receivers);
+            Ok(catalog) => {
+                self.catalog_loaded(catalog);
                 "ok"
             }
-            Err(()) => "invalid",
+            Err(_) => "invalid",
         };
         self.reloads
             .get_or_create(&ReloadLabels { result: label })

@@ -12,6 +12,8 @@ use base64::Engine as _;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::filter::Expression;
+
 /// Flux's Receiver API versions whose spec fluxgate reads (v1beta2 has the same fields).
 const RECEIVER_API_VERSIONS: &[&str] = &[
     "notification.toolkit.fluxcd.io/v1",
@@ -136,8 +138,11 @@ pub struct ResourceRef {
     pub namespace: Option<String>,
     #[serde(default)]
     pub match_labels: Option<BTreeMap<String, String>>,
-    #[serde(default)]
-    pub filter: Option<String>,
+    /// `filter` as written; compiled into `filter` when the catalog loads.
+    #[serde(default, rename = "filter")]
+    filter_source: Option<String>,
+    #[serde(skip)]
+    pub filter: Option<Expression>,
 }
 
 /// A Receiver ready to serve: its spec plus the data of its Secret.
@@ -149,8 +154,12 @@ pub struct Receiver {
     /// `spec.events`, compared case-insensitively; empty means every event.
     pub events: Vec<String>,
     pub resources: Vec<ResourceRef>,
-    pub resource_filter: Option<String>,
+    /// `spec.resourceFilter`, ANDed with each resource's own `filter`.
+    pub resource_filter: Option<Expression>,
     pub suspend: bool,
+    /// Why the receiver cannot serve (an expression that does not compile): Flux marks such a
+    /// Receiver Stalled; ingest answers 503 for it.
+    pub not_ready: Option<String>,
     /// The Secret's `token` (empty for `generic-oidc`, which has no Secret).
     pub token: SecretValue,
     /// Every key of the Secret (gcr reads `email` and `audience`).
@@ -160,6 +169,11 @@ pub struct Receiver {
 }
 
 impl Receiver {
+    /// Whether any CEL filter applies to this receiver's targets.
+    pub fn has_filters(&self) -> bool {
+        self.resource_filter.is_some() || self.resources.iter().any(|r| r.filter.is_some())
+    }
+
     /// Whether `event` passes `spec.events` (case-insensitive; empty list allows all).
     pub fn allows_event(&self, event: &str) -> bool {
         self.events.is_empty() || self.events.iter().any(|e| e.eq_ignore_ascii_case(event))
@@ -204,6 +218,11 @@ impl Catalog {
 
     pub fn receivers(&self) -> impl Iterator<Item = &Arc<Receiver>> {
         self.by_digest.values()
+    }
+
+    /// How many receivers cannot serve (see [`Receiver::not_ready`]).
+    pub fn not_ready(&self) -> usize {
+        self.receivers().filter(|r| r.not_ready.is_some()).count()
     }
 
     /// Reads and parses a receivers file.
@@ -410,14 +429,37 @@ impl ReceiverManifest {
             "/hook/{}",
             hook_digest(token.expose(), &self.metadata.name, &namespace)
         );
+        let mut not_ready = Vec::new();
+        let mut compile = |field: String, source: Option<&str>| {
+            let source = source.filter(|s| !s.trim().is_empty())?;
+            Expression::compile(source)
+                .map_err(|e| not_ready.push(format!("{field}: invalid CEL expression: {e}")))
+                .ok()
+        };
+        let resource_filter = compile(
+            "spec.resourceFilter".into(),
+            self.spec.resource_filter.as_deref(),
+        );
+        let mut resources = self.spec.resources;
+        for (i, resource) in resources.iter_mut().enumerate() {
+            resource.filter = compile(
+                format!("spec.resources[{i}].filter"),
+                resource.filter_source.as_deref(),
+            );
+        }
+        let not_ready = (!not_ready.is_empty()).then(|| not_ready.join("; "));
+        if let Some(reason) = &not_ready {
+            tracing::warn!(receiver = %format_args!("{namespace}/{}", self.metadata.name), %reason, "receiver not ready");
+        }
         Ok(Receiver {
             namespace,
             name: self.metadata.name,
             kind: self.spec.kind,
             events: self.spec.events,
-            resources: self.spec.resources,
-            resource_filter: self.spec.resource_filter.filter(|f| !f.trim().is_empty()),
+            resources,
+            resource_filter,
             suspend: self.spec.suspend,
+            not_ready,
             token,
             secret_data,
             hook_path,
@@ -485,12 +527,12 @@ impl SharedCatalog {
 /// logged once per distinct content.
 ///
 /// The file is read once when this is called, so only later changes count as reloads;
-/// `on_reload` hears of every reload attempt (the number of receivers, or why it failed).
+/// `on_reload` hears of every reload attempt (the new catalog, or why it failed).
 pub fn watch_file(
     path: PathBuf,
     shared: SharedCatalog,
     interval: Duration,
-    on_reload: impl Fn(Result<usize, &CatalogError>) + Send + 'static,
+    on_reload: impl Fn(Result<&Catalog, &CatalogError>) + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let last = std::fs::read(&path).ok();
@@ -502,7 +544,7 @@ async fn watch_loop(
     shared: SharedCatalog,
     interval: Duration,
     mut last: Option<Vec<u8>>,
-    on_reload: impl Fn(Result<usize, &CatalogError>),
+    on_reload: impl Fn(Result<&Catalog, &CatalogError>),
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let mut ticker = tokio::time::interval(interval);
@@ -526,7 +568,7 @@ async fn watch_loop(
         match Catalog::parse(&String::from_utf8_lossy(&content)) {
             Ok(catalog) => {
                 tracing::info!(path = %path.display(), receivers = catalog.len(), "receivers file reloaded");
-                on_reload(Ok(catalog.len()));
+                on_reload(Ok(&catalog));
                 shared.replace(catalog);
             }
             Err(error) => {
@@ -712,6 +754,32 @@ metadata:
     }
 
     #[test]
+    fn filters_compile_at_load_and_an_invalid_one_makes_the_receiver_not_ready() {
+        let with_filters = FILE.replace(
+            "      name: webapp\n",
+            "      name: webapp\n      filter: req.action == 'push'\n  resourceFilter: res.metadata.name != ''\n",
+        );
+        let catalog = Catalog::parse(&with_filters).expect("valid");
+        let gh = receiver(&catalog, "s3cret", "github-receiver", "flux-system");
+        assert!(gh.has_filters() && gh.not_ready.is_none());
+        assert_eq!(
+            gh.resources[0].filter.as_ref().map(Expression::source),
+            Some("req.action == 'push'")
+        );
+        assert_eq!(catalog.not_ready(), 0);
+
+        let broken = with_filters.replace("req.action == 'push'", "req.action ==");
+        let catalog = Catalog::parse(&broken).expect("the file still loads");
+        let gh = receiver(&catalog, "s3cret", "github-receiver", "flux-system");
+        let reason = gh.not_ready.as_deref().expect("not ready");
+        assert!(
+            reason.starts_with("spec.resources[0].filter: invalid CEL expression"),
+            "{reason}"
+        );
+        assert_eq!(catalog.not_ready(), 1);
+    }
+
+    #[test]
     fn duplicate_receivers_are_rejected() {
         let doubled = format!(
             "{FILE}\n---\n{}",
@@ -733,7 +801,7 @@ metadata:
             shared.clone(),
             Duration::from_millis(10),
             move |result| {
-                let _ = events_tx.send(result.map_err(|e| e.to_string()));
+                let _ = events_tx.send(result.map(Catalog::len).map_err(|e| e.to_string()));
             },
             async {
                 let _ = stopped.await;

@@ -4,5 +4,6 @@
 pub mod catalog;
 pub mod config;
 pub mod contract;
+pub mod filter;
 pub mod shutdown;
 pub mod telemetry;

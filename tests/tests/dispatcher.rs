@@ -55,6 +55,25 @@ fn receivers_yaml() -> String {
             "plain",
             "    - kind: GitRepository\n      name: flaky\n",
         ),
+        // Flux's image-tag example, as written in its docs.
+        receiver(
+            "images",
+            "generic",
+            "plain",
+            "    - kind: GitRepository\n      name: \"*\"\n      matchLabels:\n        team: img\n  resourceFilter: req.tag.split('/').last().value().split(\":\").first().value() == res.metadata.annotations['update-image']\n",
+        ),
+        receiver(
+            "deploys",
+            "generic",
+            "plain",
+            "    - kind: GitRepository\n      name: app\n      filter: req.action == 'deploy'\n    - kind: GitRepository\n      name: api\n      filter: req.missing == 'x'\n",
+        ),
+        receiver(
+            "broken",
+            "generic",
+            "plain",
+            "    - kind: GitRepository\n      name: app\n      filter: req.action ==\n",
+        ),
     ]
     .join("---\n")
 }
@@ -63,7 +82,7 @@ fn git_repository(name: &str, team: &str) -> Value {
     json!({
         "apiVersion": SOURCE,
         "kind": "GitRepository",
-        "metadata": {"name": name, "namespace": NS, "labels": {"team": team}},
+        "metadata": {"name": name, "namespace": NS, "labels": {"team": team}, "annotations": {"update-image": name}},
         "spec": {"url": "https://example.org/repo", "interval": "10m"},
     })
 }
@@ -92,6 +111,9 @@ impl Pipeline {
             ("web-1", "web"),
             ("web-2", "web"),
             ("api", "api"),
+            ("img-a", "img"),
+            ("img-b", "img"),
+            ("img-c", "img"),
         ] {
             cluster.apply(git_repository(name, team));
         }
@@ -134,18 +156,43 @@ impl Pipeline {
 
     /// A bare generic trigger; returns its delivery id.
     async fn trigger(&self, receiver: &str) -> String {
-        let response = http::post(
-            &self.ingest.hook_url(&hook_path(TOKEN, receiver, NS)),
-            &[],
-            "",
-        )
-        .await
-        .expect("trigger");
+        let response = self.post_generic(receiver, &[], "").await;
         assert_eq!(response.status, 202, "{:?}", response.body);
         response.json()["delivery"]
             .as_str()
             .expect("delivery id")
             .to_owned()
+    }
+
+    /// A generic webhook with a JSON body; returns its delivery id.
+    async fn trigger_json(&self, receiver: &str, body: Value) -> String {
+        let response = self
+            .post_generic(
+                receiver,
+                &[("content-type", "application/json")],
+                &body.to_string(),
+            )
+            .await;
+        assert_eq!(response.status, 202, "{:?}", response.body);
+        response.json()["delivery"]
+            .as_str()
+            .expect("delivery id")
+            .to_owned()
+    }
+
+    async fn post_generic(
+        &self,
+        receiver: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> http::Response {
+        http::post(
+            &self.ingest.hook_url(&hook_path(TOKEN, receiver, NS)),
+            headers,
+            body.to_owned(),
+        )
+        .await
+        .expect("post")
     }
 
     /// Successful patches of a repository, in order.
@@ -323,6 +370,89 @@ async fn a_label_selector_patches_every_match_and_nothing_else() {
     assert_eq!((p.patches("web-1").len(), p.patches("web-2").len()), (1, 1));
     assert!(p.patches("api").is_empty() && p.patches("app").is_empty());
     assert!(p.requests_to("api", "PATCH").is_empty());
+}
+
+#[tokio::test]
+async fn cel_filters_keep_the_targets_that_match_the_request() {
+    let p = Pipeline::start().await;
+    let _dispatcher = p.dispatcher(&["--coalesce-window", "100ms"]).await;
+    // Three candidates by label, one whose annotation names the pushed image.
+    let images = p
+        .trigger_json("images", json!({"tag": "registry.example/org/img-b:1.2.3"}))
+        .await;
+    // A named target whose filter is false, and one whose filter cannot be evaluated.
+    let deploys = p.trigger_json("deploys", json!({"action": "build"})).await;
+    let events = p
+        .wait_outcomes("the image patch and both filter results", |e| {
+            !of_type(e, "patched").is_empty()
+                && of_type(e, "filtered_out").len() == 3
+                && !of_type(e, "failed").is_empty()
+        })
+        .await;
+    let patched = of_type(&events, "patched");
+    assert_eq!(patched.len(), 1);
+    assert_eq!(
+        (
+            patched[0]["delivery"].as_str(),
+            patched[0]["target"]["name"].as_str()
+        ),
+        (Some(images.as_str()), Some("img-b"))
+    );
+    let mut filtered: Vec<(&str, &str)> = of_type(&events, "filtered_out")
+        .iter()
+        .filter_map(|e| Some((e["delivery"].as_str()?, e["target"]["name"].as_str()?)))
+        .collect();
+    filtered.sort();
+    let mut expected = vec![
+        (images.as_str(), "img-a"),
+        (images.as_str(), "img-c"),
+        (deploys.as_str(), "app"),
+    ];
+    expected.sort();
+    assert_eq!(filtered, expected);
+    let failed = of_type(&events, "failed");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["delivery"], deploys.as_str());
+    assert_eq!(failed[0]["target"]["name"], "api");
+    let reason = failed[0]["reason"].as_str().expect("reason");
+    assert!(reason.contains("req.missing == 'x'"), "{reason}");
+    assert_eq!(p.patches("img-b").len(), 1);
+    for name in ["img-a", "img-c", "app", "api"] {
+        assert!(
+            p.requests_to(name, "PATCH").is_empty(),
+            "{name} was patched"
+        );
+    }
+}
+
+#[tokio::test]
+async fn receivers_with_filters_refuse_bad_json_and_invalid_expressions_are_not_served() {
+    let p = Pipeline::start().await;
+    let json = [("content-type", "application/json")];
+    let not_json = p.post_generic("deploys", &json, "{oops").await;
+    assert_eq!(not_json.status, 400, "{:?}", not_json.body);
+    assert!(
+        not_json.json()["error"]
+            .as_str()
+            .expect("error")
+            .contains("not valid JSON")
+    );
+    let broken = p.post_generic("broken", &json, "{}").await;
+    assert_eq!(broken.status, 503, "{:?}", broken.body);
+    assert!(
+        broken.json()["error"]
+            .as_str()
+            .expect("error")
+            .contains("not ready")
+    );
+    let metrics = http::get(&p.ingest.admin_url("/metrics"))
+        .await
+        .expect("metrics");
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains("fluxgate_ingest_receivers_not_ready 1"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

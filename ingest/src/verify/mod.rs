@@ -235,6 +235,7 @@ mod tests {
             events: vec![],
             resources: vec![],
             resource_filter: None,
+            not_ready: None,
             suspend: false,
             token: fluxgate_shared::catalog::SecretValue::new(token),
             secret_data: Default::default(),
