@@ -8,7 +8,6 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind};
 use fluxgate_shared::catalog::SharedCatalog;
-use fluxgate_shared::filter;
 use futures::StreamExt as _;
 use tokio::sync::watch;
 
@@ -120,9 +119,9 @@ impl Dispatcher {
                 .await;
             return acknowledge(&message, &delivery).await;
         }
-        let request = if receiver.has_filters() {
-            match request::of(&self.jetstream, &message).await {
-                Ok(request) => request,
+        let inputs = if receiver.has_filters() {
+            match request::of(&self.jetstream, receiver.kind, &message).await {
+                Ok(inputs) => inputs,
                 Err(error @ Error::Body(_)) => {
                     self.fail(&delivery, error.to_string()).await;
                     return acknowledge(&message, &delivery).await;
@@ -134,9 +133,9 @@ impl Dispatcher {
                 }
             }
         } else {
-            filter::Value::Null
+            request::Inputs::none()
         };
-        let resolved = match self.resolver.resolve(receiver, &request).await {
+        let resolved = match self.resolver.resolve(receiver, &inputs).await {
             Ok(resolved) => resolved,
             Err(error) => {
                 tracing::warn!(%error, delivery = %delivery.id, "cannot resolve targets; retrying later");

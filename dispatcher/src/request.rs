@@ -1,19 +1,38 @@
-//! The `req` of a delivery's CEL filters, from the stored webhook: the message payload, or the
-//! object-store object it references when the body was too large for one message.
+//! What a delivery's CEL filters read besides the target: `req`, from the stored webhook (the
+//! message payload, or the object-store object it references when the body was too large for
+//! one message), and `claims`, the verified ID token's (generic-oidc).
 
 use async_nats::jetstream;
+use fluxgate_shared::catalog::ReceiverType;
 use fluxgate_shared::contract::{self, header};
 use fluxgate_shared::filter;
 use tokio::io::AsyncReadExt as _;
 
 use crate::error::Error;
 
-/// The filters' `req` for `message`. A body that is not the JSON its Content-Type promises is
+/// The filters' inputs of one delivery.
+pub struct Inputs {
+    pub req: filter::Value,
+    pub claims: Option<filter::Value>,
+}
+
+impl Inputs {
+    /// For a receiver without filters: nothing is read.
+    pub fn none() -> Self {
+        Self {
+            req: filter::Value::Null,
+            claims: None,
+        }
+    }
+}
+
+/// The filters' inputs for `message`. A body that is not the JSON its Content-Type promises is
 /// [`Error::Body`], which no retry fixes; NATS errors are worth retrying.
 pub async fn of(
     jetstream: &jetstream::Context,
+    kind: ReceiverType,
     message: &jetstream::Message,
-) -> Result<filter::Value, Error> {
+) -> Result<Inputs, Error> {
     let get = |name: &str| {
         message
             .headers
@@ -39,5 +58,15 @@ pub async fn of(
             body
         }
     };
-    filter::request(content_type, &body).map_err(Error::Body)
+    let claims = get(header::OIDC_CLAIMS)
+        .map(|claims| {
+            serde_json::from_str(claims)
+                .map(|json| filter::value(&json))
+                .map_err(|e| Error::Body(format!("stored claims are not JSON: {e}")))
+        })
+        .transpose()?;
+    Ok(Inputs {
+        req: filter::request(kind, content_type, &body).map_err(Error::Body)?,
+        claims,
+    })
 }

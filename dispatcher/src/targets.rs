@@ -13,6 +13,8 @@ use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde::Serialize;
 
+use crate::request::Inputs;
+
 /// One object to annotate.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -109,13 +111,13 @@ impl Resolver {
 
     /// Resolves every entry of `spec.resources` and applies the filters (`spec.resourceFilter`
     /// and the entry's `filter`, ANDed) with `res` = the target's apiVersion, kind and metadata
-    /// and `req` = `request`. Refusals (bad references, unknown kinds, missing named targets
+    /// plus `req` and `claims` from `inputs`. Refusals (bad references, unknown kinds, missing named targets
     /// when filtering, filter errors) are permanent and reported; any other API error is
     /// returned, to be retried.
     pub async fn resolve(
         &self,
         receiver: &Receiver,
-        request: &filter::Value,
+        inputs: &Inputs,
     ) -> Result<Resolved, kube::Error> {
         let mut targets = BTreeSet::new();
         let mut filtered_out = BTreeSet::new();
@@ -150,7 +152,7 @@ impl Resolver {
                         Err(Refusal::Transient(error)) => return Err(error),
                     },
                 };
-                match passes(&filters, &target, &metadata, request) {
+                match passes(&filters, &target, &metadata, inputs) {
                     Ok(true) => {
                         targets.insert(target);
                     }
@@ -252,7 +254,7 @@ fn passes(
     filters: &[&Expression],
     target: &Target,
     metadata: &ObjectMeta,
-    request: &filter::Value,
+    inputs: &Inputs,
 ) -> Result<bool, String> {
     // `res` carries no spec or status, as in Flux.
     let res = filter::value(&serde_json::json!({
@@ -260,8 +262,12 @@ fn passes(
         "kind": target.kind,
         "metadata": metadata,
     }));
+    let mut variables = vec![("res", &res), ("req", &inputs.req)];
+    if let Some(claims) = &inputs.claims {
+        variables.push(("claims", claims));
+    }
     for expression in filters {
-        if !expression.is_true(&[("res", &res), ("req", request)])? {
+        if !expression.is_true(&variables)? {
             return Ok(false);
         }
     }

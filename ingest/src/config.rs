@@ -50,6 +50,14 @@ pub struct Config {
     #[arg(long, env = "FLUXGATE_STREAM_DUPLICATE_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
     pub stream_duplicate_window: Duration,
 
+    /// Google's ID-token keys (JWKS), which sign the Pub/Sub pushes of gcr receivers.
+    #[arg(
+        long,
+        env = "FLUXGATE_GOOGLE_CERTS_URL",
+        default_value = "https://www.googleapis.com/oauth2/v3/certs"
+    )]
+    pub google_certs_url: String,
+
     /// Time in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "FLUXGATE_SHUTDOWN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,

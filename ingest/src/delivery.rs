@@ -52,6 +52,9 @@ pub fn build(
     headers.insert(names::BODY_SHA256, hex::encode(Sha256::digest(&body)));
     headers.insert(names::BODY_SIZE, body.len().to_string());
     headers.insert(names::TRACEPARENT, traceparent(request));
+    if let Some(claims) = &verified.claims {
+        headers.insert(names::OIDC_CLAIMS, claims.to_string());
+    }
 
     let delivery = Delivery {
         subject: contract::delivery_subject(&receiver.namespace, &receiver.name),
@@ -78,6 +81,7 @@ mod names {
     pub const BODY_SHA256: HeaderName = HeaderName::from_static(header::BODY_SHA256);
     pub const BODY_SIZE: HeaderName = HeaderName::from_static(header::BODY_SIZE);
     pub const TRACEPARENT: HeaderName = HeaderName::from_static(header::TRACEPARENT);
+    pub const OIDC_CLAIMS: HeaderName = HeaderName::from_static(header::OIDC_CLAIMS);
 }
 
 /// The sender's W3C `traceparent` when it is well formed, else the root of a new trace.
@@ -125,6 +129,7 @@ mod tests {
             suspend: false,
             token: SecretValue::new("t"),
             secret_data: Default::default(),
+            oidc_providers: vec![],
             hook_path: "/hook/x".into(),
         }
     }
@@ -149,6 +154,7 @@ mod tests {
         let verified = Verified {
             event: Some("push".into()),
             delivery_id: Some("d-1".into()),
+            claims: None,
         };
         let req = request(&[
             ("content-type", "application/json"),

@@ -27,8 +27,6 @@ pub enum Error {
     Suspended(String),
     #[error("receiver {0} is not ready (see fluxgate's log)")]
     NotReady(String),
-    #[error("receiver type {0} is not served by this version of fluxgate")]
-    UnsupportedType(&'static str),
     #[error("event store unavailable, retry later: {0}")]
     Unavailable(String),
     #[error("cannot load receivers: {0}")]
@@ -46,10 +44,9 @@ impl Error {
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BodyRead(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Suspended(_)
-            | Self::NotReady(_)
-            | Self::UnsupportedType(_)
-            | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Suspended(_) | Self::NotReady(_) | Self::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Catalog(_) | Self::Listen(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -62,10 +59,7 @@ impl Error {
             Self::TooLarge(_) => "too_large",
             Self::BodyTimeout | Self::BodyRead(_) | Self::BadRequest(_) => "bad_request",
             Self::Unauthorized(_) => "unauthorized",
-            Self::Suspended(_)
-            | Self::NotReady(_)
-            | Self::UnsupportedType(_)
-            | Self::Unavailable(_) => "unavailable",
+            Self::Suspended(_) | Self::NotReady(_) | Self::Unavailable(_) => "unavailable",
             Self::Catalog(_) | Self::Listen(_) => "internal",
         }
     }

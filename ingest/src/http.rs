@@ -18,6 +18,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
 use crate::error::Error;
+use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::publish::Publisher;
 use crate::{delivery, verify};
@@ -26,6 +27,7 @@ use crate::{delivery, verify};
 pub struct AppState {
     pub catalog: SharedCatalog,
     pub publisher: Arc<Publisher>,
+    pub identity: Identity,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
@@ -138,14 +140,14 @@ async fn accept(
         return Err(Error::NotReady(name()));
     }
     let body = read_body(body, headers, state.max_body_bytes, state.body_timeout).await?;
-    let verified = verify::verify(receiver, headers, &body)?;
+    let verified = verify::verify(&state.identity, receiver, headers, &body).await?;
     if receiver.has_filters() {
         // The dispatcher's filters read a JSON body as `req`: refuse one that is not JSON now,
         // as Flux does, rather than fail it later where the sender cannot hear.
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
-        filter::request(content_type, &body).map_err(Error::BadRequest)?;
+        filter::request(receiver.kind, content_type, &body).map_err(Error::BadRequest)?;
     }
     if let Some(event) = &verified.event
         && !receiver.allows_event(event)

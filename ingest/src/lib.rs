@@ -6,6 +6,7 @@ pub mod config;
 pub mod delivery;
 pub mod error;
 pub mod http;
+pub mod identity;
 pub mod metrics;
 pub mod publish;
 pub mod serve;
@@ -22,6 +23,7 @@ pub use config::Config;
 pub use error::Error;
 
 use crate::http::AppState;
+use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::publish::{Publisher, StreamSettings};
 
@@ -66,6 +68,7 @@ pub async fn run(
     let state = Arc::new(AppState {
         catalog,
         publisher: publisher.clone(),
+        identity: Identity::new(config.google_certs_url.clone())?,
         metrics,
         max_body_bytes: config.max_body_bytes,
         body_timeout: config.body_timeout,

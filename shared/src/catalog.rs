@@ -145,6 +145,20 @@ pub struct ResourceRef {
     pub filter: Option<Expression>,
 }
 
+/// Flux's default audience of a `generic-oidc` provider.
+pub const DEFAULT_OIDC_AUDIENCE: &str = "notification-controller";
+
+/// One `spec.oidcProviders` entry of a `generic-oidc` Receiver, its expressions compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcProvider {
+    pub issuer_url: String,
+    pub audience: String,
+    /// Evaluated in order; each sees `claims` and the `variables` before it.
+    pub variables: Vec<(String, Expression)>,
+    /// Every one must hold; the messages of those that do not are the 401's reason.
+    pub validations: Vec<(Expression, String)>,
+}
+
 /// A Receiver ready to serve: its spec plus the data of its Secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receiver {
@@ -164,6 +178,8 @@ pub struct Receiver {
     pub token: SecretValue,
     /// Every key of the Secret (gcr reads `email` and `audience`).
     pub secret_data: BTreeMap<String, SecretValue>,
+    /// `spec.oidcProviders` (generic-oidc only).
+    pub oidc_providers: Vec<OidcProvider>,
     /// `/hook/<digest>`, as Flux computes it.
     pub hook_path: String,
 }
@@ -375,6 +391,34 @@ struct ReceiverSpec {
     secret_ref: Option<SecretRef>,
     #[serde(default)]
     suspend: bool,
+    #[serde(default)]
+    oidc_providers: Vec<OidcProviderSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OidcProviderSpec {
+    #[serde(rename = "issuerURL")]
+    issuer_url: String,
+    #[serde(default)]
+    audience: Option<String>,
+    #[serde(default)]
+    variables: Vec<NamedExpression>,
+    #[serde(default)]
+    validations: Vec<Validation>,
+}
+
+#[derive(Deserialize)]
+struct NamedExpression {
+    name: String,
+    expression: String,
+}
+
+#[derive(Deserialize)]
+struct Validation {
+    expression: String,
+    #[serde(default)]
+    message: String,
 }
 
 #[derive(Deserialize)]
@@ -430,22 +474,62 @@ impl ReceiverManifest {
             hook_digest(token.expose(), &self.metadata.name, &namespace)
         );
         let mut not_ready = Vec::new();
-        let mut compile = |field: String, source: Option<&str>| {
-            let source = source.filter(|s| !s.trim().is_empty())?;
-            Expression::compile(source)
-                .map_err(|e| not_ready.push(format!("{field}: invalid CEL expression: {e}")))
-                .ok()
-        };
+        if self.spec.kind == ReceiverType::Gcr {
+            // Flux refuses every webhook then; the receiver can never serve, so say so once.
+            for key in ["email", "audience"] {
+                if secret_data.get(key).is_none_or(SecretValue::is_empty) {
+                    not_ready.push(format!(
+                        "spec.secretRef.name: the Secret has no '{key}', which type gcr needs"
+                    ));
+                }
+            }
+        }
         let resource_filter = compile(
-            "spec.resourceFilter".into(),
+            &mut not_ready,
+            "spec.resourceFilter",
             self.spec.resource_filter.as_deref(),
         );
         let mut resources = self.spec.resources;
         for (i, resource) in resources.iter_mut().enumerate() {
             resource.filter = compile(
-                format!("spec.resources[{i}].filter"),
+                &mut not_ready,
+                &format!("spec.resources[{i}].filter"),
                 resource.filter_source.as_deref(),
             );
+        }
+        let mut oidc_providers = Vec::new();
+        for (i, spec) in self.spec.oidc_providers.into_iter().enumerate() {
+            let field = format!("spec.oidcProviders[{i}]");
+            let mut variables = Vec::new();
+            for (j, v) in spec.variables.into_iter().enumerate() {
+                let field = format!("{field}.variables[{j}].expression");
+                if let Some(expression) = compile(&mut not_ready, &field, Some(&v.expression)) {
+                    variables.push((v.name, expression));
+                }
+            }
+            if spec.validations.is_empty() {
+                not_ready.push(format!("{field}.validations: at least one is required"));
+            }
+            let mut validations = Vec::new();
+            for (j, v) in spec.validations.into_iter().enumerate() {
+                let field = format!("{field}.validations[{j}].expression");
+                if let Some(expression) = compile(&mut not_ready, &field, Some(&v.expression)) {
+                    validations.push((expression, v.message));
+                }
+            }
+            oidc_providers.push(OidcProvider {
+                issuer_url: spec.issuer_url,
+                audience: spec
+                    .audience
+                    .filter(|a| !a.is_empty())
+                    .unwrap_or_else(|| DEFAULT_OIDC_AUDIENCE.into()),
+                variables,
+                validations,
+            });
+        }
+        if self.spec.kind == ReceiverType::GenericOidc && oidc_providers.is_empty() {
+            not_ready
+                .push("spec.oidcProviders: at least one is required for type generic-oidc".into());
         }
         let not_ready = (!not_ready.is_empty()).then(|| not_ready.join("; "));
         if let Some(reason) = &not_ready {
@@ -462,9 +546,18 @@ impl ReceiverManifest {
             not_ready,
             token,
             secret_data,
+            oidc_providers,
             hook_path,
         })
     }
+}
+
+/// Compiles an optional expression; what does not compile is added to `errors`, naming `field`.
+fn compile(errors: &mut Vec<String>, field: &str, source: Option<&str>) -> Option<Expression> {
+    let source = source.filter(|s| !s.trim().is_empty())?;
+    Expression::compile(source)
+        .map_err(|e| errors.push(format!("{field}: invalid CEL expression: {e}")))
+        .ok()
 }
 
 #[derive(Deserialize)]

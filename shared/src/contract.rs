@@ -37,6 +37,9 @@ pub mod header {
     /// Set when the body lives in the object store: the object's name.
     pub const BODY_OBJECT: &str = "Fluxgate-Body-Object";
     pub const TRACEPARENT: &str = "traceparent";
+    /// The verified ID token's claims as JSON (generic-oidc): the `claims` of the filters.
+    /// The token itself, a credential, is never stored.
+    pub const OIDC_CLAIMS: &str = "Fluxgate-Oidc-Claims";
 }
 
 /// Values of [`header::DELIVERY_ID_SOURCE`].

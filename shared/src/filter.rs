@@ -11,6 +11,9 @@ use cel::{Context, Env, ExecutionError, Program};
 
 pub use cel::Value;
 
+use crate::catalog::ReceiverType;
+use crate::pubsub;
+
 /// The CEL environment: the standard library with optionals, cel-go's strings and lists
 /// extensions, and the `first()`/`last()` list functions the CEL crate lacks (cel-go has them
 /// in its optional library: Flux's `req.tag.split('/').last().value()` relies on them).
@@ -123,8 +126,16 @@ pub fn value(json: &serde_json::Value) -> Value {
 }
 
 /// The `req` of a webhook: its body as JSON when the Content-Type says JSON, else `{}`, as in
-/// Flux. A JSON Content-Type with a body that is not JSON is an error.
-pub fn request(content_type: Option<&str>, body: &[u8]) -> Result<Value, String> {
+/// Flux; for gcr, the registry event inside the Pub/Sub message. A JSON Content-Type with a
+/// body that is not JSON is an error.
+pub fn request(
+    kind: ReceiverType,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Value, String> {
+    if kind == ReceiverType::Gcr {
+        return pubsub::parse(body).map(|message| value(&message.event));
+    }
     let essence = content_type
         .and_then(|c| c.split(';').next())
         .map(|c| c.trim().to_ascii_lowercase());
@@ -194,13 +205,25 @@ mod tests {
             "application/json; charset=UTF-8",
             "application/cloudevents+json",
         ] {
-            let req = request(Some(content_type), body).expect("json");
+            let req = request(ReceiverType::Generic, Some(content_type), body).expect("json");
             assert_eq!(action.is_true(&[("req", &req)]), Ok(true), "{content_type}");
         }
-        let form = request(Some("application/x-www-form-urlencoded"), b"payload=x").expect("{}");
+        let form = request(
+            ReceiverType::Github,
+            Some("application/x-www-form-urlencoded"),
+            b"payload=x",
+        )
+        .expect("{}");
         let empty = Expression::compile("size(req) == 0").expect("compiles");
         assert_eq!(empty.is_true(&[("req", &form)]), Ok(true));
-        assert!(request(Some("application/json"), b"not json").is_err());
+        assert!(request(ReceiverType::Generic, Some("application/json"), b"not json").is_err());
+        let event = serde_json::json!({"action": "INSERT", "digest": "d", "tag": "gcr.io/p/app:1"});
+        let body = pubsub::envelope(&event, "m").to_string();
+        let req =
+            request(ReceiverType::Gcr, Some("application/json"), body.as_bytes()).expect("pubsub");
+        let tag = Expression::compile("req.tag == 'gcr.io/p/app:1' && req.action == 'INSERT'")
+            .expect("compiles");
+        assert_eq!(tag.is_true(&[("req", &req)]), Ok(true));
     }
 
     #[test]

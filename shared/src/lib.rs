@@ -5,5 +5,6 @@ pub mod catalog;
 pub mod config;
 pub mod contract;
 pub mod filter;
+pub mod pubsub;
 pub mod shutdown;
 pub mod telemetry;

@@ -6,6 +6,7 @@ pub mod dispatcher;
 pub mod http;
 pub mod ingest;
 pub mod nats;
+pub mod oidc;
 pub mod process;
 pub mod webhook;
 

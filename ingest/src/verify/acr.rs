@@ -33,6 +33,7 @@ pub fn verify(headers: &HeaderMap, body: &[u8]) -> Result<Verified, Error> {
         // ACR gives every event an `id`; an explicit Idempotency-Key still wins.
         delivery_id: first_header(headers, &["idempotency-key"])
             .or(Some(payload.id).filter(|id| !id.is_empty())),
+        claims: None,
     })
 }
 

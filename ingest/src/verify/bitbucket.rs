@@ -12,6 +12,7 @@ pub fn verify(token: &[u8], headers: &HeaderMap, body: &[u8]) -> Result<Verified
     Ok(Verified {
         event: event_name(headers, &["x-event-key"]),
         delivery_id: first_header(headers, &["x-request-uuid", "x-request-id"]),
+        claims: None,
     })
 }
 

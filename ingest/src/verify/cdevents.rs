@@ -20,6 +20,7 @@ pub fn verify(headers: &HeaderMap, body: &[u8]) -> Result<Verified, Error> {
     Ok(Verified {
         event: event_name(headers, &["ce-type"]),
         delivery_id: Some(delivery_id),
+        claims: None,
     })
 }
 

@@ -25,6 +25,7 @@ pub fn verify(token: &[u8], headers: &HeaderMap, body: &[u8]) -> Result<Verified
                 "x-forgejo-delivery",
             ],
         ),
+        claims: None,
     })
 }
 

@@ -11,6 +11,7 @@ pub fn verify(token: &[u8], headers: &HeaderMap) -> Result<Verified, Error> {
     Ok(Verified {
         event: event_name(headers, &["x-gitlab-event"]),
         delivery_id: first_header(headers, &["idempotency-key", "x-gitlab-event-uuid"]),
+        claims: None,
     })
 }
 

@@ -6,8 +6,10 @@ mod acr;
 mod bitbucket;
 mod cdevents;
 mod dockerhub;
+mod gcr;
 mod generic;
 mod generic_hmac;
+mod generic_oidc;
 mod github;
 mod gitlab;
 mod harbor;
@@ -21,6 +23,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::Error;
+use crate::identity::Identity;
 
 /// What verification learned about an authentic webhook.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -29,12 +32,22 @@ pub struct Verified {
     pub event: Option<String>,
     /// The sender's own delivery id, when it sends one.
     pub delivery_id: Option<String>,
+    /// The verified ID token's claims (generic-oidc), for the dispatcher's filters.
+    pub claims: Option<serde_json::Value>,
 }
 
 /// Verifies a webhook for `receiver` as Flux would: `Unauthorized` for a bad or missing
-/// credential, `BadRequest` for a body the type cannot parse.
-pub fn verify(receiver: &Receiver, headers: &HeaderMap, body: &[u8]) -> Result<Verified, Error> {
+/// credential, `BadRequest` for a body the type cannot parse. Only the ID-token types wait on
+/// anything (their issuers' keys).
+pub async fn verify(
+    identity: &Identity,
+    receiver: &Receiver,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Verified, Error> {
     match receiver.kind {
+        ReceiverType::GenericOidc => generic_oidc::verify(identity, receiver, headers).await,
+        ReceiverType::Gcr => gcr::verify(identity, receiver, headers, body).await,
         ReceiverType::Generic => generic::verify(headers),
         ReceiverType::GenericHmac => generic_hmac::verify(token(receiver)?, headers, body),
         ReceiverType::Github => github::verify(token(receiver)?, headers, body),
@@ -46,9 +59,6 @@ pub fn verify(receiver: &Receiver, headers: &HeaderMap, body: &[u8]) -> Result<V
         ReceiverType::Quay => quay::verify(headers, body),
         ReceiverType::Acr => acr::verify(headers, body),
         ReceiverType::Cdevents => cdevents::verify(headers, body),
-        ReceiverType::Gcr | ReceiverType::GenericOidc => {
-            Err(Error::UnsupportedType(receiver.kind.as_str()))
-        }
     }
 }
 
@@ -95,6 +105,7 @@ impl Verified {
         Self {
             event: None,
             delivery_id: idempotency_key(headers),
+            claims: None,
         }
     }
 }
@@ -239,12 +250,17 @@ mod tests {
             suspend: false,
             token: fluxgate_shared::catalog::SecretValue::new(token),
             secret_data: Default::default(),
+            oidc_providers: vec![],
             hook_path: "/hook/x".into(),
         }
     }
 
-    #[test]
-    fn empty_token_never_authenticates() {
+    fn identity() -> Identity {
+        Identity::new("http://127.0.0.1:9/certs".into()).expect("identity")
+    }
+
+    #[tokio::test]
+    async fn empty_token_never_authenticates() {
         // Requests signed with an empty key, or carrying an empty token, as an attacker could send.
         let body = b"{}";
         let h = headers(&[
@@ -269,7 +285,7 @@ mod tests {
             assert!(kind.authenticates_with_token());
             assert!(
                 matches!(
-                    verify(&receiver(kind, ""), &h, body),
+                    verify(&identity(), &receiver(kind, ""), &h, body).await,
                     Err(Error::Unauthorized(_))
                 ),
                 "{kind}"
@@ -277,11 +293,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn identity_provider_types_are_refused_until_supported() {
+    #[tokio::test]
+    async fn id_token_types_need_a_bearer_token() {
         for kind in [ReceiverType::Gcr, ReceiverType::GenericOidc] {
-            let result = verify(&receiver(kind, "t"), &headers(&[]), b"{}");
-            assert!(matches!(result, Err(Error::UnsupportedType(_))), "{kind}");
+            for h in [
+                headers(&[]),
+                headers(&[("authorization", "Basic dXNlcg==")]),
+                headers(&[("authorization", "Bearer not-a-jwt")]),
+            ] {
+                let result = verify(&identity(), &receiver(kind, "t"), &h, b"{}").await;
+                assert!(
+                    matches!(result, Err(Error::Unauthorized(_))),
+                    "{kind}: {result:?}"
+                );
+            }
         }
     }
 

@@ -30,6 +30,7 @@ pub fn verify(token: &[u8], headers: &HeaderMap, body: &[u8]) -> Result<Verified
     Ok(Verified {
         event: None,
         delivery_id: first_header(headers, &["x-nexus-webhook-delivery", "idempotency-key"]),
+        claims: None,
     })
 }
 

@@ -1,0 +1,272 @@
+//! End-to-end tests of the ID-token receiver types, `generic-oidc` and `gcr`: the real ingest
+//! binary and nats-server, and a local OpenID Connect issuer minting real RS256 tokens.
+
+use async_nats::jetstream;
+use fluxgate_shared::contract::{self, header};
+use fluxgate_shared::pubsub;
+use fluxgate_tests::http::{self, Response};
+use fluxgate_tests::ingest::Ingest;
+use fluxgate_tests::nats::NatsServer;
+use fluxgate_tests::oidc::{self, Issuer, KEY_ID};
+use fluxgate_tests::webhook::{hook_path, secret_manifest};
+use serde_json::{Value, json};
+
+const NS: &str = "apps";
+const GCR_TOKEN: &str = "gcr-token";
+const GCR_EMAIL: &str = "push@project.iam.gserviceaccount.com";
+const GCR_AUDIENCE: &str = "https://hooks.example.org/gcr";
+
+fn oidc_receiver(name: &str, issuer: &str, provider_extra: &str) -> String {
+    format!(
+        "apiVersion: notification.toolkit.fluxcd.io/v1\nkind: Receiver\nmetadata:\n  name: {name}\n  namespace: {NS}\nspec:\n  type: generic-oidc\n  resources:\n    - kind: GitRepository\n      name: app\n  oidcProviders:\n    - issuerURL: {issuer}\n{provider_extra}"
+    )
+}
+
+fn gcr_receiver(name: &str, secret: &str) -> String {
+    format!(
+        "apiVersion: notification.toolkit.fluxcd.io/v1\nkind: Receiver\nmetadata:\n  name: {name}\n  namespace: {NS}\nspec:\n  type: gcr\n  secretRef:\n    name: {secret}\n  resources:\n    - kind: GitRepository\n      name: app\n"
+    )
+}
+
+fn receivers_yaml(issuer: &str) -> String {
+    let gcr_secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: gcr\n  namespace: {NS}\nstringData:\n  token: {GCR_TOKEN}\n  email: {GCR_EMAIL}\n  audience: {GCR_AUDIENCE}\n"
+    );
+    [
+        oidc_receiver(
+            "ci",
+            issuer,
+            "      validations:\n        - expression: claims.sub == 'tester'\n          message: only the tester may deploy\n",
+        ),
+        // Variables see the claims and the variables before them; validations see both.
+        oidc_receiver(
+            "repos",
+            issuer,
+            "      audience: fluxgate\n      variables:\n        - name: repo\n          expression: claims.repository.split('/')[1]\n        - name: prefix\n          expression: variables.repo.split('-')[0]\n      validations:\n        - expression: variables.prefix == 'web'\n          message: not a web repository\n        - expression: claims.ref == 'refs/heads/main'\n          message: not the main branch\n",
+        ),
+        gcr_secret,
+        gcr_receiver("gcr", "gcr"),
+        secret_manifest("gcr-incomplete", NS, GCR_TOKEN),
+        gcr_receiver("gcr-incomplete", "gcr-incomplete"),
+    ]
+    .join("---\n")
+}
+
+struct Fixture {
+    nats: NatsServer,
+    issuer: Issuer,
+    ingest: Ingest,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn start() -> Self {
+        let nats = NatsServer::start().await;
+        let issuer = Issuer::start().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("receivers.yaml");
+        std::fs::write(&file, receivers_yaml(issuer.url())).expect("write receivers");
+        let keys = issuer.keys_url();
+        let ingest = Ingest::start(&nats.url(), &file, &["--google-certs-url", &keys]).await;
+        Self {
+            nats,
+            issuer,
+            ingest,
+            _dir: dir,
+        }
+    }
+
+    /// POSTs to a generic-oidc receiver (their hook path has an empty token).
+    async fn oidc(&self, receiver: &str, authorization: Option<&str>) -> Response {
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(value) = authorization {
+            headers.push(("authorization", value));
+        }
+        http::post(
+            &self.ingest.hook_url(&hook_path("", receiver, NS)),
+            &headers,
+            "{}",
+        )
+        .await
+        .expect("post")
+    }
+
+    async fn oidc_token(&self, receiver: &str, claims: &Value) -> Response {
+        let bearer = format!("Bearer {}", oidc::sign(claims, KEY_ID));
+        self.oidc(receiver, Some(&bearer)).await
+    }
+
+    async fn gcr(&self, receiver: &str, claims: &Value, message_id: &str) -> Response {
+        let event = json!({"action": "INSERT", "digest": "gcr.io/p/app@sha256:1", "tag": "gcr.io/p/app:1.0"});
+        let bearer = format!("Bearer {}", oidc::sign(claims, KEY_ID));
+        http::post(
+            &self.ingest.hook_url(&hook_path(GCR_TOKEN, receiver, NS)),
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &bearer),
+            ],
+            pubsub::envelope(&event, message_id).to_string(),
+        )
+        .await
+        .expect("post")
+    }
+
+    fn google_claims(&self) -> Value {
+        let mut claims = self.issuer.claims(GCR_AUDIENCE);
+        claims["iss"] = json!("https://accounts.google.com");
+        claims["email"] = json!(GCR_EMAIL);
+        claims["email_verified"] = json!(true);
+        claims
+    }
+
+    async fn last_stored(&self, receiver: &str) -> jetstream::message::StreamMessage {
+        jetstream::new(self.nats.client().await)
+            .get_stream(contract::DELIVERIES_STREAM)
+            .await
+            .expect("stream")
+            .get_last_raw_message_by_subject(&contract::delivery_subject(NS, receiver))
+            .await
+            .expect("stored delivery")
+    }
+}
+
+fn error_of(response: &Response) -> String {
+    response.json()["error"]
+        .as_str()
+        .expect("error message")
+        .to_owned()
+}
+
+fn assert_unauthorized(response: &Response, says: &str) {
+    assert_eq!(response.status, 401, "{:?}", response.body);
+    let error = error_of(response);
+    assert!(error.contains(says), "{error:?} should say {says:?}");
+}
+
+#[tokio::test]
+async fn a_valid_oidc_token_is_stored_with_its_claims_and_keys_are_cached() {
+    let f = Fixture::start().await;
+    let claims = f.issuer.claims("notification-controller");
+    for _ in 0..3 {
+        let response = f.oidc_token("ci", &claims).await;
+        assert_eq!(response.status, 202, "{:?}", response.body);
+    }
+    let stored = f.last_stored("ci").await;
+    let kept: Value = serde_json::from_str(
+        stored
+            .headers
+            .get(header::OIDC_CLAIMS)
+            .expect("claims header")
+            .as_str(),
+    )
+    .expect("claims JSON");
+    assert_eq!(kept["sub"], "tester");
+    assert!(
+        stored.headers.get("authorization").is_none(),
+        "the token is a credential"
+    );
+    assert_eq!(
+        f.issuer.key_fetches(),
+        1,
+        "keys are fetched once and cached"
+    );
+}
+
+#[tokio::test]
+async fn oidc_rejections_say_why() {
+    let f = Fixture::start().await;
+    assert_unauthorized(&f.oidc("ci", None).await, "missing Authorization header");
+    assert_unauthorized(
+        &f.oidc("ci", Some("Bearer")).await,
+        "malformed Authorization header",
+    );
+    assert_unauthorized(
+        &f.oidc("ci", Some("Bearer abc.def")).await,
+        "malformed bearer token",
+    );
+
+    let mut unknown = f.issuer.claims("notification-controller");
+    unknown["iss"] = json!("https://elsewhere.example");
+    assert_unauthorized(&f.oidc_token("ci", &unknown).await, "no OIDC provider");
+
+    let wrong_audience = f.issuer.claims("someone-else");
+    assert_unauthorized(
+        &f.oidc_token("ci", &wrong_audience).await,
+        "InvalidAudience",
+    );
+
+    let mut expired = f.issuer.claims("notification-controller");
+    expired["exp"] = json!(chrono::Utc::now().timestamp() - 3600);
+    assert_unauthorized(&f.oidc_token("ci", &expired).await, "ExpiredSignature");
+
+    let mut stranger = f.issuer.claims("notification-controller");
+    stranger["sub"] = json!("stranger");
+    assert_unauthorized(
+        &f.oidc_token("ci", &stranger).await,
+        "only the tester may deploy",
+    );
+
+    let unknown_key = oidc::sign(&f.issuer.claims("notification-controller"), "rotated-away");
+    let response = f.oidc("ci", Some(&format!("Bearer {unknown_key}"))).await;
+    assert_unauthorized(&response, "no key rotated-away");
+}
+
+#[tokio::test]
+async fn oidc_variables_come_before_validations_and_failures_are_joined() {
+    let f = Fixture::start().await;
+    let mut claims = f.issuer.claims("fluxgate");
+    claims["repository"] = json!("org/web-shop");
+    claims["ref"] = json!("refs/heads/main");
+    let accepted = f.oidc_token("repos", &claims).await;
+    assert_eq!(accepted.status, 202, "{:?}", accepted.body);
+
+    claims["repository"] = json!("org/api-gateway");
+    claims["ref"] = json!("refs/heads/dev");
+    let response = f.oidc_token("repos", &claims).await;
+    assert_eq!(response.status, 401, "{:?}", response.body);
+    assert_eq!(
+        error_of(&response),
+        "not a web repository; not the main branch"
+    );
+}
+
+#[tokio::test]
+async fn gcr_pushes_are_verified_and_keyed_by_message_id() {
+    let f = Fixture::start().await;
+    let claims = f.google_claims();
+    let response = f.gcr("gcr", &claims, "pubsub-42").await;
+    assert_eq!(response.status, 202, "{:?}", response.body);
+    assert_eq!(response.json()["delivery"], "pubsub-42");
+    let again = f.gcr("gcr", &claims, "pubsub-42").await;
+    assert_eq!(
+        again.json()["duplicate"],
+        true,
+        "Pub/Sub redelivers by message id"
+    );
+
+    let mut other_email = claims.clone();
+    other_email["email"] = json!("intruder@example.org");
+    assert_unauthorized(
+        &f.gcr("gcr", &other_email, "m").await,
+        "email is not the receiver's",
+    );
+    let mut unverified = claims.clone();
+    unverified["email_verified"] = json!(false);
+    assert_unauthorized(&f.gcr("gcr", &unverified, "m").await, "not verified");
+    let mut wrong_issuer = claims.clone();
+    wrong_issuer["iss"] = json!(f.issuer.url());
+    assert_unauthorized(&f.gcr("gcr", &wrong_issuer, "m").await, "InvalidIssuer");
+    let mut wrong_audience = claims.clone();
+    wrong_audience["aud"] = json!("https://other.example");
+    assert_unauthorized(&f.gcr("gcr", &wrong_audience, "m").await, "InvalidAudience");
+}
+
+#[tokio::test]
+async fn a_gcr_receiver_whose_secret_lacks_email_or_audience_is_not_ready() {
+    // Flux answers 400 to every request then; the receiver can never serve, so fluxgate says
+    // 503 "not ready", as for any misconfigured receiver.
+    let f = Fixture::start().await;
+    let response = f.gcr("gcr-incomplete", &f.google_claims(), "m").await;
+    assert_eq!(response.status, 503, "{:?}", response.body);
+    assert!(error_of(&response).contains("not ready"));
+}
