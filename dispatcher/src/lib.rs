@@ -22,8 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use fluxgate_shared::catalog::{self, Catalog, SharedCatalog};
+use fluxgate_shared::cluster;
 use fluxgate_shared::contract;
+use fluxgate_shared::source::{self, Origin};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -47,7 +48,6 @@ pub async fn run(
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let catalog = SharedCatalog::new(Catalog::load_file(&config.common.receivers_file)?);
     let metrics = Arc::new(Metrics::default());
     let nats = async_nats::ConnectOptions::new()
         .name("fluxgate-dispatcher")
@@ -57,6 +57,29 @@ pub async fn run(
         .map_err(Error::nats)?;
     let jetstream = jetstream::new(nats.clone());
     let kube = kube::Client::try_default().await?;
+    let origin = match &config.common.receivers_file {
+        Some(path) => Origin::File {
+            path: path.clone(),
+            reload_interval: config.common.reload_interval,
+        },
+        // The dispatcher needs the Receivers' targets and filters, never their tokens.
+        None => Origin::Cluster(
+            kube.clone(),
+            cluster::Settings {
+                namespace: config.common.watch_namespace.clone(),
+                read_secrets: false,
+                secret_refresh: config.common.reload_interval,
+            },
+        ),
+    };
+    let (stop_tx, stop) = watch::channel(false);
+    let receivers = {
+        let mut stop = stop.clone();
+        source::start(origin, |_| {}, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })?
+    };
+    let catalog = receivers.catalog.clone();
 
     let admin_address = admin_listener.local_addr()?;
     let (leading_tx, leading) = watch::channel(!config.leader_election);
@@ -103,20 +126,7 @@ pub async fn run(
         jetstream: jetstream.clone(),
     };
 
-    let (stop_tx, stop) = watch::channel(false);
     let (release_tx, release) = watch::channel(false);
-    let watcher = {
-        let mut stop = stop.clone();
-        tokio::spawn(catalog::watch_file(
-            config.common.receivers_file.clone(),
-            catalog.clone(),
-            config.common.reload_interval,
-            |_| {},
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            },
-        ))
-    };
     let elector = config.leader_election.then(|| {
         let identity = config
             .identity
@@ -146,6 +156,7 @@ pub async fn run(
         &metrics,
         stop.clone(),
         leading.clone(),
+        receivers.synced.clone(),
     );
     tokio::pin!(consuming);
     tokio::select! {
@@ -163,7 +174,7 @@ pub async fn run(
     if let Some(elector) = elector {
         let _ = elector.await;
     }
-    let _ = watcher.await;
+    let _ = receivers.task.await;
     keep_alive.abort();
     pending.abort();
     admin.abort();
@@ -209,14 +220,21 @@ async fn wait_for_consumer(
     }
 }
 
-/// Consumes while this replica leads, until `stop`.
+/// Consumes while this replica leads, until `stop` -- once every receiver is known, so that no
+/// delivery fails for a receiver not listed yet.
 async fn consume_while_leading(
     dispatcher: &Dispatcher,
     consumer: &consumer::PullConsumer,
     metrics: &Metrics,
     mut stop: watch::Receiver<bool>,
     mut leading: watch::Receiver<bool>,
+    mut synced: watch::Receiver<bool>,
 ) -> Result<(), Error> {
+    tokio::select! {
+        biased;
+        _ = becomes(&mut stop, true) => return Ok(()),
+        _ = becomes(&mut synced, true) => {}
+    }
     loop {
         tokio::select! {
             // Stopping wins over leading when both hold.

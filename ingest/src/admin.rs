@@ -1,5 +1,5 @@
-//! The operations endpoint: `/healthz` (the process serves), `/readyz` (catalog loaded, NATS
-//! connected, stream provisioned) and `/metrics`.
+//! The operations endpoint: `/healthz` (the process serves), `/readyz` (every receiver known,
+//! NATS connected, stream provisioned) and `/metrics`.
 
 use std::sync::Arc;
 
@@ -24,19 +24,20 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    // The catalog is loaded before anything serves, so readiness hangs on NATS alone.
-    if state.publisher.is_ready() {
+    let not_ready = |reason: &str| {
+        let body = json!({ "status": "not ready", "reason": reason });
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+    };
+    if !*state.catalog_synced.borrow() {
+        not_ready("the cluster's Receivers are not listed yet")
+    } else if state.publisher.is_ready() {
         (
             StatusCode::OK,
             axum::Json(json!({ "status": "ready", "receivers": state.catalog.current().len() })),
         )
             .into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({ "status": "not ready", "reason": "NATS JetStream is not connected or the stream is not provisioned" })),
-        )
-            .into_response()
+        not_ready("NATS JetStream is not connected or the stream is not provisioned")
     }
 }
 

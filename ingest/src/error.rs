@@ -33,6 +33,8 @@ pub enum Error {
     Catalog(#[from] fluxgate_shared::catalog::CatalogError),
     #[error("cannot listen: {0}")]
     Listen(#[from] std::io::Error),
+    #[error("Kubernetes client: {0}")]
+    Kube(#[from] kube::Error),
 }
 
 impl Error {
@@ -47,7 +49,7 @@ impl Error {
             Self::Suspended(_) | Self::NotReady(_) | Self::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::Catalog(_) | Self::Listen(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Catalog(_) | Self::Listen(_) | Self::Kube(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -60,7 +62,7 @@ impl Error {
             Self::BodyTimeout | Self::BodyRead(_) | Self::BadRequest(_) => "bad_request",
             Self::Unauthorized(_) => "unauthorized",
             Self::Suspended(_) | Self::NotReady(_) | Self::Unavailable(_) => "unavailable",
-            Self::Catalog(_) | Self::Listen(_) => "internal",
+            Self::Catalog(_) | Self::Listen(_) | Self::Kube(_) => "internal",
         }
     }
 }

@@ -16,6 +16,7 @@ use fluxgate_shared::catalog::{Receiver, SharedCatalog};
 use fluxgate_shared::filter;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
+use tokio::sync::watch;
 
 use crate::error::Error;
 use crate::identity::Identity;
@@ -26,6 +27,8 @@ use crate::{delivery, verify};
 /// Everything a request needs, shared by all of them.
 pub struct AppState {
     pub catalog: SharedCatalog,
+    /// False until every receiver is known (the first full list of the cluster's).
+    pub catalog_synced: watch::Receiver<bool>,
     pub publisher: Arc<Publisher>,
     pub identity: Identity,
     pub metrics: Arc<Metrics>,
@@ -70,6 +73,11 @@ async fn receive(
     // Take the headers out of the request rather than have an extractor clone them.
     let (parts, body) = request.into_parts();
     let headers = parts.headers;
+    if !*state.catalog_synced.borrow() {
+        // Not a 404: the receiver may well exist, and the sender should try again.
+        let error = Error::Unavailable("receivers are not loaded yet".into());
+        return reject(&state, NO_RECEIVER, None, error, started);
+    }
     let catalog = state.catalog.current();
     let Some(receiver) = catalog.get(&digest) else {
         return reject(&state, NO_RECEIVER, None, Error::NotFound, started);

@@ -15,7 +15,8 @@ pub mod verify;
 use std::future::Future;
 use std::sync::Arc;
 
-use fluxgate_shared::catalog::{self, Catalog, SharedCatalog};
+use fluxgate_shared::cluster;
+use fluxgate_shared::source::{self, Origin};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -28,18 +29,36 @@ use crate::metrics::Metrics;
 use crate::publish::{Publisher, StreamSettings};
 
 /// Runs ingest on the given listeners until `shutdown` resolves, then drains in-flight requests.
-/// Fails at once if the receivers file is invalid.
+/// Fails at once if the receivers file is invalid (or, without one, if there is no cluster).
 pub async fn run(
     config: Config,
     listener: TcpListener,
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let catalog = Catalog::load_file(&config.common.receivers_file)?;
     let metrics = Arc::new(Metrics::default());
-    metrics.catalog_loaded(&catalog);
-    tracing::info!(receivers = catalog.len(), file = %config.common.receivers_file.display(), "receivers loaded");
-    let catalog = SharedCatalog::new(catalog);
+    let origin = match &config.common.receivers_file {
+        Some(path) => Origin::File {
+            path: path.clone(),
+            reload_interval: config.common.reload_interval,
+        },
+        None => Origin::Cluster(
+            kube::Client::try_default().await?,
+            cluster::Settings {
+                namespace: config.common.watch_namespace.clone(),
+                read_secrets: true,
+                secret_refresh: config.secret_refresh,
+            },
+        ),
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let receivers = {
+        let metrics = metrics.clone();
+        let mut stop = stop_rx.clone();
+        source::start(origin, move |result| metrics.reload(result), async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })?
+    };
 
     let settings = StreamSettings {
         replicas: config.stream_replicas,
@@ -50,23 +69,9 @@ pub async fn run(
         Publisher::connect(&config.common.nats_url, settings, config.publish_timeout).await?;
     let provisioning = tokio::spawn(publisher.clone().keep_provisioned());
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let watcher = {
-        let metrics = metrics.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(catalog::watch_file(
-            config.common.receivers_file.clone(),
-            catalog.clone(),
-            config.common.reload_interval,
-            move |result| metrics.reload(result),
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            },
-        ))
-    };
-
     let state = Arc::new(AppState {
-        catalog,
+        catalog: receivers.catalog,
+        catalog_synced: receivers.synced,
         publisher: publisher.clone(),
         identity: Identity::new(config.google_certs_url.clone())?,
         metrics,
@@ -103,7 +108,7 @@ pub async fn run(
     };
     tokio::join!(hooks, signal);
     let _ = admin.await;
-    let _ = watcher.await;
+    let _ = receivers.task.await;
     provisioning.abort();
     tracing::info!("fluxgate-ingest stopped");
     Ok(())

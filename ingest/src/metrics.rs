@@ -62,7 +62,7 @@ impl Default for Metrics {
         let reloads = Family::default();
         registry.register(
             "catalog_reloads",
-            "Receivers file reloads by result",
+            "Receiver catalog loads (start-up, file or cluster changes) by result",
             reloads.clone(),
         );
         let receivers = Gauge::default();

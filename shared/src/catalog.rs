@@ -1,7 +1,7 @@
 //! The receiver catalog: Flux `Receiver` manifests joined with their token `Secret`s, indexed by
 //! hook digest, loaded from a multi-document YAML file and reloaded when that file changes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::filter::Expression;
 
 /// Flux's Receiver API versions whose spec fluxgate reads (v1beta2 has the same fields).
-const RECEIVER_API_VERSIONS: &[&str] = &[
+pub const RECEIVER_API_VERSIONS: &[&str] = &[
     "notification.toolkit.fluxcd.io/v1",
     "notification.toolkit.fluxcd.io/v1beta2",
 ];
@@ -292,25 +292,48 @@ impl Catalog {
             }
         }
 
-        let mut by_digest = HashMap::with_capacity(receivers.len());
+        let mut built = Vec::with_capacity(receivers.len());
+        let mut seen = HashSet::new();
         for (document, manifest) in receivers {
-            let receiver = manifest.into_receiver(document, &secrets)?;
-            let digest = receiver.hook_path.trim_start_matches("/hook/").to_owned();
-            if let Some(other) = by_digest.insert(digest, Arc::new(receiver)) {
-                return Err(CatalogError::Field {
-                    document,
-                    kind: "Receiver",
-                    object: format!("{}/{}", other.namespace, other.name),
-                    field: "metadata.name".into(),
-                    reason: "defined twice in this file".into(),
-                });
+            let object = manifest.object();
+            let fail = |invalid: Invalid| CatalogError::Field {
+                document,
+                kind: "Receiver",
+                object: object.clone(),
+                field: invalid.field,
+                reason: invalid.reason,
+            };
+            if !seen.insert(object.clone()) {
+                return Err(fail(Invalid::new(
+                    "metadata.name",
+                    "defined twice in this file",
+                )));
             }
+            let key = (
+                manifest.metadata.namespace(),
+                manifest.secret_name().unwrap_or_default().to_owned(),
+            );
+            let secret = secrets
+                .get(&key)
+                .map_or(SecretLookup::Missing, SecretLookup::Found);
+            built.push(manifest.into_receiver(secret).map_err(fail)?);
         }
-        let by_name = by_digest
-            .values()
-            .map(|r| ((r.namespace.clone(), r.name.clone()), r.clone()))
-            .collect();
-        Ok(Self { by_digest, by_name })
+        Ok(Self::new(built))
+    }
+
+    /// Indexes receivers by hook digest and by name.
+    pub fn new(receivers: impl IntoIterator<Item = Receiver>) -> Self {
+        let mut catalog = Self::default();
+        for receiver in receivers {
+            let receiver = Arc::new(receiver);
+            let digest = receiver.hook_path.trim_start_matches("/hook/").to_owned();
+            catalog.by_digest.insert(digest, receiver.clone());
+            catalog.by_name.insert(
+                (receiver.namespace.clone(), receiver.name.clone()),
+                receiver,
+            );
+        }
+        catalog
     }
 }
 
@@ -371,7 +394,7 @@ impl Metadata {
 }
 
 #[derive(Deserialize)]
-struct ReceiverManifest {
+pub(crate) struct ReceiverManifest {
     metadata: Metadata,
     spec: ReceiverSpec,
 }
@@ -426,47 +449,84 @@ struct SecretRef {
     name: String,
 }
 
+/// What the loader found of a Receiver's token Secret.
+#[derive(Debug, Clone, Copy)]
+pub enum SecretLookup<'a> {
+    /// The Secret's data.
+    Found(&'a BTreeMap<String, SecretValue>),
+    /// There is no such Secret.
+    Missing,
+    /// Not read: the dispatcher needs no token (hook paths and verification are ingest's), so
+    /// it is not given the right to read Secrets.
+    NotRead,
+}
+
+/// Why a Receiver cannot be served at all: the field and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub field: String,
+    pub reason: String,
+}
+
+impl Invalid {
+    fn new(field: &str, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
 impl ReceiverManifest {
-    fn into_receiver(
-        self,
-        document: usize,
-        secrets: &HashMap<(String, String), BTreeMap<String, SecretValue>>,
-    ) -> Result<Receiver, CatalogError> {
+    /// `namespace/name`.
+    pub(crate) fn object(&self) -> String {
+        format!("{}/{}", self.metadata.namespace(), self.metadata.name)
+    }
+
+    /// The Secret the receiver names, if any.
+    pub(crate) fn secret_name(&self) -> Option<&str> {
+        self.spec.secret_ref.as_ref().map(|r| r.name.as_str())
+    }
+
+    pub(crate) fn namespace(&self) -> String {
+        self.metadata.namespace()
+    }
+
+    pub(crate) fn into_receiver(self, secret: SecretLookup<'_>) -> Result<Receiver, Invalid> {
         let namespace = self.metadata.namespace();
-        let fail = |field: &str, reason: String| {
-            field_error(document, "Receiver", &self.metadata, field, reason)
-        };
-        let secret_data = match (&self.spec.secret_ref, self.spec.kind) {
-            (Some(_), ReceiverType::GenericOidc) => {
-                return Err(fail(
+        let empty = BTreeMap::new();
+        let secret_data = match (self.secret_name(), self.spec.kind, secret) {
+            (Some(_), ReceiverType::GenericOidc, _) => {
+                return Err(Invalid::new(
                     "spec.secretRef",
-                    "must not be set for type generic-oidc".into(),
+                    "must not be set for type generic-oidc",
                 ));
             }
-            (None, ReceiverType::GenericOidc) => BTreeMap::new(),
-            (None, kind) => {
-                return Err(fail(
+            (None, ReceiverType::GenericOidc, _) | (_, _, SecretLookup::NotRead) => &empty,
+            (None, kind, _) => {
+                return Err(Invalid::new(
                     "spec.secretRef.name",
                     format!("required for type {kind}"),
                 ));
             }
-            (Some(secret_ref), _) => secrets
-                .get(&(namespace.clone(), secret_ref.name.clone()))
-                .cloned()
-                .ok_or_else(|| {
-                    fail(
-                        "spec.secretRef.name",
-                        format!("Secret {namespace}/{} is not in this file", secret_ref.name),
-                    )
-                })?,
-        };
-        let token = match self.spec.kind {
-            ReceiverType::GenericOidc => SecretValue::default(),
-            _ => secret_data.get("token").cloned().ok_or_else(|| {
-                fail(
+            (Some(name), _, SecretLookup::Missing) => {
+                return Err(Invalid::new(
                     "spec.secretRef.name",
-                    "the Secret has no key 'token'".into(),
-                )
+                    format!("Secret {namespace}/{name} not found"),
+                ));
+            }
+            (Some(_), _, SecretLookup::Found(data)) => data,
+        };
+        let token = match (self.spec.kind, secret) {
+            (ReceiverType::GenericOidc, _) | (_, SecretLookup::NotRead) => SecretValue::default(),
+            _ => secret_data.get("token").cloned().ok_or_else(|| {
+                Invalid::new("spec.secretRef.name", "the Secret has no key 'token'")
             })?,
         };
         let hook_path = format!(
@@ -474,7 +534,7 @@ impl ReceiverManifest {
             hook_digest(token.expose(), &self.metadata.name, &namespace)
         );
         let mut not_ready = Vec::new();
-        if self.spec.kind == ReceiverType::Gcr {
+        if self.spec.kind == ReceiverType::Gcr && !matches!(secret, SecretLookup::NotRead) {
             // Flux refuses every webhook then; the receiver can never serve, so say so once.
             for key in ["email", "audience"] {
                 if secret_data.get(key).is_none_or(SecretValue::is_empty) {
@@ -545,7 +605,7 @@ impl ReceiverManifest {
             suspend: self.spec.suspend,
             not_ready,
             token,
-            secret_data,
+            secret_data: secret_data.clone(),
             oidc_providers,
             hook_path,
         })

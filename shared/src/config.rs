@@ -13,8 +13,13 @@ pub struct Common {
     pub nats_url: String,
 
     /// Multi-document YAML file of Flux `Receiver` and `Secret` manifests; reloaded on change.
+    /// Without it, Receivers are watched in the cluster.
     #[arg(long, env = "FLUXGATE_RECEIVERS_FILE")]
-    pub receivers_file: PathBuf,
+    pub receivers_file: Option<PathBuf>,
+
+    /// Watch Receivers in this namespace only (without a receivers file); default: all.
+    #[arg(long, env = "FLUXGATE_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
 
     /// How often the receivers file is checked for changes.
     #[arg(long, env = "FLUXGATE_RELOAD_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]

@@ -2,9 +2,11 @@
 //! (stream, subject and header names), the receiver catalog, and telemetry set-up.
 
 pub mod catalog;
+pub mod cluster;
 pub mod config;
 pub mod contract;
 pub mod filter;
 pub mod pubsub;
 pub mod shutdown;
+pub mod source;
 pub mod telemetry;

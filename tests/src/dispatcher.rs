@@ -15,23 +15,24 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Starts a dispatcher; `kubeconfig` points it at the stand-in.
+    /// Starts a dispatcher; `kubeconfig` points it at the stand-in. Without a receivers file it
+    /// takes the Receivers from there too.
     pub async fn start(
         nats_url: &str,
-        receivers_file: &Path,
+        receivers_file: Option<&Path>,
         kubeconfig: &Path,
         extra_args: &[&str],
     ) -> Self {
-        let mut args: Vec<String> = vec![
-            "--nats-url".into(),
-            nats_url.into(),
-            "--receivers-file".into(),
-            receivers_file.display().to_string(),
+        let mut args: Vec<String> = vec!["--nats-url".into(), nats_url.into()];
+        if let Some(file) = receivers_file {
+            args.extend(["--receivers-file".into(), file.display().to_string()]);
+        }
+        args.extend([
             "--admin-listen".into(),
             "127.0.0.1:0".into(),
             "--reload-interval".into(),
             "100ms".into(),
-        ];
+        ]);
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let kubeconfig = kubeconfig.display().to_string();
         let (service, ports) = Service::start(

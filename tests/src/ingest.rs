@@ -16,11 +16,22 @@ impl Ingest {
     /// Starts ingest against `nats_url` with `receivers_file` and any extra flags on ports of
     /// its choosing, and waits for `/readyz` to answer 200.
     pub async fn start(nats_url: &str, receivers_file: &Path, extra_args: &[&str]) -> Self {
+        let file = receivers_file.display().to_string();
+        let mut args = vec!["--receivers-file", file.as_str()];
+        args.extend_from_slice(extra_args);
+        Self::start_with(nats_url, &args, &[]).await
+    }
+
+    /// Starts ingest without a receivers file: it watches the cluster of `kubeconfig`.
+    pub async fn start_in_cluster(nats_url: &str, kubeconfig: &Path, extra_args: &[&str]) -> Self {
+        let kubeconfig = kubeconfig.display().to_string();
+        Self::start_with(nats_url, extra_args, &[("KUBECONFIG", kubeconfig.as_str())]).await
+    }
+
+    async fn start_with(nats_url: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut args: Vec<String> = vec![
             "--nats-url".into(),
             nats_url.into(),
-            "--receivers-file".into(),
-            receivers_file.display().to_string(),
             "--listen".into(),
             "127.0.0.1:0".into(),
             "--admin-listen".into(),
@@ -32,7 +43,7 @@ impl Ingest {
         let (service, ports) = Service::start(
             "fluxgate-ingest",
             &args,
-            &[],
+            env,
             "fluxgate_ingest::listen",
             &["listen", "admin"],
         )

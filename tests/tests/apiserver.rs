@@ -360,3 +360,22 @@ async fn status_subresource_changes_only_status() {
         .collect();
     assert_eq!(events, [json!("t1")]);
 }
+
+#[tokio::test]
+async fn secret_string_data_is_folded_into_data_as_the_api_server_does() {
+    let server = ApiServer::start_local().await;
+    server.apply(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "token", "namespace": NS},
+        "data": {"token": "b2xk", "other": "eA=="},
+        "stringData": {"token": "new"},
+    }));
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client(&server).await, NS);
+    let secret = secrets.get("token").await.expect("secret");
+    let data = secret.data.expect("data");
+    assert_eq!(data.get("token").map(|v| v.0.as_slice()), Some(&b"new"[..]));
+    assert_eq!(data.get("other").map(|v| v.0.as_slice()), Some(&b"x"[..]));
+    assert!(secret.string_data.is_none(), "stringData is write-only");
+}

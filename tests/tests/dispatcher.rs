@@ -133,7 +133,13 @@ impl Pipeline {
     }
 
     async fn dispatcher(&self, args: &[&str]) -> Dispatcher {
-        Dispatcher::start(&self.nats.url(), &self.receivers, &self.kubeconfig, args).await
+        Dispatcher::start(
+            &self.nats.url(),
+            Some(&self.receivers),
+            &self.kubeconfig,
+            args,
+        )
+        .await
     }
 
     async fn push(&self, delivery: &str) {

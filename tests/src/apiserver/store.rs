@@ -144,10 +144,28 @@ pub struct Store {
 }
 
 /// The kinds Flux users target, plus what fluxgate itself reads and writes.
+/// A Secret's `stringData` is write-only: the API server merges it into `data` (base64),
+/// winning over a `data` key of the same name, and never returns it.
+fn fold_string_data(secret: &mut Value) {
+    use base64::Engine as _;
+    let Some(Value::Object(plain)) = secret.as_object_mut().and_then(|s| s.remove("stringData"))
+    else {
+        return;
+    };
+    if !secret["data"].is_object() {
+        secret["data"] = json!({});
+    }
+    for (key, value) in plain {
+        let text = value.as_str().unwrap_or_default();
+        secret["data"][key] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+    }
+}
+
 fn default_types() -> Vec<ResourceType> {
     [
         ("v1", "ConfigMap", "configmaps"),
         ("v1", "Secret", "secrets"),
+        ("notification.toolkit.fluxcd.io/v1", "Receiver", "receivers"),
         ("coordination.k8s.io/v1", "Lease", "leases"),
         (
             "source.toolkit.fluxcd.io/v1",
@@ -218,6 +236,9 @@ impl Store {
 
     /// Records a change: bumps the revision, stamps it on the object, keeps and broadcasts it.
     pub fn commit(&mut self, key: ObjectKey, kind: EventType, mut object: Value) -> Value {
+        if key.group.is_empty() && key.plural == "secrets" {
+            fold_string_data(&mut object);
+        }
         self.revision += 1;
         object["metadata"]["resourceVersion"] = json!(self.revision.to_string());
         match kind {

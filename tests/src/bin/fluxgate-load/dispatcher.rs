@@ -72,7 +72,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut dispatcher = Dispatcher::start(
         &nats.url(),
-        &receivers,
+        Some(&receivers),
         &kubeconfig,
         &[
             "--leader-election",

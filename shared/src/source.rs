@@ -1,0 +1,85 @@
+//! Where receivers come from: the file given with `--receivers-file`, loaded at start-up (a bad
+//! one stops the binary) and polled for changes; else the cluster's Receiver objects, watched.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::catalog::{self, Catalog, CatalogError, SharedCatalog};
+use crate::cluster;
+
+/// The served catalog, whether it has been loaded in full yet, and the task keeping it current.
+pub struct Receivers {
+    pub catalog: SharedCatalog,
+    /// True once the catalog holds every receiver: at once for a file, after the first full
+    /// list in the cluster. Nothing should be served or consumed before.
+    pub synced: watch::Receiver<bool>,
+    pub task: JoinHandle<()>,
+}
+
+/// Where the receivers are.
+pub enum Origin {
+    /// A receivers file, checked for changes every `reload_interval`.
+    File {
+        path: PathBuf,
+        reload_interval: Duration,
+    },
+    Cluster(kube::Client, cluster::Settings),
+}
+
+/// Starts keeping the catalog current until `shutdown`; `on_reload` hears of every new catalog
+/// or failed reload.
+pub fn start(
+    origin: Origin,
+    on_reload: impl Fn(Result<&Catalog, &CatalogError>) + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Receivers, CatalogError> {
+    match origin {
+        Origin::File {
+            path,
+            reload_interval,
+        } => {
+            let loaded = Catalog::load_file(&path)?;
+            tracing::info!(receivers = loaded.len(), file = %path.display(), "receivers loaded");
+            on_reload(Ok(&loaded));
+            let catalog = SharedCatalog::new(loaded);
+            let (_, synced) = watch::channel(true);
+            let task = tokio::spawn(catalog::watch_file(
+                path,
+                catalog.clone(),
+                reload_interval,
+                on_reload,
+                shutdown,
+            ));
+            Ok(Receivers {
+                catalog,
+                synced,
+                task,
+            })
+        }
+        Origin::Cluster(client, settings) => {
+            tracing::info!(
+                namespace = settings.namespace.as_deref().unwrap_or("(all)"),
+                "watching Receivers in the cluster"
+            );
+            let catalog = SharedCatalog::new(Catalog::default());
+            let (synced_tx, synced) = watch::channel(false);
+            let task = tokio::spawn(cluster::watch(
+                client,
+                settings,
+                catalog.clone(),
+                synced_tx,
+                move |loaded| on_reload(Ok(loaded)),
+                shutdown,
+            ));
+            Ok(Receivers {
+                catalog,
+                synced,
+                task,
+            })
+        }
+    }
+}

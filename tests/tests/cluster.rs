@@ -1,0 +1,245 @@
+//! End-to-end tests of receivers taken from the cluster (no receivers file): the real binaries
+//! watch Flux `Receiver` objects in the Kubernetes API stand-in and read their token Secrets.
+
+use std::time::Duration;
+
+use fluxgate_tests::apiserver::{ApiServer, ObjectRef};
+use fluxgate_tests::dispatcher::{Dispatcher, outcomes};
+use fluxgate_tests::http::{self, Response};
+use fluxgate_tests::ingest::Ingest;
+use fluxgate_tests::nats::NatsServer;
+use fluxgate_tests::webhook::{github_push_body, github_signature, hook_path};
+use serde_json::{Value, json};
+
+const NS: &str = "flux-system";
+const RECEIVER: &str = "notification.toolkit.fluxcd.io/v1";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn secret(name: &str, data: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS}, "stringData": data})
+}
+
+fn receiver(name: &str, kind: &str, secret: &str, extra: Value) -> Value {
+    let mut spec = json!({
+        "type": kind,
+        "secretRef": {"name": secret},
+        "resources": [{"kind": "GitRepository", "name": "app"}],
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    json!({"apiVersion": RECEIVER, "kind": "Receiver", "metadata": {"name": name, "namespace": NS}, "spec": spec})
+}
+
+struct Cluster {
+    nats: NatsServer,
+    api: ApiServer,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start() -> Self {
+        let nats = NatsServer::start().await;
+        let api = ApiServer::start_local().await;
+        api.apply(secret("gh-token", json!({"token": "first"})));
+        api.apply(receiver("gh", "github", "gh-token", json!({})));
+        api.apply(receiver("orphan", "generic", "nope", json!({})));
+        api.apply(secret("no-token", json!({"other": "x"})));
+        api.apply(receiver("tokenless", "generic", "no-token", json!({})));
+        api.apply(json!({
+            "apiVersion": "source.toolkit.fluxcd.io/v1",
+            "kind": "GitRepository",
+            "metadata": {"name": "app", "namespace": NS},
+            "spec": {"url": "https://example.org/repo", "interval": "10m"},
+        }));
+        Self {
+            nats,
+            api,
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    async fn ingest(&self, args: &[&str]) -> Ingest {
+        let kubeconfig = self
+            .api
+            .write_kubeconfig(self.dir.path())
+            .expect("kubeconfig");
+        Ingest::start_in_cluster(&self.nats.url(), &kubeconfig, args).await
+    }
+}
+
+async fn push(ingest: &Ingest, token: &str, delivery: &str) -> Response {
+    let body = github_push_body(256);
+    let signature = github_signature(token, &body);
+    http::post(
+        &ingest.hook_url(&hook_path(token, "gh", NS)),
+        &[
+            ("content-type", "application/json"),
+            ("x-github-event", "push"),
+            ("x-github-delivery", delivery),
+            ("x-hub-signature-256", &signature),
+        ],
+        body,
+    )
+    .await
+    .expect("push")
+}
+
+async fn generic(ingest: &Ingest, token: &str, name: &str) -> Response {
+    http::post(&ingest.hook_url(&hook_path(token, name, NS)), &[], "")
+        .await
+        .expect("post")
+}
+
+/// Polls `probe` until it answers `status`.
+async fn eventually<F, Fut>(what: &str, status: u16, probe: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let response = probe().await;
+        if response.status == status {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: still {} {:?}",
+            response.status,
+            response.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn receivers_are_served_from_the_cluster_and_follow_its_changes() {
+    let c = Cluster::start().await;
+    // Ingest::start waits for /readyz, which waits for the first full list.
+    let ingest = c.ingest(&["--secret-refresh", "200ms"]).await;
+    let ready = http::get(&ingest.admin_url("/readyz"))
+        .await
+        .expect("readyz");
+    assert_eq!(ready.json()["receivers"], 1, "only gh can be served");
+
+    let accepted = push(&ingest, "first", "d-1").await;
+    assert_eq!(accepted.status, 202, "{:?}", accepted.body);
+    // As in Flux, a Receiver whose Secret or token is missing is not served.
+    assert_eq!(generic(&ingest, "", "orphan").await.status, 404);
+    assert_eq!(generic(&ingest, "x", "tokenless").await.status, 404);
+
+    c.api.apply(receiver(
+        "gh",
+        "github",
+        "gh-token",
+        json!({"suspend": true}),
+    ));
+    eventually("suspended", 503, || push(&ingest, "first", "d-2")).await;
+    c.api.apply(receiver("gh", "github", "gh-token", json!({})));
+    eventually("resumed", 202, || push(&ingest, "first", "d-3")).await;
+
+    // A rotated token moves the hook path (Flux's digest includes it) within seconds.
+    c.api.apply(secret("gh-token", json!({"token": "second"})));
+    eventually("rotated", 202, || push(&ingest, "second", "d-4")).await;
+    assert_eq!(push(&ingest, "first", "d-5").await.status, 404);
+
+    c.api
+        .delete(&ObjectRef::new(RECEIVER, "Receiver", NS, "gh"));
+    eventually("deleted", 404, || push(&ingest, "second", "d-6")).await;
+
+    // Least privilege: Secrets are read one by one by name, never listed or watched.
+    let secret_requests: Vec<_> = c
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/secrets"))
+        .collect();
+    assert!(!secret_requests.is_empty());
+    for request in secret_requests {
+        assert_eq!(request.method, "GET", "{request:?}");
+        assert!(
+            request
+                .path
+                .starts_with(&format!("/api/v1/namespaces/{NS}/secrets/")),
+            "{request:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn watch_namespace_limits_the_receivers_served() {
+    let c = Cluster::start().await;
+    let ingest = c.ingest(&["--watch-namespace", "elsewhere"]).await;
+    assert_eq!(push(&ingest, "first", "d-1").await.status, 404);
+    assert!(
+        c.api
+            .requests()
+            .iter()
+            .filter(|r| r.path.contains("/receivers"))
+            .all(|r| r
+                .path
+                .starts_with(&format!("/apis/{RECEIVER}/namespaces/elsewhere/"))),
+        "only the watched namespace is listed"
+    );
+}
+
+#[tokio::test]
+async fn the_dispatcher_takes_receivers_from_the_cluster_without_reading_secrets() {
+    let c = Cluster::start().await;
+    c.api
+        .apply(secret("plain", json!({"token": "plain-token"})));
+    c.api
+        .apply(receiver("trigger", "generic", "plain", json!({})));
+    // Ingest from a file, so that every Secret request would be the dispatcher's.
+    let file = c.dir.path().join("receivers.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "{}---\n{}",
+            serde_yaml_ng::to_string(&secret("plain", json!({"token": "plain-token"})))
+                .expect("yaml"),
+            serde_yaml_ng::to_string(&receiver("trigger", "generic", "plain", json!({})))
+                .expect("yaml")
+        ),
+    )
+    .expect("write");
+    let ingest = Ingest::start(&c.nats.url(), &file, &[]).await;
+    let kubeconfig = c.api.write_kubeconfig(c.dir.path()).expect("kubeconfig");
+    let _dispatcher = Dispatcher::start(
+        &c.nats.url(),
+        None,
+        &kubeconfig,
+        &["--coalesce-window", "50ms", "--leader-election", "false"],
+    )
+    .await;
+    assert_eq!(generic(&ingest, "plain-token", "trigger").await.status, 202);
+
+    let client = c.nats.client().await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let events = outcomes(&client).await;
+        if events.iter().any(|e| e["type"] == "patched") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no patch: {events:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let app = c
+        .api
+        .get(&ObjectRef::new(
+            "source.toolkit.fluxcd.io/v1",
+            "GitRepository",
+            NS,
+            "app",
+        ))
+        .expect("app");
+    assert!(app["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"].is_string());
+    assert!(
+        !c.api.requests().iter().any(|r| r.path.contains("/secrets")),
+        "the dispatcher never reads Secrets"
+    );
+}
