@@ -1,4 +1,4 @@
-//! The operations endpoint: `/healthz`, `/readyz` (NATS connected, streams provisioned) and
+//! The operations endpoint: `/healthz`, `/readyz` (every receiver known, NATS connected) and
 //! `/metrics`.
 
 use std::sync::Arc;
@@ -17,6 +17,8 @@ pub struct AdminState {
     pub nats: async_nats::Client,
     pub metrics: Arc<Metrics>,
     pub leading: watch::Receiver<bool>,
+    /// True once every receiver is known (the first full list of the cluster's).
+    pub catalog_synced: watch::Receiver<bool>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -33,15 +35,20 @@ pub fn router(state: Arc<AdminState>) -> Router {
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     let leader = *state.leading.borrow();
     // A standby is ready too: it is healthy and takes over when needed.
-    if state.nats.connection_state() == async_nats::connection::State::Connected {
+    let synced = *state.catalog_synced.borrow();
+    if synced && state.nats.connection_state() == async_nats::connection::State::Connected {
         (
             StatusCode::OK,
             axum::Json(json!({ "status": "ready", "leader": leader })),
         )
             .into_response()
     } else {
-        let body =
-            json!({ "status": "not ready", "reason": "NATS is not connected", "leader": leader });
+        let reason = if synced {
+            "NATS is not connected"
+        } else {
+            "the cluster's Receivers are not listed yet"
+        };
+        let body = json!({ "status": "not ready", "reason": reason, "leader": leader });
         (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
     }
 }

@@ -91,6 +91,7 @@ pub async fn run(
                 nats: nats.clone(),
                 metrics: metrics.clone(),
                 leading: leading.clone(),
+                catalog_synced: receivers.synced.clone(),
             })),
         )
         .into_future(),
