@@ -382,6 +382,17 @@ fn cases(issuer: &str) -> Vec<Case> {
             })
             .answers((400, 0), (401, 0))
             .differs(CREDENTIAL),
+        case("CEL with the claims of a generic-oidc token", {
+            let mut spec = valid_oidc();
+            spec["resources"] = json!([{"kind": "GitRepository", "name": "app"}, {"kind": "GitRepository", "name": "app-2"}]);
+            spec["resourceFilter"] = json!("res.metadata.name == claims.repository.split('/')[1]");
+            spec
+        })
+        .with(|c| {
+            c.secret = None;
+            c.auth = Auth::Oidc(|claims| claims["repository"] = json!("org/app"));
+            c.objects = two_objects();
+        }),
         case("generic-oidc evaluates variables before validations", oidc_spec(
             issuer,
             json!([{"expression": "variables.owner == 'org'", "message": "wrong owner"}]),
