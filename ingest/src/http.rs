@@ -186,7 +186,14 @@ async fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
+    if let Some(declared) = declared
+        && declared > limit as u64
+    {
+        // Read (and drop) a body up to twice the limit before answering: closing a socket with
+        // unread data resets the connection, and the sender would see that instead of the 413.
+        if declared <= 2 * limit as u64 {
+            let _ = tokio::time::timeout(timeout, discard(body)).await;
+        }
         return Err(Error::TooLarge(limit));
     }
     match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
@@ -197,6 +204,11 @@ async fn read_body(
         }
         Ok(Err(error)) => Err(Error::BodyRead(error.to_string())),
     }
+}
+
+/// Reads a body to its end, keeping nothing.
+async fn discard(mut body: Body) {
+    while let Some(Ok(_)) = body.frame().await {}
 }
 
 fn reject(

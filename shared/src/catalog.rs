@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::filter::Expression;
 
 /// Flux's Receiver API versions whose spec fluxgate reads (v1beta2 has the same fields).
-pub const RECEIVER_API_VERSIONS: &[&str] = &[
+const RECEIVER_API_VERSIONS: &[&str] = &[
     "notification.toolkit.fluxcd.io/v1",
     "notification.toolkit.fluxcd.io/v1beta2",
 ];
@@ -316,7 +316,11 @@ impl Catalog {
             let secret = secrets
                 .get(&key)
                 .map_or(SecretLookup::Missing, SecretLookup::Found);
-            built.push(manifest.into_receiver(secret).map_err(fail)?);
+            let receiver = manifest.into_receiver(secret).map_err(fail)?;
+            if let Some(reason) = &receiver.not_ready {
+                tracing::warn!(receiver = %object, %reason, "receiver not ready");
+            }
+            built.push(receiver);
         }
         Ok(Self::new(built))
     }
@@ -485,7 +489,7 @@ impl fmt::Display for Invalid {
 
 impl ReceiverManifest {
     /// `namespace/name`.
-    pub(crate) fn object(&self) -> String {
+    fn object(&self) -> String {
         format!("{}/{}", self.metadata.namespace(), self.metadata.name)
     }
 
@@ -557,44 +561,12 @@ impl ReceiverManifest {
                 resource.filter_source.as_deref(),
             );
         }
-        let mut oidc_providers = Vec::new();
-        for (i, spec) in self.spec.oidc_providers.into_iter().enumerate() {
-            let field = format!("spec.oidcProviders[{i}]");
-            let mut variables = Vec::new();
-            for (j, v) in spec.variables.into_iter().enumerate() {
-                let field = format!("{field}.variables[{j}].expression");
-                if let Some(expression) = compile(&mut not_ready, &field, Some(&v.expression)) {
-                    variables.push((v.name, expression));
-                }
-            }
-            if spec.validations.is_empty() {
-                not_ready.push(format!("{field}.validations: at least one is required"));
-            }
-            let mut validations = Vec::new();
-            for (j, v) in spec.validations.into_iter().enumerate() {
-                let field = format!("{field}.validations[{j}].expression");
-                if let Some(expression) = compile(&mut not_ready, &field, Some(&v.expression)) {
-                    validations.push((expression, v.message));
-                }
-            }
-            oidc_providers.push(OidcProvider {
-                issuer_url: spec.issuer_url,
-                audience: spec
-                    .audience
-                    .filter(|a| !a.is_empty())
-                    .unwrap_or_else(|| DEFAULT_OIDC_AUDIENCE.into()),
-                variables,
-                validations,
-            });
-        }
+        let oidc_providers = oidc_providers(self.spec.oidc_providers, &mut not_ready);
         if self.spec.kind == ReceiverType::GenericOidc && oidc_providers.is_empty() {
             not_ready
                 .push("spec.oidcProviders: at least one is required for type generic-oidc".into());
         }
         let not_ready = (!not_ready.is_empty()).then(|| not_ready.join("; "));
-        if let Some(reason) = &not_ready {
-            tracing::warn!(receiver = %format_args!("{namespace}/{}", self.metadata.name), %reason, "receiver not ready");
-        }
         Ok(Receiver {
             namespace,
             name: self.metadata.name,
@@ -610,6 +582,41 @@ impl ReceiverManifest {
             hook_path,
         })
     }
+}
+
+/// `spec.oidcProviders`, compiled; what is wrong is added to `errors`.
+fn oidc_providers(specs: Vec<OidcProviderSpec>, errors: &mut Vec<String>) -> Vec<OidcProvider> {
+    let mut providers = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.into_iter().enumerate() {
+        let field = format!("spec.oidcProviders[{i}]");
+        let mut variables = Vec::new();
+        for (j, v) in spec.variables.into_iter().enumerate() {
+            let field = format!("{field}.variables[{j}].expression");
+            if let Some(expression) = compile(errors, &field, Some(&v.expression)) {
+                variables.push((v.name, expression));
+            }
+        }
+        if spec.validations.is_empty() {
+            errors.push(format!("{field}.validations: at least one is required"));
+        }
+        let mut validations = Vec::new();
+        for (j, v) in spec.validations.into_iter().enumerate() {
+            let field = format!("{field}.validations[{j}].expression");
+            if let Some(expression) = compile(errors, &field, Some(&v.expression)) {
+                validations.push((expression, v.message));
+            }
+        }
+        providers.push(OidcProvider {
+            issuer_url: spec.issuer_url,
+            audience: spec
+                .audience
+                .filter(|a| !a.is_empty())
+                .unwrap_or_else(|| DEFAULT_OIDC_AUDIENCE.into()),
+            variables,
+            validations,
+        });
+    }
+    providers
 }
 
 /// Compiles an optional expression; what does not compile is added to `errors`, naming `field`.

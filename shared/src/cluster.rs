@@ -14,7 +14,9 @@ use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 
-use crate::catalog::{Catalog, ReceiverManifest, SecretLookup, SecretValue, SharedCatalog};
+use crate::catalog::{
+    Catalog, Receiver, ReceiverManifest, SecretLookup, SecretValue, SharedCatalog,
+};
 
 /// Which Receivers to serve, and whether to read their Secrets.
 #[derive(Debug, Clone)]
@@ -54,6 +56,7 @@ pub async fn watch(
         client,
         read_secrets: settings.read_secrets,
         secrets: HashMap::new(),
+        problems: HashMap::new(),
     };
     let mut receivers: BTreeMap<Key, DynamicObject> = BTreeMap::new();
     let mut listing: BTreeMap<Key, DynamicObject> = BTreeMap::new();
@@ -117,52 +120,58 @@ struct Loader {
     client: kube::Client,
     read_secrets: bool,
     secrets: HashMap<Key, Option<SecretData>>,
+    /// What is wrong with each receiver, as last logged: a problem is logged when it appears or
+    /// changes, not at every rebuild.
+    problems: HashMap<String, String>,
 }
 
 impl Loader {
     /// The catalog of `receivers`. One that cannot be served (no Secret, no token, a bad spec)
-    /// is left out -- answered 404, as Flux does -- and logged.
+    /// is left out -- answered 404, as Flux does -- and one with an invalid expression is kept
+    /// but not ready (503); both are logged.
     async fn load(&mut self, receivers: &BTreeMap<Key, DynamicObject>) -> Catalog {
         let mut served = Vec::with_capacity(receivers.len());
-        for object in receivers.values() {
-            let value = match serde_json::to_value(object) {
-                Ok(value) => value,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot read a Receiver");
-                    continue;
+        let mut problems = HashMap::new();
+        for (key, object) in receivers {
+            let name = format!("{}/{}", key.0, key.1);
+            match self.receiver(object).await {
+                Ok(receiver) => {
+                    if let Some(reason) = &receiver.not_ready {
+                        problems.insert(name, format!("not ready: {reason}"));
+                    }
+                    served.push(receiver);
                 }
-            };
-            let manifest: ReceiverManifest = match serde_path_to_error::deserialize(value) {
-                Ok(manifest) => manifest,
-                Err(error) => {
-                    let (namespace, name) = key(object);
-                    tracing::warn!(receiver = %format_args!("{namespace}/{name}"), field = %error.path(), error = %error.inner(), "Receiver not served: invalid spec");
-                    continue;
-                }
-            };
-            let secret_key = (
-                manifest.namespace(),
-                manifest.secret_name().unwrap_or_default().to_owned(),
-            );
-            let secret = match (self.read_secrets, manifest.secret_name()) {
-                (false, _) => None,
-                (true, None) => Some(None),
-                (true, Some(_)) => Some(self.secret(&secret_key).await),
-            };
-            let lookup = match &secret {
-                None => SecretLookup::NotRead,
-                Some(Some(data)) => SecretLookup::Found(data),
-                Some(None) => SecretLookup::Missing,
-            };
-            let object_name = manifest.object();
-            match manifest.into_receiver(lookup) {
-                Ok(receiver) => served.push(receiver),
-                Err(invalid) => {
-                    tracing::warn!(receiver = %object_name, reason = %invalid, "Receiver not served");
+                Err(reason) => {
+                    problems.insert(name, format!("not served: {reason}"));
                 }
             }
         }
+        for (receiver, problem) in &problems {
+            if self.problems.get(receiver) != Some(problem) {
+                tracing::warn!(%receiver, %problem, "Receiver cannot be served as it is");
+            }
+        }
+        self.problems = problems;
         Catalog::new(served)
+    }
+
+    async fn receiver(&mut self, object: &DynamicObject) -> Result<Receiver, String> {
+        let value = serde_json::to_value(object).map_err(|e| e.to_string())?;
+        let manifest: ReceiverManifest = serde_path_to_error::deserialize(value)
+            .map_err(|e| format!("{}: {}", e.path(), e.inner()))?;
+        let secret = match (self.read_secrets, manifest.secret_name()) {
+            (false, _) => None,
+            (true, None) => Some(None),
+            (true, Some(name)) => Some(self.secret(&(manifest.namespace(), name.to_owned())).await),
+        };
+        let lookup = match &secret {
+            None => SecretLookup::NotRead,
+            Some(Some(data)) => SecretLookup::Found(data),
+            Some(None) => SecretLookup::Missing,
+        };
+        manifest
+            .into_receiver(lookup)
+            .map_err(|invalid| invalid.to_string())
     }
 
     /// A Secret's data, `None` when it does not exist or cannot be read (logged).

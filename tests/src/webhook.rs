@@ -11,6 +11,28 @@ pub fn github_signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// POSTs a GitHub push to `url`, signed with `secret`, as GitHub sends it.
+pub async fn post_github_push(
+    url: &str,
+    secret: &str,
+    delivery: &str,
+    body: Vec<u8>,
+) -> crate::http::Response {
+    let signature = github_signature(secret, &body);
+    crate::http::post(
+        url,
+        &[
+            ("content-type", "application/json"),
+            ("x-github-event", "push"),
+            ("x-github-delivery", delivery),
+            ("x-hub-signature-256", &signature),
+        ],
+        body,
+    )
+    .await
+    .expect("push")
+}
+
 /// Flux's webhook path of a receiver.
 pub fn hook_path(token: &str, name: &str, namespace: &str) -> String {
     format!("/hook/{}", hook_digest(token.as_bytes(), name, namespace))

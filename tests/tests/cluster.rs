@@ -8,7 +8,7 @@ use fluxgate_tests::dispatcher::{Dispatcher, outcomes};
 use fluxgate_tests::http::{self, Response};
 use fluxgate_tests::ingest::Ingest;
 use fluxgate_tests::nats::NatsServer;
-use fluxgate_tests::webhook::{github_push_body, github_signature, hook_path};
+use fluxgate_tests::webhook::{github_push_body, hook_path, post_github_push};
 use serde_json::{Value, json};
 
 const NS: &str = "flux-system";
@@ -69,20 +69,8 @@ impl Cluster {
 }
 
 async fn push(ingest: &Ingest, token: &str, delivery: &str) -> Response {
-    let body = github_push_body(256);
-    let signature = github_signature(token, &body);
-    http::post(
-        &ingest.hook_url(&hook_path(token, "gh", NS)),
-        &[
-            ("content-type", "application/json"),
-            ("x-github-event", "push"),
-            ("x-github-delivery", delivery),
-            ("x-hub-signature-256", &signature),
-        ],
-        body,
-    )
-    .await
-    .expect("push")
+    let url = ingest.hook_url(&hook_path(token, "gh", NS));
+    post_github_push(&url, token, delivery, github_push_body(256)).await
 }
 
 async fn generic(ingest: &Ingest, token: &str, name: &str) -> Response {

@@ -12,7 +12,7 @@ use fluxgate_tests::dispatcher::{Dispatcher, outcomes};
 use fluxgate_tests::http;
 use fluxgate_tests::ingest::Ingest;
 use fluxgate_tests::nats::NatsServer;
-use fluxgate_tests::webhook::{github_push_body, github_signature, hook_path, secret_manifest};
+use fluxgate_tests::webhook::{github_push_body, hook_path, post_github_push, secret_manifest};
 use serde_json::{Value, json};
 
 const NS: &str = "flux-system";
@@ -143,20 +143,8 @@ impl Pipeline {
     }
 
     async fn push(&self, delivery: &str) {
-        let body = github_push_body(512);
-        let signature = github_signature(GH_TOKEN, &body);
-        let response = http::post(
-            &self.ingest.hook_url(&hook_path(GH_TOKEN, "gh", NS)),
-            &[
-                ("content-type", "application/json"),
-                ("x-github-event", "push"),
-                ("x-github-delivery", delivery),
-                ("x-hub-signature-256", &signature),
-            ],
-            body,
-        )
-        .await
-        .expect("push");
+        let url = self.ingest.hook_url(&hook_path(GH_TOKEN, "gh", NS));
+        let response = post_github_push(&url, GH_TOKEN, delivery, github_push_body(512)).await;
         assert_eq!(response.status, 202, "{:?}", response.body);
     }
 

@@ -334,6 +334,30 @@ async fn every_rejection_says_why_is_counted_and_stores_nothing() {
 }
 
 #[tokio::test]
+async fn an_oversized_body_gets_a_clean_413_not_a_reset_connection() {
+    // Had ingest answered and closed with most of the body unread, the kernel would reset the
+    // connection and the client would, more often than not, see that instead of the answer.
+    let fx = Fixture::start("", &["--max-body-bytes", "65536"]).await;
+    let big = github_push_body(96 * 1024);
+    let signature = github_signature(GH_TOKEN, &big);
+    for _ in 0..20 {
+        let response = http::post(
+            &fx.url("gh", GH_TOKEN),
+            &[
+                ("content-type", "application/json"),
+                ("x-github-event", "push"),
+                ("x-hub-signature-256", &signature),
+            ],
+            big.clone(),
+        )
+        .await
+        .expect("an answer, not a reset");
+        assert_eq!(response.status, 413);
+    }
+    assert_eq!(fx.stored_count().await, 0);
+}
+
+#[tokio::test]
 async fn nats_outage_answers_503_then_recovers_by_itself() {
     let mut fx = Fixture::start("", &["--publish-timeout", "2s"]).await;
     let body = github_push_body(256);
