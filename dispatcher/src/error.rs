@@ -13,6 +13,15 @@ pub enum Error {
     /// A stored body that the filters cannot read as their `req`.
     #[error("cannot evaluate filters: {0}")]
     Body(String),
+    /// Printing a result failed.
+    #[error("cannot print: {0}")]
+    Output(String),
+    /// No such delivery, receiver or message.
+    #[error("{0}")]
+    NotFound(String),
+    /// The delivery was there once; the stream's limits removed it.
+    #[error("{0}")]
+    AgedOut(String),
     /// A delivery message without the metadata every delivery has.
     #[error("unreadable delivery: {0}")]
     Poison(String),

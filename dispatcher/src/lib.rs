@@ -3,12 +3,14 @@
 //! them, with retries, one leader at a time, and an outcome event for everything that happens.
 
 pub mod admin;
+pub mod cli;
 pub mod coalesce;
 pub mod config;
 pub mod consume;
 pub mod dedup;
 pub mod delivery;
 pub mod error;
+pub mod history;
 pub mod inflight;
 pub mod leader;
 pub mod metrics;

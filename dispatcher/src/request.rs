@@ -26,6 +26,29 @@ impl Inputs {
     }
 }
 
+/// A stored webhook's body: the message payload, or the object it names in the object store.
+pub async fn body(
+    jetstream: &jetstream::Context,
+    headers: Option<&async_nats::HeaderMap>,
+    payload: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let Some(object) = headers.and_then(|h| h.get(header::BODY_OBJECT)) else {
+        return Ok(payload.to_vec());
+    };
+    let mut body = Vec::new();
+    jetstream
+        .get_object_store(contract::BODIES_OBJECT_STORE)
+        .await
+        .map_err(Error::nats)?
+        .get(object.as_str())
+        .await
+        .map_err(Error::nats)?
+        .read_to_end(&mut body)
+        .await
+        .map_err(Error::nats)?;
+    Ok(body)
+}
+
 /// The filters' inputs for `message`. A body that is not the JSON its Content-Type promises is
 /// [`Error::Body`], which no retry fixes; NATS errors are worth retrying.
 pub async fn of(
@@ -41,23 +64,7 @@ pub async fn of(
             .map(|v| v.as_str())
     };
     let content_type = get(header::CONTENT_TYPE);
-    let body = match get(header::BODY_OBJECT) {
-        None => message.payload.to_vec(),
-        Some(object) => {
-            let mut body = Vec::new();
-            jetstream
-                .get_object_store(contract::BODIES_OBJECT_STORE)
-                .await
-                .map_err(Error::nats)?
-                .get(object)
-                .await
-                .map_err(Error::nats)?
-                .read_to_end(&mut body)
-                .await
-                .map_err(Error::nats)?;
-            body
-        }
-    };
+    let body = body(jetstream, message.headers.as_ref(), &message.payload).await?;
     let claims = get(header::OIDC_CLAIMS)
         .map(|claims| {
             serde_json::from_str(claims)

@@ -41,14 +41,7 @@ pub async fn watch(
     on_reload: impl Fn(&Catalog),
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("notification.toolkit.fluxcd.io", "v1", "Receiver"),
-        "receivers",
-    );
-    let api: Api<DynamicObject> = match &settings.namespace {
-        Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
-        None => Api::all_with(client.clone(), &resource),
-    };
+    let api = receivers_api(client.clone(), &settings);
     let mut events = watcher::watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
@@ -108,6 +101,40 @@ pub async fn watch(
     }
 }
 
+/// The cluster's Receivers as they are now, for a one-off look (the CLI): the catalog, and why
+/// each Receiver left out of it is.
+pub async fn list(
+    client: kube::Client,
+    settings: &Settings,
+) -> Result<(Catalog, BTreeMap<String, String>), kube::Error> {
+    let api = receivers_api(client.clone(), settings);
+    let receivers = api
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|o| (key(&o), o))
+        .collect();
+    let mut loader = Loader {
+        client,
+        read_secrets: settings.read_secrets,
+        secrets: HashMap::new(),
+        problems: HashMap::new(),
+    };
+    Ok(loader.build(&receivers).await)
+}
+
+fn receivers_api(client: kube::Client, settings: &Settings) -> Api<DynamicObject> {
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("notification.toolkit.fluxcd.io", "v1", "Receiver"),
+        "receivers",
+    );
+    match &settings.namespace {
+        Some(namespace) => Api::namespaced_with(client, namespace, &resource),
+        None => Api::all_with(client, &resource),
+    }
+}
+
 fn key(object: &DynamicObject) -> Key {
     (
         object.metadata.namespace.clone().unwrap_or_default(),
@@ -126,24 +153,37 @@ struct Loader {
 }
 
 impl Loader {
-    /// The catalog of `receivers`. One that cannot be served (no Secret, no token, a bad spec)
-    /// is left out -- answered 404, as Flux does -- and one with an invalid expression is kept
-    /// but not ready (503); both are logged.
-    async fn load(&mut self, receivers: &BTreeMap<Key, DynamicObject>) -> Catalog {
+    /// The catalog of `receivers`, and why each one left out of it is (no Secret, no token, a
+    /// bad spec: answered 404, as Flux does). One with an invalid expression is in the catalog,
+    /// not ready (503).
+    async fn build(
+        &mut self,
+        receivers: &BTreeMap<Key, DynamicObject>,
+    ) -> (Catalog, BTreeMap<String, String>) {
         let mut served = Vec::with_capacity(receivers.len());
-        let mut problems = HashMap::new();
+        let mut left_out = BTreeMap::new();
         for (key, object) in receivers {
-            let name = format!("{}/{}", key.0, key.1);
             match self.receiver(object).await {
-                Ok(receiver) => {
-                    if let Some(reason) = &receiver.not_ready {
-                        problems.insert(name, format!("not ready: {reason}"));
-                    }
-                    served.push(receiver);
-                }
+                Ok(receiver) => served.push(receiver),
                 Err(reason) => {
-                    problems.insert(name, format!("not served: {reason}"));
+                    left_out.insert(format!("{}/{}", key.0, key.1), reason);
                 }
+            }
+        }
+        (Catalog::new(served), left_out)
+    }
+
+    /// [`Self::build`], logging each receiver's problem when it appears or changes.
+    async fn load(&mut self, receivers: &BTreeMap<Key, DynamicObject>) -> Catalog {
+        let (catalog, left_out) = self.build(receivers).await;
+        let mut problems: HashMap<String, String> = left_out
+            .into_iter()
+            .map(|(name, reason)| (name, format!("not served: {reason}")))
+            .collect();
+        for receiver in catalog.receivers() {
+            if let Some(reason) = &receiver.not_ready {
+                let name = format!("{}/{}", receiver.namespace, receiver.name);
+                problems.insert(name, format!("not ready: {reason}"));
             }
         }
         for (receiver, problem) in &problems {
@@ -152,7 +192,7 @@ impl Loader {
             }
         }
         self.problems = problems;
-        Catalog::new(served)
+        catalog
     }
 
     async fn receiver(&mut self, object: &DynamicObject) -> Result<Receiver, String> {

@@ -32,3 +32,18 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     );
     path
 }
+
+/// Runs the `fluxgate` CLI against `nats_url` and returns its exit status, stdout and stderr.
+pub fn fluxgate_cli(nats_url: &str, args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(workspace_binary("fluxgate"))
+        .arg("--nats-url")
+        .arg(nats_url)
+        .args(args)
+        .output()
+        .expect("run fluxgate");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,519 @@
+//! Delivery history, computed from the streams alone: the deliveries' headers (read without
+//! their bodies) joined with their outcome events, and each delivery's status derived from
+//! them. Filters go to the server where they can: the receiver as a subject filter, `since` as
+//! the consumers' start time, newest-first listing by sequence windows; only status, event and
+//! `until` are matched here.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::{self, stream::Stream};
+use chrono::{DateTime, Utc};
+use fluxgate_shared::contract::{self, header};
+use futures::StreamExt as _;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::Error;
+
+/// Headers of a replay: the sequence and delivery id of the message it replays, and who asked.
+pub mod replay_header {
+    pub const OF_SEQ: &str = "Fluxgate-Replay-Of-Seq";
+    pub const ACTOR: &str = "Fluxgate-Replay-Actor";
+}
+
+/// A stored delivery, as its headers describe it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stored {
+    pub seq: u64,
+    pub id: String,
+    /// `namespace/name`.
+    pub receiver: String,
+    pub receiver_type: String,
+    pub event: Option<String>,
+    pub received_at: Option<DateTime<Utc>>,
+    /// When the stream stored it (the server's clock, which outcome times share).
+    pub stored_at: DateTime<Utc>,
+    pub body_size: u64,
+    /// The sequence of the delivery this one replays.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<u64>,
+    #[serde(skip)]
+    pub headers: HeaderMap,
+}
+
+impl Stored {
+    fn from_message(seq: u64, stored_at: DateTime<Utc>, headers: HeaderMap) -> Option<Self> {
+        let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
+        Some(Self {
+            seq,
+            id: get(header::DELIVERY_ID)?,
+            receiver: format!(
+                "{}/{}",
+                get(header::RECEIVER_NAMESPACE)?,
+                get(header::RECEIVER_NAME)?
+            ),
+            receiver_type: get(header::RECEIVER_TYPE).unwrap_or_default(),
+            event: get(header::EVENT),
+            received_at: get(header::RECEIVED_AT)
+                .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+                .map(|t| t.with_timezone(&Utc)),
+            stored_at,
+            body_size: get(header::BODY_SIZE)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_default(),
+            replay_of: get(replay_header::OF_SEQ).and_then(|s| s.parse().ok()),
+            headers,
+        })
+    }
+}
+
+/// What became of a delivery, from its outcome events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Stored; the dispatcher has not resolved it yet.
+    Accepted,
+    /// Another message already carried this delivery.
+    Duplicate,
+    /// A target is being retried.
+    Retrying,
+    /// Something was given up on.
+    Failed,
+    /// Every target patched (or, with `--dry-run`, would have been); none may be left.
+    Patched,
+    /// Every target's controller has handled the request.
+    Handled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Duplicate => "duplicate",
+            Self::Retrying => "retrying",
+            Self::Failed => "failed",
+            Self::Patched => "patched",
+            Self::Handled => "handled",
+        }
+    }
+}
+
+/// A delivery with its outcome trail and what it adds up to.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    #[serde(flatten)]
+    pub delivery: Stored,
+    pub status: Status,
+    /// Targets resolved by the dispatcher.
+    pub targets: usize,
+    /// From receipt to the last patch (or handling), once there is one.
+    pub latency_ms: Option<i64>,
+    /// Outcome events, oldest first.
+    pub outcomes: Vec<Value>,
+}
+
+impl Summary {
+    pub fn new(delivery: Stored, outcomes: Vec<Value>) -> Self {
+        let (status, targets) = status_of(&outcomes);
+        let last_effect = outcomes
+            .iter()
+            .filter(|e| matches!(kind(e), "patched" | "would_patch" | "handled"))
+            .filter_map(|e| e["at"].as_str())
+            .filter_map(|t| DateTime::parse_from_rfc3339(t).ok())
+            .max();
+        let latency_ms = match (delivery.received_at, last_effect) {
+            (Some(received), Some(done)) => {
+                Some((done.with_timezone(&Utc) - received).num_milliseconds())
+            }
+            _ => None,
+        };
+        Self {
+            delivery,
+            status,
+            targets,
+            latency_ms,
+            outcomes,
+        }
+    }
+}
+
+fn kind(event: &Value) -> &str {
+    event["type"].as_str().unwrap_or_default()
+}
+
+/// The status a trail of events adds up to, and the number of targets resolved.
+pub fn status_of(events: &[Value]) -> (Status, usize) {
+    if events.iter().any(|e| kind(e) == "duplicate") {
+        return (Status::Duplicate, 0);
+    }
+    let Some(dispatched) = events.iter().find(|e| kind(e) == "dispatched") else {
+        let failed = events.iter().any(|e| kind(e) == "failed");
+        return (
+            if failed {
+                Status::Failed
+            } else {
+                Status::Accepted
+            },
+            0,
+        );
+    };
+    let targets: Vec<&Value> = dispatched["targets"]
+        .as_array()
+        .map(|t| t.iter().collect())
+        .unwrap_or_default();
+    // The last word on each target.
+    let mut last: HashMap<String, &str> = HashMap::new();
+    let mut failed = false;
+    for event in events {
+        match kind(event) {
+            "failed" if event.get("target").is_none() => failed = true,
+            "failed" | "patched" | "would_patch" | "retrying" | "handled" | "not_handled" => {
+                last.insert(event["target"].to_string(), kind(event));
+            }
+            _ => {}
+        }
+    }
+    let states: Vec<&str> = targets
+        .iter()
+        .map(|t| last.get(&t.to_string()).copied().unwrap_or("pending"))
+        .collect();
+    let status = if failed
+        || last
+            .values()
+            .any(|s| matches!(*s, "failed" | "not_handled"))
+    {
+        Status::Failed
+    } else if states.contains(&"retrying") {
+        Status::Retrying
+    } else if states.contains(&"pending") {
+        Status::Accepted
+    } else if !states.is_empty() && states.iter().all(|s| *s == "handled") {
+        Status::Handled
+    } else {
+        Status::Patched
+    };
+    (status, targets.len())
+}
+
+/// Which deliveries to list.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// `namespace/name`.
+    pub receiver: Option<(String, String)>,
+    pub status: Option<Status>,
+    pub event: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub limit: usize,
+}
+
+impl Filter {
+    fn delivery_subject(&self) -> String {
+        match &self.receiver {
+            Some((namespace, name)) => contract::delivery_subject(namespace, name),
+            None => format!("{}.>", contract::DELIVERIES_SUBJECT_PREFIX),
+        }
+    }
+
+    fn outcome_subject(&self) -> String {
+        match &self.receiver {
+            Some((namespace, name)) => contract::outcome_subject(namespace, name),
+            None => format!("{}.>", contract::OUTCOMES_SUBJECT_PREFIX),
+        }
+    }
+
+    fn keeps(&self, delivery: &Stored) -> bool {
+        let event_ok = self.event.as_ref().is_none_or(|e| {
+            delivery
+                .event
+                .as_deref()
+                .is_some_and(|d| d.eq_ignore_ascii_case(e))
+        });
+        let until_ok = self.until.is_none_or(|until| delivery.stored_at <= until);
+        event_ok && until_ok
+    }
+}
+
+/// Reads the history in the streams.
+pub struct History {
+    jetstream: jetstream::Context,
+}
+
+impl History {
+    pub fn new(jetstream: jetstream::Context) -> Self {
+        Self { jetstream }
+    }
+
+    async fn stream(&self, name: &str) -> Result<Stream, Error> {
+        self.jetstream.get_stream(name).await.map_err(Error::nats)
+    }
+
+    /// The newest deliveries matching `filter`, newest first, at most `filter.limit`.
+    pub async fn list(&self, filter: &Filter) -> Result<Vec<Summary>, Error> {
+        let mut deliveries = self.stream(contract::DELIVERIES_STREAM).await?;
+        let state = deliveries.info().await.map_err(Error::nats)?.state.clone();
+        if state.messages == 0 {
+            return Ok(Vec::new());
+        }
+        // Without `since`, read back from the end in growing windows until enough match.
+        let mut window = (filter.limit as u64).max(64);
+        loop {
+            let start = match filter.since {
+                Some(since) => DeliverPolicy::ByStartTime {
+                    start_time: to_offset(since),
+                },
+                None => DeliverPolicy::ByStartSequence {
+                    start_sequence: state
+                        .last_sequence
+                        .saturating_sub(window - 1)
+                        .max(state.first_sequence),
+                },
+            };
+            let mut found = Vec::new();
+            scan(
+                &deliveries,
+                &filter.delivery_subject(),
+                start,
+                true,
+                |message| {
+                    if let Some(stored) = stored(message)
+                        && filter.keeps(&stored)
+                    {
+                        found.push(stored);
+                    }
+                    ControlFlow::Continue(())
+                },
+            )
+            .await?;
+            let mut summaries = self.with_outcomes(filter, found).await?;
+            summaries.retain(|s| filter.status.is_none_or(|status| s.status == status));
+            let exhausted = filter.since.is_some()
+                || state.last_sequence.saturating_sub(window - 1) <= state.first_sequence;
+            if summaries.len() >= filter.limit || exhausted {
+                summaries.sort_by_key(|s| std::cmp::Reverse(s.delivery.seq));
+                summaries.truncate(filter.limit);
+                return Ok(summaries);
+            }
+            window = window.saturating_mul(4);
+        }
+    }
+
+    /// Joins deliveries with their outcome events, read from the oldest delivery's time on.
+    async fn with_outcomes(
+        &self,
+        filter: &Filter,
+        found: Vec<Stored>,
+    ) -> Result<Vec<Summary>, Error> {
+        let Some(oldest) = found.iter().map(|d| d.stored_at).min() else {
+            return Ok(Vec::new());
+        };
+        let mut by_seq = self.outcomes(&filter.outcome_subject(), oldest).await?;
+        Ok(found
+            .into_iter()
+            .map(|d| {
+                let events = by_seq.remove(&d.seq).unwrap_or_default();
+                Summary::new(d, events)
+            })
+            .collect())
+    }
+
+    /// Outcome events on `subject` from `since` on, by delivery sequence.
+    async fn outcomes(
+        &self,
+        subject: &str,
+        since: DateTime<Utc>,
+    ) -> Result<HashMap<u64, Vec<Value>>, Error> {
+        let mut by_seq: HashMap<u64, Vec<Value>> = HashMap::new();
+        let Ok(outcomes) = self.stream(contract::OUTCOMES_STREAM).await else {
+            // No dispatcher has run yet.
+            return Ok(by_seq);
+        };
+        let start = DeliverPolicy::ByStartTime {
+            start_time: to_offset(since - chrono::Duration::seconds(1)),
+        };
+        scan(&outcomes, subject, start, false, |message| {
+            if let Ok(event) = serde_json::from_slice::<Value>(&message.payload)
+                && let Some(seq) = event["seq"].as_u64()
+            {
+                by_seq.entry(seq).or_default().push(event);
+            }
+            ControlFlow::Continue(())
+        })
+        .await?;
+        Ok(by_seq)
+    }
+
+    /// One delivery by stream sequence, with its body and outcome trail.
+    pub async fn by_seq(&self, seq: u64) -> Result<(Summary, bytes::Bytes), Error> {
+        let mut deliveries = self.stream(contract::DELIVERIES_STREAM).await?;
+        let message = match deliveries.direct_get(seq).await {
+            Ok(message) => message,
+            Err(error) => {
+                let state = deliveries.info().await.map_err(Error::nats)?.state.clone();
+                return Err(if seq < state.first_sequence {
+                    Error::AgedOut(format!(
+                        "delivery #{seq} has aged out of {} (the oldest kept is #{})",
+                        contract::DELIVERIES_STREAM,
+                        state.first_sequence
+                    ))
+                } else {
+                    Error::NotFound(format!("no delivery #{seq}: {error}"))
+                });
+            }
+        };
+        let stored_at = from_offset(message.time);
+        let delivery = Stored::from_message(seq, stored_at, message.headers)
+            .ok_or_else(|| Error::NotFound(format!("message #{seq} is not a delivery")))?;
+        let (namespace, name) = delivery.receiver.split_once('/').unwrap_or_default();
+        let mut events = self
+            .outcomes(&contract::outcome_subject(namespace, name), stored_at)
+            .await?;
+        let summary = Summary::new(delivery, events.remove(&seq).unwrap_or_default());
+        Ok((summary, message.payload))
+    }
+
+    /// The sequences of the deliveries with this id (a delivery and its replays), oldest first.
+    pub async fn find(
+        &self,
+        id: &str,
+        receiver: Option<&(String, String)>,
+    ) -> Result<Vec<u64>, Error> {
+        let deliveries = self.stream(contract::DELIVERIES_STREAM).await?;
+        let filter = Filter {
+            receiver: receiver.cloned(),
+            ..Default::default()
+        };
+        let mut found = Vec::new();
+        scan(
+            &deliveries,
+            &filter.delivery_subject(),
+            DeliverPolicy::All,
+            true,
+            |message| {
+                let headers = message.headers.as_ref();
+                if headers
+                    .and_then(|h| h.get(header::DELIVERY_ID))
+                    .map(|v| v.as_str())
+                    == Some(id)
+                    && let Ok(info) = message.info()
+                {
+                    found.push(info.stream_sequence);
+                }
+                ControlFlow::Continue(())
+            },
+        )
+        .await?;
+        Ok(found)
+    }
+}
+
+fn stored(message: jetstream::Message) -> Option<Stored> {
+    let info = message.info().ok()?;
+    let (seq, stored_at) = (info.stream_sequence, from_offset(info.published));
+    Stored::from_message(seq, stored_at, message.headers.clone()?)
+}
+
+/// Reads every message of `stream` on `subject` from `start` up to the last one there was when
+/// the read began (headers only if asked), with an ordered consumer, until `each` breaks.
+pub async fn scan(
+    stream: &Stream,
+    subject: &str,
+    start: DeliverPolicy,
+    headers_only: bool,
+    mut each: impl FnMut(jetstream::Message) -> ControlFlow<()>,
+) -> Result<(), Error> {
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: subject.to_owned(),
+            deliver_policy: start,
+            headers_only,
+            ..Default::default()
+        })
+        .await
+        .map_err(Error::nats)?;
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(());
+    }
+    let mut messages = consumer.messages().await.map_err(Error::nats)?;
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(Error::nats)?;
+        let pending = message.info().map(|i| i.pending).unwrap_or(0);
+        if each(message).is_break() || pending == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn to_offset(time: DateTime<Utc>) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp_nanos(
+        time.timestamp_nanos_opt().unwrap_or_default().into(),
+    )
+    .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+fn from_offset(time: time::OffsetDateTime) -> DateTime<Utc> {
+    DateTime::from_timestamp_nanos(i64::try_from(time.unix_timestamp_nanos()).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn target(name: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "K", "namespace": "n", "name": name})
+    }
+
+    #[test]
+    fn status_follows_the_last_word_on_each_target() {
+        let dispatched = json!({"type": "dispatched", "targets": [target("a"), target("b")]});
+        let patched = |n| json!({"type": "patched", "target": target(n)});
+        let retrying = |n| json!({"type": "retrying", "target": target(n)});
+        let handled = |n| json!({"type": "handled", "target": target(n)});
+        assert_eq!(status_of(&[]), (Status::Accepted, 0));
+        assert_eq!(
+            status_of(std::slice::from_ref(&dispatched)),
+            (Status::Accepted, 2)
+        );
+        assert_eq!(
+            status_of(&[dispatched.clone(), patched("a"), retrying("b")]),
+            (Status::Retrying, 2)
+        );
+        assert_eq!(
+            status_of(&[
+                dispatched.clone(),
+                retrying("b"),
+                patched("a"),
+                patched("b")
+            ]),
+            (Status::Patched, 2)
+        );
+        assert_eq!(
+            status_of(&[
+                dispatched.clone(),
+                patched("a"),
+                patched("b"),
+                handled("a"),
+                handled("b")
+            ]),
+            (Status::Handled, 2)
+        );
+        let failed = json!({"type": "failed", "target": target("b"), "reason": "404"});
+        assert_eq!(
+            status_of(&[dispatched.clone(), patched("a"), failed]),
+            (Status::Failed, 2)
+        );
+        let whole = json!({"type": "failed", "reason": "not in the catalog"});
+        assert_eq!(status_of(&[whole]), (Status::Failed, 0));
+        assert_eq!(
+            status_of(&[json!({"type": "duplicate", "of_seq": 1})]),
+            (Status::Duplicate, 0)
+        );
+        let nothing = json!({"type": "dispatched", "targets": []});
+        assert_eq!(status_of(&[nothing]), (Status::Patched, 0));
+    }
+}

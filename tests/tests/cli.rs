@@ -1,0 +1,266 @@
+//! End-to-end tests of the `fluxgate` CLI: real webhooks through ingest and the dispatcher into
+//! a real nats-server, then the CLI binary reading the history back.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fluxgate_tests::apiserver::ApiServer;
+use fluxgate_tests::dispatcher::{Dispatcher, outcomes};
+use fluxgate_tests::ingest::Ingest;
+use fluxgate_tests::nats::NatsServer;
+use fluxgate_tests::webhook::{
+    github_push_body, hook_path, post_github_push, receiver_manifest, secret_manifest,
+};
+use fluxgate_tests::{fluxgate_cli, http};
+use serde_json::{Value, json};
+
+const NS: &str = "flux-system";
+const GH_TOKEN: &str = "gh-secret";
+const DEADLINE: Duration = Duration::from_secs(60);
+
+struct Setup {
+    nats: NatsServer,
+    _cluster: ApiServer,
+    ingest: Ingest,
+    _dispatcher: Dispatcher,
+    receivers: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn start() -> Self {
+        let nats = NatsServer::start().await;
+        let cluster = ApiServer::start_local().await;
+        cluster.apply(json!({
+            "apiVersion": "source.toolkit.fluxcd.io/v1",
+            "kind": "GitRepository",
+            "metadata": {"name": "app", "namespace": NS},
+            "spec": {"url": "https://example.org/repo", "interval": "10m"},
+        }));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let receivers = dir.path().join("receivers.yaml");
+        let manifests = [
+            secret_manifest("gh-token", NS, GH_TOKEN),
+            receiver_manifest("gh", NS, "github", "gh-token", ""),
+            secret_manifest("plain", NS, "plain-token"),
+            // Targets GitRepository `app` in its own namespace `elsewhere`, which does not exist.
+            receiver_manifest("missing", "elsewhere", "generic", "plain", ""),
+            secret_manifest("plain", "elsewhere", "plain-token"),
+        ];
+        std::fs::write(&receivers, manifests.join("---\n")).expect("write receivers");
+        let kubeconfig = cluster.write_kubeconfig(dir.path()).expect("kubeconfig");
+        let ingest = Ingest::start(&nats.url(), &receivers, &[]).await;
+        let dispatcher = Dispatcher::start(
+            &nats.url(),
+            Some(&receivers),
+            &kubeconfig,
+            &["--leader-election", "false", "--coalesce-window", "20ms"],
+        )
+        .await;
+        Self {
+            nats,
+            _cluster: cluster,
+            ingest,
+            _dispatcher: dispatcher,
+            receivers,
+            _dir: dir,
+        }
+    }
+
+    async fn push(&self, delivery: &str, body: Vec<u8>) {
+        let url = self.ingest.hook_url(&hook_path(GH_TOKEN, "gh", NS));
+        let response = post_github_push(&url, GH_TOKEN, delivery, body).await;
+        assert_eq!(response.status, 202, "{:?}", response.body);
+    }
+
+    async fn trigger_missing(&self) -> String {
+        let url = self
+            .ingest
+            .hook_url(&hook_path("plain-token", "missing", "elsewhere"));
+        let response = http::post(&url, &[], "").await.expect("post");
+        assert_eq!(response.status, 202);
+        response.json()["delivery"].as_str().expect("id").to_owned()
+    }
+
+    /// Waits until `count` deliveries have a final outcome (patched or failed).
+    async fn settle(&self, count: usize) {
+        let client = self.nats.client().await;
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let events = outcomes(&client).await;
+            let done = events
+                .iter()
+                .filter(|e| e["type"] == "patched" || e["type"] == "failed")
+                .count();
+            if done >= count {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not settled: {events:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let (ok, stdout, stderr) = fluxgate_cli(&self.nats.url(), args);
+        assert!(ok, "fluxgate {args:?} failed: {stderr}");
+        stdout
+    }
+
+    fn cli_json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        let stdout = self.cli(&all);
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+    }
+}
+
+fn ids(rows: &Value) -> Vec<&str> {
+    rows.as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect()
+}
+
+#[tokio::test]
+async fn deliveries_list_filters_and_shows_status() {
+    let s = Setup::start().await;
+    for id in ["d-1", "d-2", "d-3"] {
+        s.push(id, github_push_body(300)).await;
+    }
+    let missing = s.trigger_missing().await;
+    s.settle(4).await;
+
+    let all = s.cli_json(&["deliveries", "list"]);
+    assert_eq!(
+        ids(&all),
+        [missing.as_str(), "d-3", "d-2", "d-1"],
+        "newest first"
+    );
+    let newest_push = &all[1];
+    assert_eq!(newest_push["receiver"], "flux-system/gh");
+    assert_eq!(newest_push["receiver_type"], "github");
+    assert_eq!(newest_push["event"], "push");
+    assert_eq!(newest_push["seq"], 3);
+    assert_eq!(newest_push["status"], "patched");
+    assert_eq!(newest_push["targets"], 1);
+    assert!(newest_push["latency_ms"].as_i64().is_some_and(|ms| ms >= 0));
+    assert!(
+        newest_push.get("outcomes").is_none(),
+        "the list leaves out the trail"
+    );
+    assert_eq!(all[0]["status"], "failed");
+
+    let failed = s.cli_json(&["deliveries", "list", "--status", "failed"]);
+    assert_eq!(ids(&failed), [missing.as_str()]);
+    let two = s.cli_json(&[
+        "deliveries",
+        "list",
+        "--receiver",
+        "flux-system/gh",
+        "--limit",
+        "2",
+    ]);
+    assert_eq!(ids(&two), ["d-3", "d-2"]);
+    let pushes = s.cli_json(&["deliveries", "list", "--event", "PUSH", "--since", "1h"]);
+    assert_eq!(ids(&pushes), ["d-3", "d-2", "d-1"]);
+    let none = s.cli_json(&["deliveries", "list", "--until", "1h"]);
+    assert_eq!(ids(&none), Vec::<&str>::new());
+
+    let table = s.cli(&["deliveries", "list"]);
+    let header = table.lines().next().expect("header");
+    assert!(
+        header.starts_with("TIME") && header.contains("STATUS"),
+        "{table}"
+    );
+    assert!(
+        !table.contains('\u{1b}'),
+        "no colour when stdout is not a terminal"
+    );
+    assert_eq!(table.lines().count(), 5);
+}
+
+#[tokio::test]
+async fn deliveries_show_gives_headers_body_and_timeline() {
+    let s = Setup::start().await;
+    let body = github_push_body(400);
+    s.push("d-1", body.clone()).await;
+    s.settle(1).await;
+
+    let shown = s.cli_json(&["deliveries", "show", "d-1"]);
+    assert_eq!(shown["id"], "d-1");
+    assert_eq!(shown["status"], "patched");
+    assert_eq!(shown["headers"]["x-github-event"], "push");
+    assert!(shown["headers"].get("authorization").is_none());
+    let sent: Value = serde_json::from_slice(&body).expect("json body");
+    assert_eq!(shown["body"], sent);
+    let types: Vec<&str> = shown["outcomes"]
+        .as_array()
+        .expect("outcomes")
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert_eq!(types, ["dispatched", "patched"]);
+
+    let (ok, raw, _) = fluxgate_cli(&s.nats.url(), &["deliveries", "show", "#1", "--raw"]);
+    assert!(ok);
+    assert_eq!(
+        raw.as_bytes(),
+        body.as_slice(),
+        "--raw prints the body byte for byte"
+    );
+    let file = s._dir.path().join("body.json");
+    s.cli(&[
+        "deliveries",
+        "show",
+        "d-1",
+        "--output-file",
+        file.to_str().expect("path"),
+    ]);
+    assert_eq!(std::fs::read(&file).expect("written"), body);
+
+    let page = s.cli(&["deliveries", "show", "d-1"]);
+    assert!(
+        page.contains("Delivery d-1 (#1)") && page.contains("Timeline:"),
+        "{page}"
+    );
+    assert!(
+        page.contains("patched GitRepository flux-system/app"),
+        "{page}"
+    );
+
+    let (ok, _, error) = fluxgate_cli(&s.nats.url(), &["deliveries", "show", "nope"]);
+    assert!(!ok);
+    assert!(error.contains("no delivery \"nope\""), "{error}");
+}
+
+#[tokio::test]
+async fn receivers_list_gives_urls_and_whether_served() {
+    let s = Setup::start().await;
+    let file = s.receivers.to_str().expect("path");
+    let rows = s.cli_json(&[
+        "receivers",
+        "list",
+        "--receivers-file",
+        file,
+        "--base-url",
+        "https://hooks.example.org/",
+    ]);
+    let gh = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["receiver"] == "flux-system/gh")
+        .expect("gh");
+    assert_eq!(gh["type"], "github");
+    assert_eq!(gh["served"], true);
+    assert_eq!(gh["targets"], json!(["GitRepository flux-system/app"]));
+    assert_eq!(
+        gh["url"],
+        format!("https://hooks.example.org{}", hook_path(GH_TOKEN, "gh", NS))
+    );
+    assert_eq!(rows.as_array().map(Vec::len), Some(2));
+}
