@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 
 use crate::error::Error;
 use crate::history::{Filter, History, Status, Summary};
+use crate::replay::Replayer;
 use crate::request;
+use crate::targets::{Resolver, Target};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -57,6 +59,8 @@ pub enum Command {
     /// The receivers and their webhook URLs.
     #[command(subcommand)]
     Receivers(Receivers),
+    /// Publish deliveries again, on purpose: by id, or every one matching the filters.
+    Replay(ReplayArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,6 +129,41 @@ pub struct ReceiversArgs {
     pub base_url: String,
 }
 
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Delivery ids, or `#<seq>` stream sequences; without any, the filters choose.
+    pub deliveries: Vec<String>,
+    /// Replay the deliveries of this receiver (`namespace/name`).
+    #[arg(long, value_parser = parse_receiver)]
+    pub receiver: Option<(String, String)>,
+    /// Replay deliveries stored since: a duration ago (`2h`) or an RFC 3339 time.
+    #[arg(long, value_parser = parse_time)]
+    pub since: Option<DateTime<Utc>>,
+    /// Replay deliveries with this status, e.g. `failed`.
+    #[arg(long, value_enum)]
+    pub status: Option<Status>,
+    /// Show which targets each would be dispatched to now, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Replays per second at most.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Do not ask before replaying more than `--confirm-above` deliveries.
+    #[arg(short, long)]
+    pub yes: bool,
+    #[arg(long, default_value_t = 10)]
+    pub confirm_above: usize,
+    /// Who replays, recorded on the original (default: the OS user).
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// For `--dry-run`: receivers from this file instead of the cluster.
+    #[arg(long, env = "FLUXGATE_RECEIVERS_FILE")]
+    pub receivers_file: Option<PathBuf>,
+    /// For `--dry-run`: refuse targets in other namespaces, as the dispatcher does with it.
+    #[arg(long, env = "FLUXGATE_NO_CROSS_NAMESPACE_REFS")]
+    pub no_cross_namespace_refs: bool,
+}
+
 fn parse_receiver(value: &str) -> Result<(String, String), String> {
     match value.split_once('/') {
         Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => {
@@ -151,6 +190,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Deliveries(Deliveries::List(args)) => list(&cli.nats_url, cli.output, args).await,
         Command::Deliveries(Deliveries::Show(args)) => show(&cli.nats_url, cli.output, args).await,
         Command::Receivers(Receivers::List(args)) => receivers(cli.output, args).await,
+        Command::Replay(args) => replay(&cli.nats_url, cli.output, args).await,
     }
 }
 
@@ -355,6 +395,176 @@ fn timeline_line(event: &Value) -> String {
         }
     }
     line
+}
+
+/// The sequences to replay: those named, else those the filters select, oldest first.
+async fn selection(history: &History, args: &ReplayArgs) -> Result<Vec<u64>, Error> {
+    let mut seqs = Vec::new();
+    for delivery in &args.deliveries {
+        match delivery.trim_start_matches('#').parse::<u64>() {
+            Ok(seq) => seqs.push(seq),
+            Err(_) => {
+                // The original, not one of its replays.
+                let found = history.find(delivery, args.receiver.as_ref()).await?;
+                let seq = found.first().copied().ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "no delivery {delivery:?} in the stream: it never arrived, or it has aged out"
+                    ))
+                })?;
+                seqs.push(seq);
+            }
+        }
+    }
+    if args.deliveries.is_empty() {
+        if args.receiver.is_none() && args.since.is_none() && args.status.is_none() {
+            return Err(Error::Usage(
+                "name deliveries, or select them with --receiver, --since or --status".into(),
+            ));
+        }
+        let filter = Filter {
+            receiver: args.receiver.clone(),
+            status: args.status,
+            since: args.since,
+            limit: usize::MAX,
+            ..Default::default()
+        };
+        seqs = history
+            .list(&filter)
+            .await?
+            .iter()
+            .map(|s| s.delivery.seq)
+            .collect();
+        seqs.reverse();
+    }
+    Ok(seqs)
+}
+
+async fn replay(url: &str, format: Format, args: ReplayArgs) -> Result<(), Error> {
+    let jetstream = jetstream(url).await?;
+    let history = History::new(jetstream.clone());
+    let seqs = selection(&history, &args).await?;
+    let actor = args.actor.clone().unwrap_or_else(os_user);
+    let replayer = Replayer::new(jetstream, actor).await?;
+    if args.dry_run {
+        return plan(&replayer, format, &args, &seqs).await;
+    }
+    if seqs.len() > args.confirm_above && !args.yes && !confirm(seqs.len())? {
+        return Err(Error::Usage("nothing replayed".into()));
+    }
+    let progress = indicatif::ProgressBar::new(seqs.len() as u64);
+    let mut pace = args
+        .rate
+        .filter(|r| *r > 0.0)
+        .map(|rate| tokio::time::interval(std::time::Duration::from_secs_f64(1.0 / rate)));
+    let mut done = Vec::with_capacity(seqs.len());
+    for seq in seqs {
+        if let Some(pace) = &mut pace {
+            pace.tick().await;
+        }
+        let replayed = replayer.replay(seq).await?;
+        progress.inc(1);
+        if format == Format::Table {
+            progress.suspend(|| {
+                println!(
+                    "replayed {} (#{}) as #{}",
+                    replayed.delivery, replayed.seq, replayed.replay_seq
+                )
+            });
+        }
+        done.push(replayed);
+    }
+    progress.finish_and_clear();
+    if format != Format::Table {
+        print_structured(format, &done)?;
+    }
+    Ok(())
+}
+
+/// Asks on the terminal; anything but yes is no, and without a terminal there is no asking.
+fn confirm(count: usize) -> Result<bool, Error> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::Usage(format!(
+            "this would replay {count} deliveries; pass --yes to do so without a terminal to ask on"
+        )));
+    }
+    eprint!("Replay {count} deliveries? [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+fn os_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// What each delivery would be dispatched to now.
+#[derive(Serialize)]
+struct Plan {
+    delivery: String,
+    seq: u64,
+    targets: Vec<Target>,
+    filtered_out: Vec<Target>,
+    refused: Vec<String>,
+}
+
+async fn plan(
+    replayer: &Replayer,
+    format: Format,
+    args: &ReplayArgs,
+    seqs: &[u64],
+) -> Result<(), Error> {
+    let client = kube::Client::try_default().await?;
+    let catalog = match &args.receivers_file {
+        Some(path) => Catalog::load_file(path)?,
+        None => {
+            let settings = cluster::Settings {
+                namespace: None,
+                read_secrets: false,
+                secret_refresh: std::time::Duration::ZERO,
+            };
+            cluster::list(client.clone(), &settings).await?.0
+        }
+    };
+    let resolver = Resolver::new(client, args.no_cross_namespace_refs);
+    let mut plans = Vec::with_capacity(seqs.len());
+    for &seq in seqs {
+        let (delivery, resolved) = replayer.plan(&catalog, &resolver, seq).await?;
+        plans.push(Plan {
+            delivery,
+            seq,
+            targets: resolved.targets,
+            filtered_out: resolved.filtered_out,
+            refused: resolved
+                .refused
+                .into_iter()
+                .map(|(target, reason)| match target {
+                    Some(t) => format!("{t}: {reason}"),
+                    None => reason,
+                })
+                .collect(),
+        });
+    }
+    if format != Format::Table {
+        return print_structured(format, &plans);
+    }
+    for p in &plans {
+        println!(
+            "would replay {} (#{}): nothing is published (--dry-run)",
+            p.delivery, p.seq
+        );
+        for t in &p.targets {
+            println!("  would annotate  {t}");
+        }
+        for t in &p.filtered_out {
+            println!("  filtered out    {t}");
+        }
+        for r in &p.refused {
+            println!("  would fail      {r}");
+        }
+    }
+    Ok(())
 }
 
 /// A receiver as listed.

@@ -89,7 +89,8 @@ impl Dispatcher {
             Ok(delivery) => delivery,
             Err(error) => return self.poison(sequence, &message, error).await,
         };
-        if delivery.from_sender {
+        // A replay is the same delivery again, on purpose: only it bypasses deduplication.
+        if delivery.from_sender && delivery.replay_of.is_none() {
             match self.dedup.claim(&delivery).await {
                 Ok(Claim::DuplicateOf(first)) => {
                     self.recorder
@@ -120,7 +121,14 @@ impl Dispatcher {
             return acknowledge(&message, &delivery).await;
         }
         let inputs = if receiver.has_filters() {
-            match request::of(&self.jetstream, receiver.kind, &message).await {
+            match request::of(
+                &self.jetstream,
+                receiver.kind,
+                message.headers.as_ref(),
+                &message.payload,
+            )
+            .await
+            {
                 Ok(inputs) => inputs,
                 Err(error @ Error::Body(_)) => {
                     self.fail(&delivery, error.to_string()).await;
@@ -203,6 +211,7 @@ impl Dispatcher {
             receiver: "_unknown".into(),
             event: None,
             received_at: None,
+            replay_of: None,
         };
         self.fail(&unknown, error.to_string()).await;
         if let Err(error) = message.ack_with(AckKind::Term).await {

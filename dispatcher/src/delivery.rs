@@ -17,6 +17,8 @@ pub struct Delivery {
     pub receiver: String,
     pub event: Option<String>,
     pub received_at: Option<DateTime<Utc>>,
+    /// The sequence of the delivery this message replays (`fluxgate replay`).
+    pub replay_of: Option<u64>,
 }
 
 impl Delivery {
@@ -42,6 +44,7 @@ impl Delivery {
             received_at: get(header::RECEIVED_AT)
                 .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
                 .map(|t| t.with_timezone(&Utc)),
+            replay_of: get(header::REPLAY_OF_SEQ).and_then(|s| s.parse().ok()),
         })
     }
 

@@ -13,6 +13,9 @@ pub enum Error {
     /// A stored body that the filters cannot read as their `req`.
     #[error("cannot evaluate filters: {0}")]
     Body(String),
+    /// A command that cannot run as asked.
+    #[error("{0}")]
+    Usage(String),
     /// Printing a result failed.
     #[error("cannot print: {0}")]
     Output(String),

@@ -18,12 +18,6 @@ use serde_json::Value;
 
 use crate::error::Error;
 
-/// Headers of a replay: the sequence and delivery id of the message it replays, and who asked.
-pub mod replay_header {
-    pub const OF_SEQ: &str = "Fluxgate-Replay-Of-Seq";
-    pub const ACTOR: &str = "Fluxgate-Replay-Actor";
-}
-
 /// A stored delivery, as its headers describe it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stored {
@@ -64,7 +58,7 @@ impl Stored {
             body_size: get(header::BODY_SIZE)
                 .and_then(|s| s.parse().ok())
                 .unwrap_or_default(),
-            replay_of: get(replay_header::OF_SEQ).and_then(|s| s.parse().ok()),
+            replay_of: get(header::REPLAY_OF_SEQ).and_then(|s| s.parse().ok()),
             headers,
         })
     }

@@ -16,6 +16,7 @@ pub mod leader;
 pub mod metrics;
 pub mod outcome;
 pub mod patch;
+pub mod replay;
 pub mod request;
 pub mod targets;
 

@@ -15,6 +15,7 @@
 //! | `filtered_out` | `target`: a CEL filter of the receiver was false for it |
 //! | `retrying` | `target`, `attempt`, `error`, `retry_in_ms` |
 //! | `failed` | `target` (absent when the whole delivery failed), `reason` |
+//! | `replayed` | `replay_seq` (the new message), `actor`: recorded on the original |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,6 +68,10 @@ pub enum Event {
         target: Option<Target>,
         reason: String,
     },
+    Replayed {
+        replay_seq: u64,
+        actor: String,
+    },
 }
 
 impl Event {
@@ -81,6 +86,7 @@ impl Event {
             Self::FilteredOut { .. } => "filtered_out",
             Self::Retrying { .. } => "retrying",
             Self::Failed { .. } => "failed",
+            Self::Replayed { .. } => "replayed",
         }
     }
 }
@@ -127,7 +133,12 @@ impl Recorder {
         if let Err(error) = jetstream.update_stream(&config).await {
             tracing::warn!(%error, "cannot update the outcomes stream's configuration");
         }
-        Ok(Self { jetstream, metrics })
+        Ok(Self::new(jetstream, metrics))
+    }
+
+    /// A recorder for a stream that exists (the CLI's), leaving its configuration alone.
+    pub fn new(jetstream: jetstream::Context, metrics: Arc<Metrics>) -> Self {
+        Self { jetstream, metrics }
     }
 
     /// Stores the event (and counts it).
@@ -177,6 +188,7 @@ mod tests {
             receiver: "gh".into(),
             event: Some("push".into()),
             received_at: None,
+            replay_of: None,
         };
         let event = Event::Duplicate { of_seq: 7 };
         let envelope = Envelope {

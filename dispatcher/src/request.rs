@@ -49,22 +49,18 @@ pub async fn body(
     Ok(body)
 }
 
-/// The filters' inputs for `message`. A body that is not the JSON its Content-Type promises is
-/// [`Error::Body`], which no retry fixes; NATS errors are worth retrying.
+/// The filters' inputs for a stored delivery message. A body that is not the JSON its
+/// Content-Type promises is [`Error::Body`], which no retry fixes; NATS errors are worth
+/// retrying.
 pub async fn of(
     jetstream: &jetstream::Context,
     kind: ReceiverType,
-    message: &jetstream::Message,
+    headers: Option<&async_nats::HeaderMap>,
+    payload: &[u8],
 ) -> Result<Inputs, Error> {
-    let get = |name: &str| {
-        message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str())
-    };
+    let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
     let content_type = get(header::CONTENT_TYPE);
-    let body = body(jetstream, message.headers.as_ref(), &message.payload).await?;
+    let body = body(jetstream, headers, payload).await?;
     let claims = get(header::OIDC_CLAIMS)
         .map(|claims| {
             serde_json::from_str(claims)

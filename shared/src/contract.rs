@@ -37,6 +37,11 @@ pub mod header {
     /// Set when the body lives in the object store: the object's name.
     pub const BODY_OBJECT: &str = "Fluxgate-Body-Object";
     pub const TRACEPARENT: &str = "traceparent";
+    /// Set on a replay (`fluxgate replay`): the stream sequence of the delivery it replays. Only
+    /// a replay bypasses deduplication.
+    pub const REPLAY_OF_SEQ: &str = "Fluxgate-Replay-Of-Seq";
+    /// Who asked for a replay.
+    pub const REPLAY_ACTOR: &str = "Fluxgate-Replay-Actor";
     /// The verified ID token's claims as JSON (generic-oidc): the `claims` of the filters.
     /// The token itself, a credential, is never stored.
     pub const OIDC_CLAIMS: &str = "Fluxgate-Oidc-Claims";

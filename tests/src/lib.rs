@@ -33,12 +33,14 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
-/// Runs the `fluxgate` CLI against `nats_url` and returns its exit status, stdout and stderr.
-pub fn fluxgate_cli(nats_url: &str, args: &[&str]) -> (bool, String, String) {
+/// Runs the `fluxgate` CLI against `nats_url` (with `env` added to its environment) and returns
+/// its exit status, stdout and stderr.
+pub fn fluxgate_cli(nats_url: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let output = std::process::Command::new(workspace_binary("fluxgate"))
         .arg("--nats-url")
         .arg(nats_url)
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run fluxgate");
     (

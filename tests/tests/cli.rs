@@ -20,7 +20,8 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 struct Setup {
     nats: NatsServer,
-    _cluster: ApiServer,
+    cluster: ApiServer,
+    kubeconfig: PathBuf,
     ingest: Ingest,
     _dispatcher: Dispatcher,
     receivers: PathBuf,
@@ -59,7 +60,8 @@ impl Setup {
         .await;
         Self {
             nats,
-            _cluster: cluster,
+            cluster,
+            kubeconfig,
             ingest,
             _dispatcher: dispatcher,
             receivers,
@@ -83,28 +85,52 @@ impl Setup {
     }
 
     /// Waits until `count` deliveries have a final outcome (patched or failed).
-    async fn settle(&self, count: usize) {
+    async fn settle(&self, count: usize) -> Vec<Value> {
+        self.wait_outcomes(|events| {
+            events
+                .iter()
+                .filter(|e| e["type"] == "patched" || e["type"] == "failed")
+                .count()
+                >= count
+        })
+        .await
+    }
+
+    async fn wait_outcomes(&self, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         let client = self.nats.client().await;
         let deadline = tokio::time::Instant::now() + DEADLINE;
         loop {
             let events = outcomes(&client).await;
-            let done = events
-                .iter()
-                .filter(|e| e["type"] == "patched" || e["type"] == "failed")
-                .count();
-            if done >= count {
-                return;
+            if done(&events) {
+                return events;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "not settled: {events:#?}"
+                "timed out: {events:#?}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
+    async fn stored_count(&self) -> u64 {
+        async_nats::jetstream::new(self.nats.client().await)
+            .get_stream(fluxgate_shared::contract::DELIVERIES_STREAM)
+            .await
+            .expect("stream")
+            .info()
+            .await
+            .expect("info")
+            .state
+            .messages
+    }
+
     fn cli(&self, args: &[&str]) -> String {
-        let (ok, stdout, stderr) = fluxgate_cli(&self.nats.url(), args);
+        let kubeconfig = self.kubeconfig.display().to_string();
+        let (ok, stdout, stderr) = fluxgate_cli(
+            &self.nats.url(),
+            args,
+            &[("KUBECONFIG", kubeconfig.as_str())],
+        );
         assert!(ok, "fluxgate {args:?} failed: {stderr}");
         stdout
     }
@@ -205,7 +231,7 @@ async fn deliveries_show_gives_headers_body_and_timeline() {
         .collect();
     assert_eq!(types, ["dispatched", "patched"]);
 
-    let (ok, raw, _) = fluxgate_cli(&s.nats.url(), &["deliveries", "show", "#1", "--raw"]);
+    let (ok, raw, _) = fluxgate_cli(&s.nats.url(), &["deliveries", "show", "#1", "--raw"], &[]);
     assert!(ok);
     assert_eq!(
         raw.as_bytes(),
@@ -232,7 +258,7 @@ async fn deliveries_show_gives_headers_body_and_timeline() {
         "{page}"
     );
 
-    let (ok, _, error) = fluxgate_cli(&s.nats.url(), &["deliveries", "show", "nope"]);
+    let (ok, _, error) = fluxgate_cli(&s.nats.url(), &["deliveries", "show", "nope"], &[]);
     assert!(!ok);
     assert!(error.contains("no delivery \"nope\""), "{error}");
 }
@@ -263,4 +289,131 @@ async fn receivers_list_gives_urls_and_whether_served() {
         format!("https://hooks.example.org{}", hook_path(GH_TOKEN, "gh", NS))
     );
     assert_eq!(rows.as_array().map(Vec::len), Some(2));
+}
+
+#[tokio::test]
+async fn a_failed_delivery_replayed_after_its_target_exists_is_patched() {
+    let s = Setup::start().await;
+    let missing = s.trigger_missing().await;
+    s.settle(1).await;
+    assert_eq!(s.cli_json(&["deliveries", "list"])[0]["status"], "failed");
+
+    s.cluster.apply(json!({
+        "apiVersion": "source.toolkit.fluxcd.io/v1",
+        "kind": "GitRepository",
+        "metadata": {"name": "app", "namespace": "elsewhere"},
+        "spec": {"url": "https://example.org/repo", "interval": "10m"},
+    }));
+    let replayed = s.cli_json(&["replay", &missing, "--actor", "oncall"]);
+    assert_eq!(replayed[0]["seq"], 1);
+    assert_eq!(replayed[0]["replay_seq"], 2);
+
+    let events = s
+        .wait_outcomes(|e| e.iter().any(|e| e["type"] == "patched" && e["seq"] == 2))
+        .await;
+    let replayed_event = events
+        .iter()
+        .find(|e| e["type"] == "replayed")
+        .expect("recorded");
+    assert_eq!(
+        (
+            &replayed_event["seq"],
+            &replayed_event["replay_seq"],
+            &replayed_event["actor"]
+        ),
+        (&json!(1), &json!(2), &json!("oncall"))
+    );
+    let rows = s.cli_json(&["deliveries", "list"]);
+    assert_eq!(rows[0]["seq"], 2);
+    assert_eq!(rows[0]["replay_of"], 1);
+    assert_eq!(
+        rows[0]["id"],
+        missing.as_str(),
+        "a replay is the same delivery again"
+    );
+    assert_eq!(rows[0]["status"], "patched");
+    assert_eq!(
+        rows[1]["status"], "failed",
+        "the original keeps its own trail"
+    );
+    let original = s.cli_json(&["deliveries", "show", "#1"]);
+    let types: Vec<&str> = original["outcomes"]
+        .as_array()
+        .expect("trail")
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert_eq!(types, ["dispatched", "failed", "replayed"]);
+}
+
+#[tokio::test]
+async fn a_replay_bypasses_deduplication_and_a_dry_run_changes_nothing() {
+    let s = Setup::start().await;
+    s.push("d-1", github_push_body(200)).await;
+    s.settle(1).await;
+
+    let stored = s.stored_count().await;
+    let file = s.receivers.to_str().expect("path");
+    let plan = s.cli_json(&["replay", "d-1", "--dry-run", "--receivers-file", file]);
+    assert_eq!(plan[0]["delivery"], "d-1");
+    assert_eq!(
+        plan[0]["targets"],
+        json!([{"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository", "namespace": NS, "name": "app"}])
+    );
+    assert_eq!(
+        s.stored_count().await,
+        stored,
+        "a dry run publishes nothing"
+    );
+    let events = outcomes(&s.nats.client().await).await;
+    assert!(
+        events.iter().all(|e| e["type"] != "replayed"),
+        "and records nothing"
+    );
+
+    s.cli(&["replay", "d-1"]);
+    let events = s
+        .wait_outcomes(|e| e.iter().filter(|e| e["type"] == "patched").count() == 2)
+        .await;
+    assert!(
+        events.iter().all(|e| e["type"] != "duplicate"),
+        "{events:#?}"
+    );
+}
+
+#[tokio::test]
+async fn replaying_by_filter_asks_before_many_and_paces() {
+    let s = Setup::start().await;
+    for id in ["d-1", "d-2", "d-3"] {
+        s.push(id, github_push_body(200)).await;
+    }
+    s.settle(3).await;
+    let by_receiver = [
+        "replay",
+        "--receiver",
+        "flux-system/gh",
+        "--confirm-above",
+        "2",
+    ];
+    let (ok, _, error) = fluxgate_cli(&s.nats.url(), &by_receiver, &[]);
+    assert!(!ok, "no terminal to ask on, no --yes: nothing happens");
+    assert!(
+        error.contains("would replay 3 deliveries") && error.contains("--yes"),
+        "{error}"
+    );
+    assert_eq!(s.stored_count().await, 3);
+
+    let mut with_yes = by_receiver.to_vec();
+    with_yes.extend(["--yes", "--rate", "50"]);
+    let replayed = s.cli_json(&with_yes);
+    let originals: Vec<u64> = replayed
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["seq"].as_u64())
+        .collect();
+    assert_eq!(originals, [1, 2, 3], "oldest first");
+    assert_eq!(s.stored_count().await, 6);
+    let (ok, _, error) = fluxgate_cli(&s.nats.url(), &["replay"], &[]);
+    assert!(!ok && error.contains("--receiver"), "{error}");
 }
