@@ -11,6 +11,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fluxgate_shared::catalog::{Catalog, Receiver};
 use fluxgate_shared::cluster;
+use futures::StreamExt as _;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -61,6 +62,15 @@ pub enum Command {
     Receivers(Receivers),
     /// Publish deliveries again, on purpose: by id, or every one matching the filters.
     Replay(ReplayArgs),
+    /// Follow deliveries and their outcomes live, as they happen.
+    Tail(TailArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// Only this receiver (`namespace/name`).
+    #[arg(long, value_parser = parse_receiver)]
+    pub receiver: Option<(String, String)>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,6 +201,72 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Deliveries(Deliveries::Show(args)) => show(&cli.nats_url, cli.output, args).await,
         Command::Receivers(Receivers::List(args)) => receivers(cli.output, args).await,
         Command::Replay(args) => replay(&cli.nats_url, cli.output, args).await,
+        Command::Tail(args) => tail(&cli.nats_url, cli.output, args).await,
+    }
+}
+
+/// Prints each new delivery and outcome as it is stored, until interrupted.
+async fn tail(url: &str, format: Format, args: TailArgs) -> Result<(), Error> {
+    let jetstream = jetstream(url).await?;
+    let filter = Filter {
+        receiver: args.receiver,
+        ..Default::default()
+    };
+    let (deliveries, outcomes) = History::new(jetstream).follow(&filter).await?;
+    eprintln!("following deliveries and outcomes; Ctrl-C to stop");
+    let mut deliveries = std::pin::pin!(deliveries);
+    let mut outcomes = std::pin::pin!(outcomes);
+    let colour = std::io::stdout().is_terminal();
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            Some(delivery) = deliveries.next() => {
+                let delivery = delivery?;
+                match format {
+                    Format::Table => println!(
+                        "{}  {:<12} {}  {}  {} #{}",
+                        time(delivery.stored_at),
+                        "stored",
+                        delivery.receiver,
+                        delivery.event.as_deref().unwrap_or("-"),
+                        delivery.id,
+                        delivery.seq
+                    ),
+                    _ => print_line(format, &json!({"kind": "delivery", "delivery": delivery}))?,
+                }
+            }
+            Some(event) = outcomes.next() => {
+                let event = event?;
+                match format {
+                    Format::Table => {
+                        let kind = event["type"].as_str().unwrap_or_default();
+                        let shown = if colour && kind == "failed" { paint(Status::Failed, true) } else { kind.to_owned() };
+                        println!(
+                            "{}  {:<12} {}  {} #{}  {}",
+                            event["at"].as_str().unwrap_or("-"),
+                            shown,
+                            event["receiver"].as_str().unwrap_or_default(),
+                            event["delivery"].as_str().unwrap_or_default(),
+                            event["seq"],
+                            timeline_line(&event).trim_start_matches(kind).trim()
+                        )
+                    }
+                    _ => print_line(format, &json!({"kind": "outcome", "outcome": event}))?,
+                }
+            }
+            else => return Ok(()),
+        }
+    }
+}
+
+/// One JSON object per line (YAML documents separated by `---`), for following live.
+fn print_line(format: Format, value: &Value) -> Result<(), Error> {
+    match format {
+        Format::Yaml => print_structured(format, value).map(|()| println!("---")),
+        _ => {
+            println!("{value}");
+            Ok(())
+        }
     }
 }
 

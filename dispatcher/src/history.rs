@@ -340,6 +340,47 @@ impl History {
         Ok(by_seq)
     }
 
+    /// New deliveries (headers only) and new outcome events matching `filter`'s receiver, as
+    /// they are stored, from now on.
+    pub async fn follow(
+        &self,
+        filter: &Filter,
+    ) -> Result<
+        (
+            impl futures::Stream<Item = Result<Stored, Error>> + use<>,
+            impl futures::Stream<Item = Result<Value, Error>> + use<>,
+        ),
+        Error,
+    > {
+        let deliveries = follow(
+            &self.stream(contract::DELIVERIES_STREAM).await?,
+            &filter.delivery_subject(),
+            true,
+        )
+        .await?
+        .filter_map(|message| async move {
+            match message {
+                Ok(message) => stored(message).map(Ok),
+                Err(error) => Some(Err(error)),
+            }
+        });
+        let outcomes = follow(
+            &self.stream(contract::OUTCOMES_STREAM).await?,
+            &filter.outcome_subject(),
+            false,
+        )
+        .await?
+        .filter_map(|message| async move {
+            match message {
+                Ok(message) => serde_json::from_slice::<Value>(&message.payload)
+                    .ok()
+                    .map(Ok),
+                Err(error) => Some(Err(error)),
+            }
+        });
+        Ok((deliveries, outcomes))
+    }
+
     /// One delivery by stream sequence, with its body and outcome trail.
     pub async fn by_seq(&self, seq: u64) -> Result<(Summary, bytes::Bytes), Error> {
         let mut deliveries = self.stream(contract::DELIVERIES_STREAM).await?;
@@ -419,15 +460,7 @@ pub async fn scan(
     headers_only: bool,
     mut each: impl FnMut(jetstream::Message) -> ControlFlow<()>,
 ) -> Result<(), Error> {
-    let consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: subject.to_owned(),
-            deliver_policy: start,
-            headers_only,
-            ..Default::default()
-        })
-        .await
-        .map_err(Error::nats)?;
+    let consumer = ordered(stream, subject, start, headers_only).await?;
     if consumer.cached_info().num_pending == 0 {
         return Ok(());
     }
@@ -440,6 +473,35 @@ pub async fn scan(
         }
     }
     Ok(())
+}
+
+/// An ordered consumer (ephemeral, client-side ordered) of `subject` from `start`.
+async fn ordered(
+    stream: &Stream,
+    subject: &str,
+    start: DeliverPolicy,
+    headers_only: bool,
+) -> Result<jetstream::consumer::Consumer<pull::OrderedConfig>, Error> {
+    stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: subject.to_owned(),
+            deliver_policy: start,
+            headers_only,
+            ..Default::default()
+        })
+        .await
+        .map_err(Error::nats)
+}
+
+/// The messages stored on `subject` from now on.
+async fn follow(
+    stream: &Stream,
+    subject: &str,
+    headers_only: bool,
+) -> Result<impl futures::Stream<Item = Result<jetstream::Message, Error>> + use<>, Error> {
+    let consumer = ordered(stream, subject, DeliverPolicy::New, headers_only).await?;
+    let messages = consumer.messages().await.map_err(Error::nats)?;
+    Ok(messages.map(|m| m.map_err(Error::nats)))
 }
 
 fn to_offset(time: DateTime<Utc>) -> time::OffsetDateTime {

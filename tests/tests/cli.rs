@@ -417,3 +417,70 @@ async fn replaying_by_filter_asks_before_many_and_paces() {
     let (ok, _, error) = fluxgate_cli(&s.nats.url(), &["replay"], &[]);
     assert!(!ok && error.contains("--receiver"), "{error}");
 }
+
+#[tokio::test]
+async fn tail_follows_deliveries_and_outcomes_live() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let s = Setup::start().await;
+    let mut child = Command::new(fluxgate_tests::workspace_binary("fluxgate"))
+        .args([
+            "--nats-url",
+            &s.nats.url(),
+            "-o",
+            "json",
+            "tail",
+            "--receiver",
+            "flux-system/gh",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tail");
+    // The consumers exist once it says it is following.
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("read stderr");
+    assert!(line.contains("following"), "{line}");
+
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    s.push("live-1", github_push_body(200)).await;
+    s.trigger_missing().await; // another receiver: not followed
+
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !seen
+        .iter()
+        .any(|v: &Value| v["outcome"]["type"] == "patched")
+    {
+        let line = tokio::time::timeout_at(deadline, lines.recv())
+            .await
+            .expect("tail printed the patch in time")
+            .expect("tail is running");
+        seen.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
+    }
+    child.kill().expect("stop tail");
+    let _ = child.wait();
+    assert_eq!(seen[0]["kind"], "delivery");
+    assert_eq!(seen[0]["delivery"]["id"], "live-1");
+    assert_eq!(seen[0]["delivery"]["receiver"], "flux-system/gh");
+    let kinds: Vec<&str> = seen[1..]
+        .iter()
+        .filter_map(|v| v["outcome"]["type"].as_str())
+        .collect();
+    assert_eq!(kinds, ["dispatched", "patched"]);
+    assert!(
+        seen.iter()
+            .all(|v| v["delivery"]["receiver"] != "elsewhere/missing"
+                && v["outcome"]["receiver"] != "elsewhere/missing")
+    );
+}
