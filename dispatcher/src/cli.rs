@@ -461,6 +461,7 @@ fn timeline_line(event: &Value) -> String {
         "of_seq",
         "replay_seq",
         "actor",
+        "handled_at",
         "latency_ms",
     ] {
         if let Some(value) = event.get(field) {
@@ -750,7 +751,7 @@ fn paint(status: Status, colour: bool) -> String {
     let code = match status {
         Status::Patched | Status::Handled => "32",
         Status::Failed => "31",
-        Status::Retrying => "33",
+        Status::Retrying | Status::NotHandled => "33",
         Status::Accepted | Status::Duplicate => "2",
     };
     if colour {

@@ -37,6 +37,12 @@ pub struct Config {
     #[arg(long, env = "FLUXGATE_RETRY_MAX_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
     pub retry_max_backoff: Duration,
 
+    /// How long the dispatcher waits for a patched target's controller to report the request
+    /// handled (`status.lastHandledReconcileAt`) before recording `not_handled`; 0 turns
+    /// confirmation off.
+    #[arg(long, env = "FLUXGATE_CONFIRM_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub confirm_timeout: Duration,
+
     /// JetStream redelivers a message not acknowledged (nor kept alive) within this time.
     #[arg(long, env = "FLUXGATE_ACK_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub ack_wait: Duration,

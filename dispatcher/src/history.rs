@@ -80,6 +80,8 @@ pub enum Status {
     Patched,
     /// Every target's controller has handled the request.
     Handled,
+    /// Patched, but a target's controller did not handle the request in time.
+    NotHandled,
 }
 
 impl Status {
@@ -91,6 +93,7 @@ impl Status {
             Self::Failed => "failed",
             Self::Patched => "patched",
             Self::Handled => "handled",
+            Self::NotHandled => "not_handled",
         }
     }
 }
@@ -174,12 +177,10 @@ pub fn status_of(events: &[Value]) -> (Status, usize) {
         .iter()
         .map(|t| last.get(&t.to_string()).copied().unwrap_or("pending"))
         .collect();
-    let status = if failed
-        || last
-            .values()
-            .any(|s| matches!(*s, "failed" | "not_handled"))
-    {
+    let status = if failed || states.contains(&"failed") {
         Status::Failed
+    } else if states.contains(&"not_handled") {
+        Status::NotHandled
     } else if states.contains(&"retrying") {
         Status::Retrying
     } else if states.contains(&"pending") {
@@ -557,6 +558,17 @@ mod tests {
                 handled("b")
             ]),
             (Status::Handled, 2)
+        );
+        let not_handled = json!({"type": "not_handled", "target": target("b"), "reason": "late"});
+        assert_eq!(
+            status_of(&[
+                dispatched.clone(),
+                patched("a"),
+                patched("b"),
+                handled("a"),
+                not_handled
+            ]),
+            (Status::NotHandled, 2)
         );
         let failed = json!({"type": "failed", "target": target("b"), "reason": "404"});
         assert_eq!(

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod cli;
 pub mod coalesce;
 pub mod config;
+pub mod confirm;
 pub mod consume;
 pub mod dedup;
 pub mod delivery;
@@ -35,6 +36,7 @@ pub use config::Config;
 pub use error::Error;
 
 use crate::coalesce::Coalescer;
+use crate::confirm::Confirmer;
 use crate::consume::Dispatcher;
 use crate::dedup::Dedup;
 use crate::inflight::Registry;
@@ -110,10 +112,17 @@ pub async fn run(
     .await?;
     let dedup = Dedup::provision(&jetstream, config.dedup_ttl, config.stream_replicas).await?;
     let resolver = Arc::new(Resolver::new(kube.clone(), config.no_cross_namespace_refs));
+    let confirmer = Arc::new(Confirmer {
+        resolver: resolver.clone(),
+        recorder: recorder.clone(),
+        metrics: metrics.clone(),
+        timeout: config.confirm_timeout,
+    });
     let patcher = Arc::new(Patcher {
         resolver: resolver.clone(),
         recorder: recorder.clone(),
         metrics: metrics.clone(),
+        confirmer,
         retry_deadline: config.retry_deadline,
         max_backoff: config.retry_max_backoff,
     });

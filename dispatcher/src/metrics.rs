@@ -26,6 +26,7 @@ pub struct Metrics {
     patches: Family<ResultLabels, Counter>,
     patch_duration: Histogram,
     webhook_to_patch: Histogram,
+    webhook_to_handled: Histogram,
     pending: Gauge,
     leader: Gauge,
 }
@@ -63,6 +64,13 @@ impl Default for Metrics {
             "Time from the webhook's arrival at ingest to its target's patch",
             webhook_to_patch.clone(),
         );
+        // 0.1 s to ~14 min: controllers take seconds to minutes.
+        let webhook_to_handled = Histogram::new(exponential_buckets(0.1, 2.0, 14));
+        registry.register(
+            "webhook_to_handled_seconds",
+            "Time from the webhook's arrival at ingest to its target's controller handling the request",
+            webhook_to_handled.clone(),
+        );
         let pending = Gauge::default();
         registry.register(
             "consumer_pending",
@@ -82,6 +90,7 @@ impl Default for Metrics {
             patches,
             patch_duration,
             webhook_to_patch,
+            webhook_to_handled,
             pending,
             leader,
         }
@@ -106,6 +115,10 @@ impl Metrics {
 
     pub fn webhook_to_patch(&self, elapsed: Duration) {
         self.webhook_to_patch.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn webhook_to_handled(&self, elapsed: Duration) {
+        self.webhook_to_handled.observe(elapsed.as_secs_f64());
     }
 
     pub fn set_pending(&self, pending: u64) {

@@ -16,6 +16,8 @@
 //! | `retrying` | `target`, `attempt`, `error`, `retry_in_ms` |
 //! | `failed` | `target` (absent when the whole delivery failed), `reason` |
 //! | `replayed` | `replay_seq` (the new message), `actor`: recorded on the original |
+//! | `handled` | `target`, `handled_at` (its `status.lastHandledReconcileAt`), `latency_ms` |
+//! | `not_handled` | `target`, `reason`: not confirmed within the confirm timeout |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,6 +74,16 @@ pub enum Event {
         replay_seq: u64,
         actor: String,
     },
+    Handled {
+        target: Target,
+        handled_at: String,
+        /// From the webhook's receipt.
+        latency_ms: Option<i64>,
+    },
+    NotHandled {
+        target: Target,
+        reason: String,
+    },
 }
 
 impl Event {
@@ -87,6 +99,8 @@ impl Event {
             Self::Retrying { .. } => "retrying",
             Self::Failed { .. } => "failed",
             Self::Replayed { .. } => "replayed",
+            Self::Handled { .. } => "handled",
+            Self::NotHandled { .. } => "not_handled",
         }
     }
 }

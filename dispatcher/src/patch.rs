@@ -9,6 +9,7 @@ use std::time::Duration;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use tokio::time::Instant;
 
+use crate::confirm::Confirmer;
 use crate::inflight::InFlight;
 use crate::metrics::Metrics;
 use crate::outcome::{Event, Recorder};
@@ -25,6 +26,7 @@ pub struct Patcher {
     pub resolver: Arc<Resolver>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    pub confirmer: Arc<Confirmer>,
     pub retry_deadline: Duration,
     pub max_backoff: Duration,
 }
@@ -107,6 +109,11 @@ impl Patcher {
             }
         }
         self.record_all(&batch, &final_event).await;
+        if matches!(final_event, Event::Patched { .. }) {
+            let deliveries = batch.iter().map(|d| d.delivery.clone()).collect();
+            self.confirmer
+                .spawn(target.clone(), requested_at.to_owned(), deliveries);
+        }
         futures::future::join_all(batch.iter().map(|d| d.target_done())).await;
     }
 

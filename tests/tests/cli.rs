@@ -23,13 +23,18 @@ struct Setup {
     cluster: ApiServer,
     kubeconfig: PathBuf,
     ingest: Ingest,
-    _dispatcher: Dispatcher,
+    dispatcher: Dispatcher,
     receivers: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Setup {
     async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// With extra dispatcher flags.
+    async fn start_with(dispatcher_args: &[&str]) -> Self {
         let nats = NatsServer::start().await;
         let cluster = ApiServer::start_local().await;
         cluster.apply(json!({
@@ -51,19 +56,15 @@ impl Setup {
         std::fs::write(&receivers, manifests.join("---\n")).expect("write receivers");
         let kubeconfig = cluster.write_kubeconfig(dir.path()).expect("kubeconfig");
         let ingest = Ingest::start(&nats.url(), &receivers, &[]).await;
-        let dispatcher = Dispatcher::start(
-            &nats.url(),
-            Some(&receivers),
-            &kubeconfig,
-            &["--leader-election", "false", "--coalesce-window", "20ms"],
-        )
-        .await;
+        let mut args = vec!["--leader-election", "false", "--coalesce-window", "20ms"];
+        args.extend_from_slice(dispatcher_args);
+        let dispatcher = Dispatcher::start(&nats.url(), Some(&receivers), &kubeconfig, &args).await;
         Self {
             nats,
             cluster,
             kubeconfig,
             ingest,
-            _dispatcher: dispatcher,
+            dispatcher,
             receivers,
             _dir: dir,
         }
@@ -482,5 +483,69 @@ async fn tail_follows_deliveries_and_outcomes_live() {
         seen.iter()
             .all(|v| v["delivery"]["receiver"] != "elsewhere/missing"
                 && v["outcome"]["receiver"] != "elsewhere/missing")
+    );
+}
+
+#[tokio::test]
+async fn a_patch_is_confirmed_handled_when_flux_reconciles_it() {
+    let s = Setup::start().await;
+    s.cluster.play_flux_controllers(Duration::from_millis(50));
+    s.push("d-1", github_push_body(200)).await;
+    let events = s
+        .wait_outcomes(|e| e.iter().any(|e| e["type"] == "handled"))
+        .await;
+    let patched = events
+        .iter()
+        .find(|e| e["type"] == "patched")
+        .expect("patched");
+    let handled = events
+        .iter()
+        .find(|e| e["type"] == "handled")
+        .expect("handled");
+    assert_eq!(handled["handled_at"], patched["requested_at"]);
+    assert_eq!(handled["target"], patched["target"]);
+    assert!(
+        handled["latency_ms"].as_i64().is_some_and(|ms| ms >= 50),
+        "{handled}"
+    );
+    assert_eq!(s.cli_json(&["deliveries", "list"])[0]["status"], "handled");
+    let metrics = http::get(&s.dispatcher.admin_url("/metrics"))
+        .await
+        .expect("metrics");
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains("fluxgate_dispatcher_webhook_to_handled_seconds_count 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_suspended_target_is_recorded_not_handled() {
+    let s = Setup::start_with(&["--confirm-timeout", "500ms"]).await;
+    s.cluster.play_flux_controllers(Duration::from_millis(10));
+    s.cluster.apply(json!({
+        "apiVersion": "source.toolkit.fluxcd.io/v1",
+        "kind": "GitRepository",
+        "metadata": {"name": "app", "namespace": NS},
+        "spec": {"url": "https://example.org/repo", "interval": "10m", "suspend": true},
+    }));
+    s.push("d-1", github_push_body(200)).await;
+    let events = s
+        .wait_outcomes(|e| e.iter().any(|e| e["type"] == "not_handled"))
+        .await;
+    let not_handled = events
+        .iter()
+        .find(|e| e["type"] == "not_handled")
+        .expect("recorded");
+    let reason = not_handled["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("lastHandledReconcileAt") && reason.contains("suspended"),
+        "{reason}"
+    );
+    assert!(events.iter().all(|e| e["type"] != "handled"));
+    let listed = s.cli_json(&["deliveries", "list"]);
+    assert_eq!(
+        listed[0]["status"], "not_handled",
+        "{listed:#?} {events:#?}"
     );
 }

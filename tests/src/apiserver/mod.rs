@@ -17,6 +17,16 @@ use serde_json::Value;
 use store::{EventType, ObjectKey, Store};
 pub use store::{Fault, RecordedRequest, ResourceType};
 
+/// The reconcile request a Flux controller would handle now: a `requestedAt` annotation not yet
+/// reported handled, on an object that is not suspended.
+fn pending_request(object: &Value) -> Option<String> {
+    let requested =
+        object["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"].as_str()?;
+    let handled = object["status"]["lastHandledReconcileAt"].as_str();
+    let suspended = object["spec"]["suspend"].as_bool().unwrap_or(false);
+    (!suspended && handled != Some(requested)).then(|| requested.to_owned())
+}
+
 /// State shared by the HTTP handlers and the test's control calls.
 struct Shared {
     store: Mutex<Store>,
@@ -170,6 +180,41 @@ impl ApiServer {
             }
         }
         Ok(applied)
+    }
+
+    /// Plays the Flux controllers' part from now on: whenever an object's
+    /// `reconcile.fluxcd.io/requestedAt` annotation differs from its
+    /// `status.lastHandledReconcileAt`, copies it there after `delay`, through the status
+    /// subresource's path of change -- except for objects with `spec.suspend: true`, which Flux
+    /// does not reconcile.
+    pub fn play_flux_controllers(&self, delay: std::time::Duration) {
+        let shared = self.shared.clone();
+        let mut events = shared
+            .store
+            .lock()
+            .expect("stand-in state")
+            .live
+            .subscribe();
+        tokio::spawn(async move {
+            while let Ok(event) = events.recv().await {
+                if event.kind == EventType::Deleted || pending_request(&event.object).is_none() {
+                    continue;
+                }
+                let shared = shared.clone();
+                let key = event.key.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let mut store = shared.store.lock().expect("stand-in state");
+                    let Some(mut object) = store.objects.get(&key).cloned() else {
+                        return;
+                    };
+                    if let Some(requested) = pending_request(&object) {
+                        object["status"]["lastHandledReconcileAt"] = Value::String(requested);
+                        store.commit(key, EventType::Modified, object);
+                    }
+                });
+            }
+        });
     }
 
     /// The object as currently stored.

@@ -79,6 +79,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "false",
             "--coalesce-window",
             &args.coalesce_window,
+            // The drain is measured; confirming (one watch per patched target) is not.
+            "--confirm-timeout",
+            "0",
         ],
     )
     .await;
