@@ -108,6 +108,7 @@ pub async fn run(
         metrics.clone(),
         config.stream_replicas,
         config.outcomes_max_age,
+        config.outcomes_max_bytes,
     )
     .await?;
     let dedup = Dedup::provision(&jetstream, config.dedup_ttl, config.stream_replicas).await?;

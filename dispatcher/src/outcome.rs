@@ -130,6 +130,7 @@ impl Recorder {
         metrics: Arc<Metrics>,
         replicas: usize,
         max_age: Duration,
+        max_bytes: i64,
     ) -> Result<Self, Error> {
         let config = stream::Config {
             name: contract::OUTCOMES_STREAM.into(),
@@ -137,6 +138,7 @@ impl Recorder {
             storage: stream::StorageType::File,
             num_replicas: replicas,
             max_age,
+            max_bytes,
             allow_direct: true,
             ..Default::default()
         };

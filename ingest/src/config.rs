@@ -46,6 +46,10 @@ pub struct Config {
     #[arg(long, env = "FLUXGATE_STREAM_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
     pub stream_max_age: Duration,
 
+    /// Most bytes of deliveries kept; the oldest go first. -1: no limit (only the age counts).
+    #[arg(long, env = "FLUXGATE_STREAM_MAX_BYTES", default_value_t = -1, allow_negative_numbers = true)]
+    pub stream_max_bytes: i64,
+
     /// JetStream's `Nats-Msg-Id` duplicate window.
     #[arg(long, env = "FLUXGATE_STREAM_DUPLICATE_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
     pub stream_duplicate_window: Duration,

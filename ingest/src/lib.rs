@@ -63,6 +63,7 @@ pub async fn run(
     let settings = StreamSettings {
         replicas: config.stream_replicas,
         max_age: config.stream_max_age,
+        max_bytes: config.stream_max_bytes,
         duplicate_window: config.stream_duplicate_window,
     };
     let publisher =

@@ -26,6 +26,8 @@ const MAX_CHUNK: usize = 128 * 1024;
 pub struct StreamSettings {
     pub replicas: usize,
     pub max_age: Duration,
+    /// -1: unlimited.
+    pub max_bytes: i64,
     pub duplicate_window: Duration,
 }
 
@@ -110,6 +112,7 @@ impl Publisher {
             storage: stream::StorageType::File,
             num_replicas: self.settings.replicas,
             max_age: self.settings.max_age,
+            max_bytes: self.settings.max_bytes,
             duplicate_window: self.settings.duplicate_window,
             // Direct gets let the history CLI read single deliveries without a consumer.
             allow_direct: true,

@@ -549,3 +549,57 @@ async fn a_suspended_target_is_recorded_not_handled() {
         "{listed:#?} {events:#?}"
     );
 }
+
+#[tokio::test]
+async fn an_aged_out_delivery_is_reported_as_such() {
+    let nats = NatsServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receivers = dir.path().join("receivers.yaml");
+    let manifests = [
+        secret_manifest("gh-token", NS, GH_TOKEN),
+        receiver_manifest("gh", NS, "github", "gh-token", ""),
+    ];
+    std::fs::write(&receivers, manifests.join("---\n")).expect("write receivers");
+    let retention = ["--stream-max-age", "1s", "--stream-duplicate-window", "1s"];
+    let ingest = Ingest::start(&nats.url(), &receivers, &retention).await;
+    let url = ingest.hook_url(&hook_path(GH_TOKEN, "gh", NS));
+    assert_eq!(
+        post_github_push(&url, GH_TOKEN, "old-1", github_push_body(100))
+            .await
+            .status,
+        202
+    );
+
+    let (ok, shown, _) = fluxgate_cli(
+        &nats.url(),
+        &["-o", "json", "deliveries", "show", "#1"],
+        &[],
+    );
+    assert!(ok, "there while it is kept: {shown}");
+    // JetStream removes it once older than the stream's max age.
+    let mut stream = async_nats::jetstream::new(nats.client().await)
+        .get_stream(fluxgate_shared::contract::DELIVERIES_STREAM)
+        .await
+        .expect("stream");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while stream.info().await.expect("info").state.messages > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A newer delivery, so that the stream's first sequence is past the old one.
+    assert_eq!(
+        post_github_push(&url, GH_TOKEN, "new-1", github_push_body(100))
+            .await
+            .status,
+        202
+    );
+    let (ok, _, error) = fluxgate_cli(&nats.url(), &["deliveries", "show", "#1"], &[]);
+    assert!(!ok);
+    assert!(
+        error.contains("delivery #1 has aged out of FLUXGATE_DELIVERIES"),
+        "{error}"
+    );
+    let (ok, _, error) = fluxgate_cli(&nats.url(), &["deliveries", "show", "old-1"], &[]);
+    assert!(!ok);
+    assert!(error.contains("aged out"), "{error}");
+}
