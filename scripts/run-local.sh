@@ -57,9 +57,13 @@ echo
 echo "== What the dispatcher did (FLUXGATE_OUTCOMES)"
 "$bin/fluxgate-sample" outcomes --at-least 2
 echo
+echo "== The history, as the fluxgate CLI shows it (fluxgate deliveries list)"
+"$bin/fluxgate" deliveries list
+echo
 
 if [ "${1:-}" = "--once" ]; then
   exit 0
 fi
 echo "Serving ${url} (metrics: :9293/metrics ingest, :9294/metrics dispatcher). Ctrl-C stops."
+echo "Follow it live with: NATS_URL=${NATS_URL} ${bin}/fluxgate tail"
 wait "${pids[1]}"

@@ -1,7 +1,8 @@
 //! The dispatcher benchmark. Stores a backlog of deliveries (with sender ids, as ingest would)
 //! spread over receivers each targeting its own GitRepository in the Kubernetes API stand-in,
 //! starts the release `fluxgate-dispatcher`, and measures how fast it drains the backlog into
-//! patches; then drains the same backlog with a bare JetStream consumer that only acks.
+//! patches; then drains the same backlog with a bare JetStream consumer that only acks, and
+//! times the `fluxgate` CLI's history queries over the deliveries and outcomes it left.
 
 use std::time::{Duration, Instant};
 
@@ -124,6 +125,59 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "dispatcher CPU: {dispatcher_cpu:.2} s ({:.0} µs per delivery)",
         dispatcher_cpu * 1e6 / args.deliveries as f64
     );
+    history_queries(&nats.url(), &jetstream, args.deliveries).await
+}
+
+/// Times `fluxgate deliveries` queries over the stored backlog and its outcome trail.
+async fn history_queries(
+    nats_url: &str,
+    jetstream: &jetstream::Context,
+    deliveries: usize,
+) -> anyhow::Result<()> {
+    let outcomes = jetstream
+        .get_stream(contract::OUTCOMES_STREAM)
+        .await?
+        .info()
+        .await?
+        .state
+        .messages;
+    println!(
+        "fluxgate CLI over {deliveries} stored deliveries and {outcomes} outcome events (seconds, whole command):"
+    );
+    let middle = format!("backlog-{}", deliveries / 2);
+    let queries: [(&str, Vec<&str>); 5] = [
+        ("deliveries list (newest 50)", vec!["deliveries", "list"]),
+        (
+            "deliveries list --receiver bench/hook-7",
+            vec!["deliveries", "list", "--receiver", "bench/hook-7"],
+        ),
+        (
+            "deliveries list --status failed (none: reads all)",
+            vec!["deliveries", "list", "--status", "failed"],
+        ),
+        (
+            "deliveries list --since 1h (reads all)",
+            vec!["deliveries", "list", "--since", "1h"],
+        ),
+        (
+            "deliveries show <id> (finds it by scanning)",
+            vec!["deliveries", "show", middle.as_str()],
+        ),
+    ];
+    for (name, args) in queries {
+        let started = Instant::now();
+        let output = std::process::Command::new(fluxgate_tests::workspace_binary("fluxgate"))
+            .args(["--nats-url", nats_url, "-o", "json"])
+            .args(&args)
+            .output()?;
+        let elapsed = started.elapsed();
+        anyhow::ensure!(
+            output.status.success(),
+            "fluxgate {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        println!("  {name:<52} {:>6.2}", elapsed.as_secs_f64());
+    }
     Ok(())
 }
 
