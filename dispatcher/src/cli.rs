@@ -243,7 +243,7 @@ async fn tail(url: &str, format: Format, args: TailArgs) -> Result<(), Error> {
                         let shown = if colour && kind == "failed" { paint(Status::Failed, true) } else { kind.to_owned() };
                         println!(
                             "{}  {:<12} {}  {} #{}  {}",
-                            event["at"].as_str().unwrap_or("-"),
+                            event_time(&event),
                             shown,
                             event["receiver"].as_str().unwrap_or_default(),
                             event["delivery"].as_str().unwrap_or_default(),
@@ -375,9 +375,24 @@ async fn show(url: &str, format: Format, args: ShowArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// The headers stored with the delivery (without those a direct get adds about the message).
 fn headers_json(summary: &Summary) -> Value {
+    const ABOUT_THE_MESSAGE: &[&str] = &[
+        "Nats-Stream",
+        "Nats-Sequence",
+        "Nats-Subject",
+        "Nats-Time-Stamp",
+        "Nats-Last-Sequence",
+        "Nats-Num-Pending",
+    ];
     let mut headers = BTreeMap::new();
     for (name, values) in summary.delivery.headers.iter() {
+        if ABOUT_THE_MESSAGE
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name.as_ref()))
+        {
+            continue;
+        }
         let joined: Vec<&str> = values.iter().map(|v| v.as_str()).collect();
         headers.insert(name.to_string(), joined.join(", "));
     }
@@ -427,7 +442,7 @@ fn describe(summary: &Summary, body: &[u8], colour: bool) -> String {
         let _ = writeln!(
             out,
             "  {}  {}",
-            event["at"].as_str().unwrap_or("-"),
+            event_time(event),
             timeline_line(event)
         );
     }
@@ -741,6 +756,14 @@ fn receiver_row(receiver: &Receiver, base: &str) -> ReceiverRow {
         served: reason.is_none(),
         reason,
     }
+}
+
+/// An outcome event's time, as the other times are printed.
+fn event_time(event: &Value) -> String {
+    event["at"]
+        .as_str()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map_or_else(|| "-".into(), |t| time(t.with_timezone(&Utc)))
 }
 
 fn time(t: DateTime<Utc>) -> String {

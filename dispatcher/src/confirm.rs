@@ -16,7 +16,7 @@ use kube::runtime::watcher;
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
 use crate::outcome::{Event, Recorder};
-use crate::targets::{Resolver, Target};
+use crate::targets::{Resolver, Target, describe};
 
 pub struct Confirmer {
     pub resolver: Arc<Resolver>,
@@ -82,7 +82,7 @@ impl Confirmer {
             .resolver
             .api_resource(&target.api_version, &target.kind)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| describe(&e))?;
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.resolver.client().clone(), &target.namespace, &resource);
         let config = watcher::Config::default().fields(&format!("metadata.name={}", target.name));

@@ -13,7 +13,7 @@ use crate::confirm::Confirmer;
 use crate::inflight::InFlight;
 use crate::metrics::Metrics;
 use crate::outcome::{Event, Recorder};
-use crate::targets::{Resolver, Target, is_permanent};
+use crate::targets::{Resolver, Target, describe, is_permanent};
 
 /// The annotation Flux watches.
 pub const REQUESTED_AT: &str = "reconcile.fluxcd.io/requestedAt";
@@ -141,8 +141,8 @@ impl Patcher {
         };
         match tokio::time::timeout(ATTEMPT_TIMEOUT, request).await {
             Ok(Ok(_)) => Attempt::Patched,
-            Ok(Err(error)) if is_permanent(&error) => Attempt::Permanent(error.to_string()),
-            Ok(Err(error)) => Attempt::Transient(error.to_string()),
+            Ok(Err(error)) if is_permanent(&error) => Attempt::Permanent(describe(&error)),
+            Ok(Err(error)) => Attempt::Transient(describe(&error)),
             Err(_) => Attempt::Transient(format!("no answer within {ATTEMPT_TIMEOUT:?}")),
         }
     }

@@ -63,6 +63,17 @@ pub struct Resolver {
     discovered: Mutex<HashMap<(String, String), ApiResource>>,
 }
 
+/// An API error as a reason to record: the API server's own message and code, not the client's
+/// whole debug dump.
+pub fn describe(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => {
+            format!("{} {}: {}", status.code, status.reason, status.message)
+        }
+        other => other.to_string(),
+    }
+}
+
 /// An API error that asking again will not change.
 pub fn is_permanent(error: &kube::Error) -> bool {
     match error {
@@ -282,7 +293,7 @@ enum Refusal {
 impl From<kube::Error> for Refusal {
     fn from(error: kube::Error) -> Self {
         if is_permanent(&error) {
-            Self::Permanent(error.to_string())
+            Self::Permanent(describe(&error))
         } else {
             Self::Transient(error)
         }
@@ -312,6 +323,20 @@ mod tests {
             Some("source.extensions.fluxcd.io/v1beta1")
         );
         assert_eq!(default_api_version("Kustomization"), None);
+    }
+
+    #[test]
+    fn api_errors_are_described_by_the_api_servers_message() {
+        let error = kube::Error::Api(Box::new(kube::core::Status {
+            code: 404,
+            reason: "NotFound".into(),
+            message: "gitrepositories \"infra\" not found".into(),
+            ..Default::default()
+        }));
+        assert_eq!(
+            describe(&error),
+            "404 NotFound: gitrepositories \"infra\" not found"
+        );
     }
 
     #[test]

@@ -21,6 +21,10 @@ struct Args {
     /// Where to write the kubeconfig for this server.
     #[arg(long, default_value = "kubeconfig")]
     kubeconfig: PathBuf,
+    /// Play the Flux controllers: report each reconcile request handled after this long
+    /// (`status.lastHandledReconcileAt`), except on suspended objects.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    play_flux: Option<std::time::Duration>,
 }
 
 #[tokio::main]
@@ -34,6 +38,9 @@ async fn main() -> anyhow::Result<()> {
             .apply_yaml(&yaml)
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         eprintln!("applied {count} objects from {}", file.display());
+    }
+    if let Some(delay) = args.play_flux {
+        server.play_flux_controllers(delay);
     }
     std::fs::write(&args.kubeconfig, server.kubeconfig())
         .with_context(|| format!("write {}", args.kubeconfig.display()))?;
