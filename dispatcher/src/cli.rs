@@ -439,12 +439,7 @@ fn describe(summary: &Summary, body: &[u8], colour: bool) -> String {
     let _ = writeln!(out, "Timeline:");
     let _ = writeln!(out, "  {}  stored", time(d.stored_at));
     for event in &summary.outcomes {
-        let _ = writeln!(
-            out,
-            "  {}  {}",
-            event_time(event),
-            timeline_line(event)
-        );
+        let _ = writeln!(out, "  {}  {}", event_time(event), timeline_line(event));
     }
     out
 }

@@ -1,8 +1,10 @@
 //! Delivery history, computed from the streams alone: the deliveries' headers (read without
 //! their bodies) joined with their outcome events, and each delivery's status derived from
-//! them. Filters go to the server where they can: the receiver as a subject filter, `since` as
-//! the consumers' start time, newest-first listing by sequence windows; only status, event and
-//! `until` are matched here.
+//! them. Filters go to the server where they can: the receiver and an outcome's type are
+//! subject tokens, `since` is a consumer's start time, and newest-first listing reads back from
+//! the end of a stream in growing sequence windows (deliveries, and the outcomes that follow
+//! them) instead of from its start; only event, `until` and the final status check are matched
+//! here.
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -85,6 +87,20 @@ pub enum Status {
 }
 
 impl Status {
+    /// The outcome type every delivery with this status has (and few others do), for finding
+    /// them by subject; `accepted` and `patched` are the common case and are found by reading
+    /// back from the newest delivery.
+    fn telltale(self) -> Option<&'static str> {
+        match self {
+            Self::Duplicate => Some("duplicate"),
+            Self::Retrying => Some("retrying"),
+            Self::Failed => Some("failed"),
+            Self::Handled => Some("handled"),
+            Self::NotHandled => Some("not_handled"),
+            Self::Accepted | Self::Patched => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Accepted => "accepted",
@@ -213,10 +229,11 @@ impl Filter {
         }
     }
 
-    fn outcome_subject(&self) -> String {
+    /// Outcome events of the receiver (or of all), of one type or all.
+    fn outcome_subject(&self, kind: &str) -> String {
         match &self.receiver {
-            Some((namespace, name)) => contract::outcome_subject(namespace, name),
-            None => format!("{}.>", contract::OUTCOMES_SUBJECT_PREFIX),
+            Some((namespace, name)) => contract::outcome_subject(namespace, name, kind),
+            None => format!("{}.*.*.{kind}", contract::OUTCOMES_SUBJECT_PREFIX),
         }
     }
 
@@ -248,23 +265,35 @@ impl History {
 
     /// The newest deliveries matching `filter`, newest first, at most `filter.limit`.
     pub async fn list(&self, filter: &Filter) -> Result<Vec<Summary>, Error> {
+        let mut summaries = match filter.status.and_then(Status::telltale) {
+            Some(kind) => self.list_by_outcome(filter, kind).await?,
+            None => self.list_by_delivery(filter).await?,
+        };
+        summaries.sort_by_key(|s| std::cmp::Reverse(s.delivery.seq));
+        summaries.truncate(filter.limit);
+        Ok(summaries)
+    }
+
+    /// Reads deliveries back from the end of the stream (or from `since`) in growing windows
+    /// until `limit` of them match.
+    async fn list_by_delivery(&self, filter: &Filter) -> Result<Vec<Summary>, Error> {
         let mut deliveries = self.stream(contract::DELIVERIES_STREAM).await?;
         let state = deliveries.info().await.map_err(Error::nats)?.state.clone();
         if state.messages == 0 {
             return Ok(Vec::new());
         }
-        // Without `since`, read back from the end in growing windows until enough match.
         let mut window = (filter.limit as u64).max(64);
         loop {
+            let from = state
+                .last_sequence
+                .saturating_sub(window - 1)
+                .max(state.first_sequence);
             let start = match filter.since {
                 Some(since) => DeliverPolicy::ByStartTime {
                     start_time: to_offset(since),
                 },
                 None => DeliverPolicy::ByStartSequence {
-                    start_sequence: state
-                        .last_sequence
-                        .saturating_sub(window - 1)
-                        .max(state.first_sequence),
+                    start_sequence: from,
                 },
             };
             let mut found = Vec::new();
@@ -283,21 +312,78 @@ impl History {
                 },
             )
             .await?;
-            let mut summaries = self.with_outcomes(filter, found).await?;
+            // The newest first: only they can be listed, and only theirs trails are read.
+            found.sort_by_key(|d| std::cmp::Reverse(d.seq));
+            if filter.status.is_none() {
+                found.truncate(filter.limit);
+            }
+            let mut summaries = self.with_trails(filter, found).await?;
             summaries.retain(|s| filter.status.is_none_or(|status| s.status == status));
-            let exhausted = filter.since.is_some()
-                || state.last_sequence.saturating_sub(window - 1) <= state.first_sequence;
-            if summaries.len() >= filter.limit || exhausted {
-                summaries.sort_by_key(|s| std::cmp::Reverse(s.delivery.seq));
-                summaries.truncate(filter.limit);
+            if summaries.len() >= filter.limit
+                || filter.since.is_some()
+                || from <= state.first_sequence
+            {
                 return Ok(summaries);
             }
             window = window.saturating_mul(4);
         }
     }
 
-    /// Joins deliveries with their outcome events, read from the oldest delivery's time on.
-    async fn with_outcomes(
+    /// For a status that an outcome type betrays (`failed`, `handled`, ...): the deliveries
+    /// with such an event, found by that type's subject, then checked.
+    async fn list_by_outcome(&self, filter: &Filter, kind: &str) -> Result<Vec<Summary>, Error> {
+        let Ok(outcomes) = self.stream(contract::OUTCOMES_STREAM).await else {
+            return Ok(Vec::new());
+        };
+        let start = filter
+            .since
+            .map_or(DeliverPolicy::All, |since| DeliverPolicy::ByStartTime {
+                start_time: to_offset(since),
+            });
+        let mut candidates = Vec::new();
+        scan(
+            &outcomes,
+            &filter.outcome_subject(kind),
+            start,
+            false,
+            |message| {
+                if let Ok(event) = serde_json::from_slice::<Value>(&message.payload)
+                    && let Some(seq) = event["seq"].as_u64()
+                {
+                    candidates.push(seq);
+                }
+                ControlFlow::Continue(())
+            },
+        )
+        .await?;
+        candidates.sort_unstable_by_key(|seq| std::cmp::Reverse(*seq));
+        candidates.dedup();
+        let deliveries = self.stream(contract::DELIVERIES_STREAM).await?;
+        let mut summaries = Vec::new();
+        // In batches, newest first, until enough have the status.
+        for batch in candidates.chunks(filter.limit.max(16)) {
+            let mut found = Vec::with_capacity(batch.len());
+            for &seq in batch {
+                if let Ok(message) = deliveries.direct_get(seq).await
+                    && let Some(stored) =
+                        Stored::from_message(seq, from_offset(message.time), message.headers)
+                    && filter.keeps(&stored)
+                {
+                    found.push(stored);
+                }
+            }
+            let mut checked = self.with_trails(filter, found).await?;
+            checked.retain(|s| filter.status.is_none_or(|status| s.status == status));
+            summaries.extend(checked);
+            if summaries.len() >= filter.limit {
+                break;
+            }
+        }
+        Ok(summaries)
+    }
+
+    /// Joins deliveries with their outcome trails.
+    async fn with_trails(
         &self,
         filter: &Filter,
         found: Vec<Stored>,
@@ -305,7 +391,10 @@ impl History {
         let Some(oldest) = found.iter().map(|d| d.stored_at).min() else {
             return Ok(Vec::new());
         };
-        let mut by_seq = self.outcomes(&filter.outcome_subject(), oldest).await?;
+        let wanted = found.iter().map(|d| d.seq).collect();
+        let mut by_seq = self
+            .trails(&filter.outcome_subject("*"), &wanted, oldest)
+            .await?;
         Ok(found
             .into_iter()
             .map(|d| {
@@ -315,30 +404,53 @@ impl History {
             .collect())
     }
 
-    /// Outcome events on `subject` from `since` on, by delivery sequence.
-    async fn outcomes(
+    /// The outcome events on `subject` of the deliveries `wanted`, stored at `oldest` or later.
+    /// Outcomes follow their deliveries, so the newest deliveries' are near the end of the
+    /// stream: it is read back from the end in growing windows, until a window starts before
+    /// `oldest` (or at the start of the stream).
+    async fn trails(
         &self,
         subject: &str,
-        since: DateTime<Utc>,
+        wanted: &std::collections::HashSet<u64>,
+        oldest: DateTime<Utc>,
     ) -> Result<HashMap<u64, Vec<Value>>, Error> {
-        let mut by_seq: HashMap<u64, Vec<Value>> = HashMap::new();
-        let Ok(outcomes) = self.stream(contract::OUTCOMES_STREAM).await else {
+        let Ok(mut outcomes) = self.stream(contract::OUTCOMES_STREAM).await else {
             // No dispatcher has run yet.
-            return Ok(by_seq);
+            return Ok(HashMap::new());
         };
-        let start = DeliverPolicy::ByStartTime {
-            start_time: to_offset(since - chrono::Duration::seconds(1)),
-        };
-        scan(&outcomes, subject, start, false, |message| {
-            if let Ok(event) = serde_json::from_slice::<Value>(&message.payload)
-                && let Some(seq) = event["seq"].as_u64()
-            {
-                by_seq.entry(seq).or_default().push(event);
+        let state = outcomes.info().await.map_err(Error::nats)?.state.clone();
+        let mut window = (wanted.len() as u64 * 8).max(256);
+        loop {
+            let from = state
+                .last_sequence
+                .saturating_sub(window - 1)
+                .max(state.first_sequence);
+            // Complete once the window starts before the oldest delivery was stored: every
+            // event about it came later. (By the stream's own clock, whatever the subject.)
+            let complete = from <= state.first_sequence
+                || outcomes
+                    .direct_get(from)
+                    .await
+                    .is_ok_and(|m| from_offset(m.time) < oldest);
+            let mut by_seq: HashMap<u64, Vec<Value>> = HashMap::new();
+            let start = DeliverPolicy::ByStartSequence {
+                start_sequence: from,
+            };
+            scan(&outcomes, subject, start, false, |message| {
+                if let Ok(event) = serde_json::from_slice::<Value>(&message.payload)
+                    && let Some(seq) = event["seq"].as_u64()
+                    && wanted.contains(&seq)
+                {
+                    by_seq.entry(seq).or_default().push(event);
+                }
+                ControlFlow::Continue(())
+            })
+            .await?;
+            if complete {
+                return Ok(by_seq);
             }
-            ControlFlow::Continue(())
-        })
-        .await?;
-        Ok(by_seq)
+            window = window.saturating_mul(4);
+        }
     }
 
     /// New deliveries (headers only) and new outcome events matching `filter`'s receiver, as
@@ -367,7 +479,7 @@ impl History {
         });
         let outcomes = follow(
             &self.stream(contract::OUTCOMES_STREAM).await?,
-            &filter.outcome_subject(),
+            &filter.outcome_subject("*"),
             false,
         )
         .await?
@@ -404,9 +516,8 @@ impl History {
         let delivery = Stored::from_message(seq, stored_at, message.headers)
             .ok_or_else(|| Error::NotFound(format!("message #{seq} is not a delivery")))?;
         let (namespace, name) = delivery.receiver.split_once('/').unwrap_or_default();
-        let mut events = self
-            .outcomes(&contract::outcome_subject(namespace, name), stored_at)
-            .await?;
+        let subject = contract::outcome_subject(namespace, name, "*");
+        let mut events = self.trails(&subject, &[seq].into(), stored_at).await?;
         let summary = Summary::new(delivery, events.remove(&seq).unwrap_or_default());
         Ok((summary, message.payload))
     }

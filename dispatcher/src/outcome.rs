@@ -1,5 +1,5 @@
 //! Outcome events: one JSON message in `FLUXGATE_OUTCOMES` per thing that happened to a
-//! delivery, on `fluxgate.outcomes.<namespace>.<receiver>`. Delivery status, dead letters and
+//! delivery, on `fluxgate.outcomes.<namespace>.<receiver>.<type>`. Delivery status, dead letters and
 //! history are computed from these; nothing else is stored.
 //!
 //! Every event has `type`, `delivery` (id), `seq` (its stream sequence in FLUXGATE_DELIVERIES),
@@ -174,7 +174,8 @@ impl Recorder {
                 return;
             }
         };
-        let subject = contract::outcome_subject(&delivery.namespace, &delivery.receiver);
+        let subject =
+            contract::outcome_subject(&delivery.namespace, &delivery.receiver, event.label());
         let published = async {
             self.jetstream
                 .publish(subject, payload.into())

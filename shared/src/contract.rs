@@ -7,7 +7,8 @@ pub const DELIVERIES_STREAM: &str = "FLUXGATE_DELIVERIES";
 pub const DELIVERIES_SUBJECT_PREFIX: &str = "fluxgate.deliveries";
 /// What happened to each delivery, one event per thing (see the dispatcher's `outcome` module).
 pub const OUTCOMES_STREAM: &str = "FLUXGATE_OUTCOMES";
-/// Subjects of `OUTCOMES_STREAM`: `fluxgate.outcomes.<namespace>.<receiver>`.
+/// Subjects of `OUTCOMES_STREAM`: `fluxgate.outcomes.<namespace>.<receiver>.<type>`, the event
+/// type last, so that history queries filter by receiver and by type on the server.
 pub const OUTCOMES_SUBJECT_PREFIX: &str = "fluxgate.outcomes";
 /// KV bucket: delivery key -> stream sequence that claimed it.
 pub const DEDUP_BUCKET: &str = "fluxgate-dedup";
@@ -111,10 +112,10 @@ pub fn delivery_subject(namespace: &str, receiver: &str) -> String {
     )
 }
 
-/// `fluxgate.outcomes.<namespace>.<receiver>`.
-pub fn outcome_subject(namespace: &str, receiver: &str) -> String {
+/// `fluxgate.outcomes.<namespace>.<receiver>.<type>`; `*` for a token matches any.
+pub fn outcome_subject(namespace: &str, receiver: &str, kind: &str) -> String {
     format!(
-        "{OUTCOMES_SUBJECT_PREFIX}.{}.{}",
+        "{OUTCOMES_SUBJECT_PREFIX}.{}.{}.{kind}",
         subject_token(namespace),
         subject_token(receiver)
     )
