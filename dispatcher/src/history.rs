@@ -10,8 +10,9 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 
 use async_nats::HeaderMap;
+use async_nats::jetstream;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
-use async_nats::jetstream::{self, stream::Stream};
+use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use chrono::{DateTime, Utc};
 use fluxgate_shared::contract::{self, header};
 use futures::StreamExt as _;
@@ -151,6 +152,13 @@ impl Summary {
             outcomes,
         }
     }
+}
+
+/// Whether `event` is the first the dispatcher records about a delivery it handles. (One it
+/// cannot handle at all gets a lone `failed`, which a refused reference after `dispatched`
+/// also is: that is left to the other ways a read back is known to be complete.)
+fn opens(event: &Value) -> bool {
+    matches!(kind(event), "dispatched" | "duplicate")
 }
 
 fn kind(event: &Value) -> &str {
@@ -406,8 +414,9 @@ impl History {
 
     /// The outcome events on `subject` of the deliveries `wanted`, stored at `oldest` or later.
     /// Outcomes follow their deliveries, so the newest deliveries' are near the end of the
-    /// stream: it is read back from the end in growing windows, until a window starts before
-    /// `oldest` (or at the start of the stream).
+    /// stream: it is read back from the end in growing windows, until the window holds every
+    /// wanted delivery's first event (nothing about it came before), or starts before `oldest`
+    /// or at the start of the stream.
     async fn trails(
         &self,
         subject: &str,
@@ -446,7 +455,12 @@ impl History {
                 ControlFlow::Continue(())
             })
             .await?;
-            if complete {
+            let all_opened = wanted.iter().all(|seq| {
+                by_seq
+                    .get(seq)
+                    .is_some_and(|events| events.iter().any(opens))
+            });
+            if complete || all_opened {
                 return Ok(by_seq);
             }
             window = window.saturating_mul(4);
@@ -564,7 +578,9 @@ fn stored(message: jetstream::Message) -> Option<Stored> {
 }
 
 /// Reads every message of `stream` on `subject` from `start` up to the last one there was when
-/// the read began (headers only if asked), with an ordered consumer, until `each` breaks.
+/// the read began (headers only if asked), with an ordered consumer, until `each` breaks. The
+/// end is that last message's sequence, asked for first: the consumers' pending counts are not
+/// exact with wildcard filters on NATS 2.9, so waiting for them to reach zero could wait forever.
 pub async fn scan(
     stream: &Stream,
     subject: &str,
@@ -572,15 +588,28 @@ pub async fn scan(
     headers_only: bool,
     mut each: impl FnMut(jetstream::Message) -> ControlFlow<()>,
 ) -> Result<(), Error> {
-    let consumer = ordered(stream, subject, start, headers_only).await?;
-    if consumer.cached_info().num_pending == 0 {
+    let last = match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(last) => last,
+        Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(()),
+        Err(error) => return Err(Error::nats(error)),
+    };
+    let nothing_after_start = match start {
+        DeliverPolicy::ByStartSequence { start_sequence } => last.sequence < start_sequence,
+        DeliverPolicy::ByStartTime { start_time } => last.time < start_time,
+        _ => false,
+    };
+    if nothing_after_start {
         return Ok(());
     }
+    let consumer = ordered(stream, subject, start, headers_only).await?;
     let mut messages = consumer.messages().await.map_err(Error::nats)?;
     while let Some(message) = messages.next().await {
         let message = message.map_err(Error::nats)?;
-        let pending = message.info().map(|i| i.pending).unwrap_or(0);
-        if each(message).is_break() || pending == 0 {
+        let sequence = message
+            .info()
+            .map(|i| i.stream_sequence)
+            .unwrap_or(u64::MAX);
+        if each(message).is_break() || sequence >= last.sequence {
             break;
         }
     }
