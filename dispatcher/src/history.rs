@@ -372,7 +372,7 @@ impl History {
         for batch in candidates.chunks(filter.limit.max(16)) {
             let mut found = Vec::with_capacity(batch.len());
             for &seq in batch {
-                if let Ok(message) = deliveries.direct_get(seq).await
+                if let Ok(message) = message_at(&deliveries, seq).await
                     && let Some(stored) =
                         Stored::from_message(seq, from_offset(message.time), message.headers)
                     && filter.keeps(&stored)
@@ -437,8 +437,7 @@ impl History {
             // Complete once the window starts before the oldest delivery was stored: every
             // event about it came later. (By the stream's own clock, whatever the subject.)
             let complete = from <= state.first_sequence
-                || outcomes
-                    .direct_get(from)
+                || message_at(&outcomes, from)
                     .await
                     .is_ok_and(|m| from_offset(m.time) < oldest);
             let mut by_seq: HashMap<u64, Vec<Value>> = HashMap::new();
@@ -511,7 +510,7 @@ impl History {
     /// One delivery by stream sequence, with its body and outcome trail.
     pub async fn by_seq(&self, seq: u64) -> Result<(Summary, bytes::Bytes), Error> {
         let mut deliveries = self.stream(contract::DELIVERIES_STREAM).await?;
-        let message = match deliveries.direct_get(seq).await {
+        let message = match message_at(&deliveries, seq).await {
             Ok(message) => message,
             Err(error) => {
                 let state = deliveries.info().await.map_err(Error::nats)?.state.clone();
@@ -614,6 +613,20 @@ pub async fn scan(
         }
     }
     Ok(())
+}
+
+/// Message `seq` of `stream`: a direct get (any replica answers) where the stream allows them,
+/// else through the stream's leader (a stream made without `allow_direct` has no responder for
+/// direct gets, and asking one would wait for a timeout).
+pub async fn message_at(
+    stream: &Stream,
+    seq: u64,
+) -> Result<jetstream::message::StreamMessage, Error> {
+    if stream.cached_info().config.allow_direct {
+        stream.direct_get(seq).await.map_err(Error::nats)
+    } else {
+        stream.get_raw_message(seq).await.map_err(Error::nats)
+    }
 }
 
 /// An ordered consumer (ephemeral, client-side ordered) of `subject` from `start`.

@@ -13,6 +13,7 @@ use fluxgate_shared::contract::{self, header};
 
 use crate::delivery::Delivery;
 use crate::error::Error;
+use crate::history::message_at;
 use crate::metrics::Metrics;
 use crate::outcome::{Event, Recorder};
 use crate::request::{self, Inputs};
@@ -53,9 +54,7 @@ impl Replayer {
         &self,
         seq: u64,
     ) -> Result<(Delivery, jetstream::message::StreamMessage), Error> {
-        let message = self
-            .deliveries
-            .direct_get(seq)
+        let message = message_at(&self.deliveries, seq)
             .await
             .map_err(|e| Error::NotFound(format!("no delivery #{seq}: {e}")))?;
         let delivery = Delivery::from_headers(seq, Some(&message.headers))?;

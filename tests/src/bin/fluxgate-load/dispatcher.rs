@@ -61,6 +61,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             name: contract::DELIVERIES_STREAM.into(),
             subjects: vec![format!("{}.>", contract::DELIVERIES_SUBJECT_PREFIX)],
             storage: jetstream::stream::StorageType::File,
+            // As ingest makes it.
+            allow_direct: true,
             ..Default::default()
         })
         .await?;
