@@ -709,10 +709,9 @@ async fn receivers(format: Format, args: ReceiversArgs) -> Result<(), Error> {
                 },
                 r.targets.join(", "),
                 r.url.clone().unwrap_or_else(|| "-".into()),
-                match (&r.reason, r.served) {
-                    (None, _) => "yes".into(),
-                    (Some(reason), _) => format!("no: {reason}"),
-                },
+                r.reason
+                    .as_ref()
+                    .map_or_else(|| "yes".into(), |reason| format!("no: {reason}")),
             ]
         })
         .collect();

@@ -19,6 +19,7 @@ use futures::StreamExt as _;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::delivery::Delivery;
 use crate::error::Error;
 
 /// A stored delivery, as its headers describe it.
@@ -42,26 +43,23 @@ pub struct Stored {
 }
 
 impl Stored {
+    /// Reads the headers as the dispatcher does ([`Delivery::from_headers`]), plus what only
+    /// the history shows.
     fn from_message(seq: u64, stored_at: DateTime<Utc>, headers: HeaderMap) -> Option<Self> {
+        let delivery = Delivery::from_headers(seq, Some(&headers)).ok()?;
         let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
         Some(Self {
             seq,
-            id: get(header::DELIVERY_ID)?,
-            receiver: format!(
-                "{}/{}",
-                get(header::RECEIVER_NAMESPACE)?,
-                get(header::RECEIVER_NAME)?
-            ),
+            id: delivery.id,
+            receiver: format!("{}/{}", delivery.namespace, delivery.receiver),
             receiver_type: get(header::RECEIVER_TYPE).unwrap_or_default(),
-            event: get(header::EVENT),
-            received_at: get(header::RECEIVED_AT)
-                .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-                .map(|t| t.with_timezone(&Utc)),
+            event: delivery.event,
+            received_at: delivery.received_at,
             stored_at,
             body_size: get(header::BODY_SIZE)
                 .and_then(|s| s.parse().ok())
                 .unwrap_or_default(),
-            replay_of: get(header::REPLAY_OF_SEQ).and_then(|s| s.parse().ok()),
+            replay_of: delivery.replay_of,
             headers,
         })
     }
@@ -320,7 +318,7 @@ impl History {
                 },
             )
             .await?;
-            // The newest first: only they can be listed, and only theirs trails are read.
+            // The newest first: only they can be listed, and only their trails are read.
             found.sort_by_key(|d| std::cmp::Reverse(d.seq));
             if filter.status.is_none() {
                 found.truncate(filter.limit);
