@@ -89,9 +89,14 @@ impl ApiServer {
 
     /// A kubeconfig whose current context points at this stand-in (namespace `flux-system`).
     pub fn kubeconfig(&self) -> String {
+        self.kubeconfig_for_url(&self.url())
+    }
+
+    /// A kubeconfig naming this stand-in by `url`, for clients that reach it by another address.
+    pub fn kubeconfig_for_url(&self, url: &str) -> String {
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: stand-in\n  cluster:\n    server: {}\ncontexts:\n- name: stand-in\n  context:\n    cluster: stand-in\n    user: stand-in\n    namespace: flux-system\ncurrent-context: stand-in\nusers:\n- name: stand-in\n  user:\n    token: stand-in\n",
-            self.url()
+            url
         )
     }
 

@@ -18,9 +18,13 @@ struct Args {
     /// Multi-document YAML files of objects to create at start-up.
     #[arg(long = "objects")]
     objects: Vec<PathBuf>,
-    /// Where to write the kubeconfig for this server.
-    #[arg(long, default_value = "kubeconfig")]
-    kubeconfig: PathBuf,
+    /// Where to write a kubeconfig for this server (none when not given).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The server URL the kubeconfig names, when clients reach this server by another address
+    /// (a container's service name); default: the address it serves on.
+    #[arg(long)]
+    server_url: Option<String>,
     /// Play the Flux controllers: report each reconcile request handled after this long
     /// (`status.lastHandledReconcileAt`), except on suspended objects.
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -42,13 +46,13 @@ async fn main() -> anyhow::Result<()> {
     if let Some(delay) = args.play_flux {
         server.play_flux_controllers(delay);
     }
-    std::fs::write(&args.kubeconfig, server.kubeconfig())
-        .with_context(|| format!("write {}", args.kubeconfig.display()))?;
-    println!(
-        "serving the Kubernetes API stand-in on {}; kubeconfig: {}",
-        server.url(),
-        args.kubeconfig.display()
-    );
-    tokio::signal::ctrl_c().await?;
+    if let Some(path) = &args.kubeconfig {
+        let url = args.server_url.clone().unwrap_or_else(|| server.url());
+        std::fs::write(path, server.kubeconfig_for_url(&url))
+            .with_context(|| format!("write {}", path.display()))?;
+        println!("kubeconfig: {}", path.display());
+    }
+    println!("serving the Kubernetes API stand-in on {}", server.url());
+    fluxgate_shared::shutdown::signal().await;
     Ok(())
 }
