@@ -49,3 +49,30 @@ pub fn fluxgate_cli(nats_url: &str, args: &[&str], env: &[(&str, &str)]) -> (boo
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// The repository's root directory.
+pub fn repository_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate sits in the repository")
+        .to_path_buf()
+}
+
+/// Renders a kustomization of this repository (`deploy/...`) with `kubectl kustomize`:
+/// `$FLUXGATE_KUBECTL`, else `kubectl` on PATH (`scripts/tools.sh` installs one).
+pub fn kustomize(path: &str) -> String {
+    let kubectl = std::env::var("FLUXGATE_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let output = std::process::Command::new(&kubectl)
+        .arg("kustomize")
+        .arg(repository_root().join(path))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("run {kubectl} (set FLUXGATE_KUBECTL, see scripts/tools.sh): {e}")
+        });
+    assert!(
+        output.status.success(),
+        "kubectl kustomize {path}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("kustomize prints UTF-8")
+}

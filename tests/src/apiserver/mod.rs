@@ -4,6 +4,7 @@
 //! resourceVersion preconditions (Leases), `Status` errors -- with per-object fault injection and
 //! a record of every request.
 
+mod rbac;
 mod routes;
 mod selector;
 mod store;
@@ -14,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
+pub use rbac::{Attributes, Authorizer, VERBS, service_account_user};
 use store::{EventType, ObjectKey, Store};
 pub use store::{Fault, RecordedRequest, ResourceType};
 
@@ -87,17 +89,36 @@ impl ApiServer {
         format!("http://{}", self.shared.addr)
     }
 
-    /// A kubeconfig whose current context points at this stand-in (namespace `flux-system`).
+    /// A kubeconfig whose current context points at this stand-in (namespace `flux-system`), as
+    /// the cluster admin.
     pub fn kubeconfig(&self) -> String {
         self.kubeconfig_for_url(&self.url())
     }
 
     /// A kubeconfig naming this stand-in by `url`, for clients that reach it by another address.
     pub fn kubeconfig_for_url(&self, url: &str) -> String {
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: stand-in\n  cluster:\n    server: {}\ncontexts:\n- name: stand-in\n  context:\n    cluster: stand-in\n    user: stand-in\n    namespace: flux-system\ncurrent-context: stand-in\nusers:\n- name: stand-in\n  user:\n    token: stand-in\n",
-            url
-        )
+        kubeconfig(url, rbac::ADMIN_TOKEN)
+    }
+
+    /// Writes a kubeconfig that authenticates as the ServiceAccount `namespace/name` to
+    /// `dir/<name>.kubeconfig` and returns its path.
+    pub fn write_service_account_kubeconfig(
+        &self,
+        dir: &Path,
+        namespace: &str,
+        name: &str,
+    ) -> std::io::Result<PathBuf> {
+        let path = dir.join(format!("{name}.kubeconfig"));
+        let token = service_account_user(namespace, name);
+        std::fs::write(&path, kubeconfig(&self.url(), &token))?;
+        Ok(path)
+    }
+
+    /// Enforces the RBAC objects of `manifests` from now on: a request is served only when a
+    /// binding of its user grants it (the admin kubeconfig's user is allowed everything).
+    pub fn enforce_rbac(&self, manifests: &str) -> Result<(), String> {
+        self.store().authorizer = Some(Authorizer::from_yaml(manifests)?);
+        Ok(())
     }
 
     /// Writes [`Self::kubeconfig`] to `dir/kubeconfig` and returns its path.
@@ -248,6 +269,13 @@ impl ApiServer {
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.store().requests.clone()
     }
+}
+
+/// A kubeconfig for the stand-in at `url` (namespace `flux-system`), authenticating with `token`.
+fn kubeconfig(url: &str, token: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: stand-in\n  cluster:\n    server: {url}\ncontexts:\n- name: stand-in\n  context:\n    cluster: stand-in\n    user: stand-in\n    namespace: flux-system\ncurrent-context: stand-in\nusers:\n- name: stand-in\n  user:\n    token: {token}\n"
+    )
 }
 
 impl Drop for ApiServer {

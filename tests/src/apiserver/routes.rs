@@ -14,6 +14,7 @@ use futures::StreamExt as _;
 use serde_json::{Value, json};
 
 use super::Shared;
+use super::rbac::Attributes;
 use super::selector::{LabelSelector, field_selector_matches, labels_of};
 use super::store::{EventType, ObjectKey, RecordedRequest, ResourceType, Store, WatchEvent};
 
@@ -119,6 +120,12 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or_default().trim().to_owned());
     let parsed_body: Option<Value> = serde_json::from_slice(&body).ok();
+    let user = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let mut attributes = None;
     let response = match serve(
         &shared,
         &method,
@@ -126,6 +133,7 @@ pub async fn handle(
         &query,
         content_type.as_deref(),
         &body,
+        (user.as_deref(), &mut attributes),
     )
     .await
     {
@@ -140,6 +148,8 @@ pub async fn handle(
             content_type,
             body: parsed_body,
             status: response.status().as_u16(),
+            user,
+            attributes,
         });
     }
     response
@@ -152,11 +162,14 @@ async fn serve(
     query: &HashMap<String, String>,
     content_type: Option<&str>,
     body: &[u8],
+    (user, attributes): (Option<&str>, &mut Option<Attributes>),
 ) -> Result<Response, ApiError> {
     let route = {
         let store = shared.lock()?;
         route(&store, path)?
     };
+    *attributes = rbac_attributes(&route, method, query);
+    authorize(shared, user, attributes.as_ref())?;
     match route {
         Route::Version => Ok(axum::Json(json!({
             "major": "1",
@@ -218,6 +231,88 @@ async fn serve(
                 _ => Err(ApiError::new(405, "MethodNotAllowed", format!("{method} is not supported on an object"))),
             }
         }
+    }
+}
+
+/// What RBAC checks for a request on `route`: none for discovery (every authenticated user may
+/// read it); for a collection the verb is list, watch, create or deletecollection, and a
+/// `metadata.name=` field selector names the object, as the API server reads it.
+fn rbac_attributes(
+    route: &Route,
+    method: &Method,
+    query: &HashMap<String, String>,
+) -> Option<Attributes> {
+    let (ty, namespace, name, status, verb) = match route {
+        Route::Collection { ty, namespace } => {
+            let verb = match *method {
+                Method::GET if is_true(query.get("watch")) => "watch",
+                Method::GET => "list",
+                Method::POST => "create",
+                Method::DELETE => "deletecollection",
+                _ => "unknown",
+            };
+            let name = query
+                .get("fieldSelector")
+                .and_then(|f| f.strip_prefix("metadata.name="))
+                .filter(|n| !n.contains(','))
+                .map(str::to_owned);
+            (ty, namespace.clone(), name, false, verb)
+        }
+        Route::Object {
+            ty,
+            namespace,
+            name,
+            status,
+        } => {
+            let verb = match *method {
+                Method::GET => "get",
+                Method::PUT => "update",
+                Method::PATCH => "patch",
+                Method::DELETE => "delete",
+                _ => "unknown",
+            };
+            (
+                ty,
+                Some(namespace.clone()),
+                Some(name.clone()),
+                *status,
+                verb,
+            )
+        }
+        _ => return None,
+    };
+    let resource = if status {
+        format!("{}/status", ty.plural)
+    } else {
+        ty.plural.clone()
+    };
+    Some(Attributes {
+        verb: verb.into(),
+        group: ty.group.clone(),
+        resource,
+        namespace,
+        name,
+    })
+}
+
+/// With RBAC in force: 401 without a known user, 403 when no binding grants the request.
+fn authorize(
+    shared: &Shared,
+    user: Option<&str>,
+    attributes: Option<&Attributes>,
+) -> Result<(), ApiError> {
+    let store = shared.lock()?;
+    let Some(authorizer) = &store.authorizer else {
+        return Ok(());
+    };
+    let Some(user) = user.filter(|u| authorizer.knows(u)) else {
+        return Err(ApiError::new(401, "Unauthorized", "Unauthorized"));
+    };
+    match attributes {
+        Some(a) if !authorizer.allows(user, a) => {
+            Err(ApiError::new(403, "Forbidden", a.forbidden_message(user)))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -131,6 +131,10 @@ pub struct RecordedRequest {
     pub content_type: Option<String>,
     pub body: Option<Value>,
     pub status: u16,
+    /// Who asked (the bearer token's user), when the request carried one.
+    pub user: Option<String>,
+    /// What RBAC would check for it; `None` for discovery and other non-resource paths.
+    pub attributes: Option<super::rbac::Attributes>,
 }
 
 pub struct Store {
@@ -141,6 +145,8 @@ pub struct Store {
     pub live: broadcast::Sender<Arc<WatchEvent>>,
     pub faults: HashMap<ObjectKey, VecDeque<Fault>>,
     pub requests: Vec<RecordedRequest>,
+    /// RBAC in force, when the test asked for it.
+    pub authorizer: Option<super::rbac::Authorizer>,
 }
 
 /// The kinds Flux users target, plus what fluxgate itself reads and writes.
@@ -217,6 +223,7 @@ impl Default for Store {
             live: broadcast::channel(4096).0,
             faults: HashMap::new(),
             requests: Vec::new(),
+            authorizer: None,
         }
     }
 }

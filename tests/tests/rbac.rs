@@ -1,0 +1,325 @@
+//! The RBAC of `deploy/`, proven rather than assumed: the Kubernetes API stand-in enforces the
+//! Roles, ClusterRoles and bindings that `kubectl kustomize` renders, and the real binaries run
+//! as their ServiceAccounts through a webhook's whole path -- Receivers and Secrets read, a named
+//! target read for its filter, a wildcard listed, patches, confirmation watches, the Lease taken
+//! and released. Every request must be allowed, and every verb granted on the resources the
+//! binaries touch must have been used: a verb missing from the manifests, or one too many,
+//! fails here.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fluxgate_tests::apiserver::{ApiServer, Attributes, Authorizer, VERBS, service_account_user};
+use fluxgate_tests::dispatcher::{Dispatcher, outcomes};
+use fluxgate_tests::ingest::Ingest;
+use fluxgate_tests::kustomize;
+use fluxgate_tests::nats::NatsServer;
+use fluxgate_tests::webhook::{github_push_body, hook_path, post_github_push};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::{Value, json};
+
+const NS: &str = "flux-system";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn git_repository(name: &str, namespace: &str, labels: Value) -> Value {
+    json!({
+        "apiVersion": "source.toolkit.fluxcd.io/v1",
+        "kind": "GitRepository",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"url": "https://example.org/repo", "interval": "10m"},
+    })
+}
+
+/// A cluster with one GitHub Receiver whose targets make the dispatcher use every call it has:
+/// a named target with a filter (GET), a wildcard (LIST), and, when `other_namespace` is given,
+/// a target there (the ClusterRole's reach).
+struct Cluster {
+    nats: NatsServer,
+    api: ApiServer,
+    dir: tempfile::TempDir,
+    targets: usize,
+}
+
+impl Cluster {
+    async fn start(manifests: &str, other_namespace: Option<&str>) -> Self {
+        let nats = NatsServer::start().await;
+        let api = ApiServer::start_local().await;
+        api.enforce_rbac(manifests).expect("RBAC of the manifests");
+        let mut resources = vec![
+            json!({"kind": "GitRepository", "name": "app"}),
+            json!({"kind": "GitRepository", "name": "*", "matchLabels": {"tier": "web"}}),
+        ];
+        api.apply(git_repository("app", NS, json!({})));
+        api.apply(git_repository("web-1", NS, json!({"tier": "web"})));
+        if let Some(other) = other_namespace {
+            resources.push(json!({"kind": "GitRepository", "name": "other", "namespace": other}));
+            api.apply(git_repository("other", other, json!({})));
+        }
+        api.apply(json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "gh-token", "namespace": NS}, "stringData": {"token": "s3cret"}}));
+        api.apply(json!({
+            "apiVersion": "notification.toolkit.fluxcd.io/v1",
+            "kind": "Receiver",
+            "metadata": {"name": "gh", "namespace": NS},
+            "spec": {
+                "type": "github",
+                "secretRef": {"name": "gh-token"},
+                // A filter makes the dispatcher read the named targets' metadata.
+                "resourceFilter": "res.metadata.name != ''",
+                "resources": resources,
+            },
+        }));
+        api.play_flux_controllers(Duration::from_millis(50));
+        Self {
+            nats,
+            api,
+            dir: tempfile::tempdir().expect("tempdir"),
+            targets: resources.len(),
+        }
+    }
+
+    fn kubeconfig(&self, service_account: &str) -> PathBuf {
+        self.api
+            .write_service_account_kubeconfig(self.dir.path(), NS, service_account)
+            .expect("kubeconfig")
+    }
+
+    /// Runs a webhook through ingest and the dispatcher as their ServiceAccounts until every
+    /// target is reported handled, then stops the dispatcher (releasing its Lease).
+    async fn run_a_webhook(&self, extra_args: &[&str]) {
+        let ingest = Ingest::start_in_cluster(
+            &self.nats.url(),
+            &self.kubeconfig("fluxgate-ingest"),
+            extra_args,
+        )
+        .await;
+        let mut args = vec!["--coalesce-window", "50ms", "--lease-namespace", NS];
+        args.extend_from_slice(extra_args);
+        let mut dispatcher = Dispatcher::start(
+            &self.nats.url(),
+            None,
+            &self.kubeconfig("fluxgate-dispatcher"),
+            &args,
+        )
+        .await;
+        let url = ingest.hook_url(&hook_path("s3cret", "gh", NS));
+        let response = post_github_push(&url, "s3cret", "rbac-1", github_push_body(128)).await;
+        assert_eq!(response.status, 202, "{:?}", response.body);
+
+        let client = self.nats.client().await;
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let events = outcomes(&client).await;
+            let handled = events.iter().filter(|e| e["type"] == "handled").count();
+            if handled == self.targets {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not every target was handled: {events:#?}\nrequests denied: {:#?}",
+                self.denied()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(dispatcher.service.terminate().await, "dispatcher exits 0");
+    }
+
+    /// Requests refused by authentication or authorization.
+    fn denied(&self) -> Vec<String> {
+        self.api
+            .requests()
+            .into_iter()
+            .filter(|r| r.status == 401 || r.status == 403)
+            .map(|r| format!("{:?} {} {} {}", r.user, r.method, r.path, r.query))
+            .collect()
+    }
+
+    /// `(verb, group/resource)` of every resource request `service_account` made.
+    fn used(&self, service_account: &str) -> BTreeSet<(String, String)> {
+        let user = service_account_user(NS, service_account);
+        self.api
+            .requests()
+            .into_iter()
+            .filter(|r| r.user.as_deref() == Some(user.as_str()))
+            .filter_map(|r| r.attributes)
+            .map(|a| (a.verb, format!("{}/{}", a.group, a.resource)))
+            .collect()
+    }
+}
+
+/// `(verb, group/resource)` that the manifests grant `service_account` on each resource it used,
+/// in the namespace and for the name it used them with.
+fn granted_on_used(
+    manifests: &str,
+    api: &ApiServer,
+    service_account: &str,
+) -> BTreeSet<(String, String)> {
+    let rbac = Authorizer::from_yaml(manifests).expect("manifests");
+    let user = service_account_user(NS, service_account);
+    let asked: BTreeSet<Attributes> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.user.as_deref() == Some(user.as_str()))
+        .filter_map(|r| r.attributes)
+        .collect();
+    let mut granted = BTreeSet::new();
+    for a in asked {
+        for verb in VERBS {
+            // A named verb is asked with the name, a collection verb without it.
+            let named = matches!(verb, "get" | "update" | "patch" | "delete");
+            let probe = Attributes {
+                verb: verb.into(),
+                name: if named { a.name.clone() } else { None },
+                ..a.clone()
+            };
+            if (named == probe.name.is_some()) && rbac.allows(&user, &probe) {
+                granted.insert((verb.to_owned(), format!("{}/{}", a.group, a.resource)));
+            }
+        }
+    }
+    granted
+}
+
+fn pairs(list: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    list.iter()
+        .map(|(v, r)| ((*v).to_owned(), (*r).to_owned()))
+        .collect()
+}
+
+/// What each binary does with the API, which is what the manifests must grant.
+fn expected_ingest() -> BTreeSet<(String, String)> {
+    pairs(&[
+        ("list", "notification.toolkit.fluxcd.io/receivers"),
+        ("watch", "notification.toolkit.fluxcd.io/receivers"),
+        ("get", "/secrets"),
+    ])
+}
+
+fn expected_dispatcher() -> BTreeSet<(String, String)> {
+    pairs(&[
+        ("list", "notification.toolkit.fluxcd.io/receivers"),
+        ("watch", "notification.toolkit.fluxcd.io/receivers"),
+        ("get", "source.toolkit.fluxcd.io/gitrepositories"),
+        ("list", "source.toolkit.fluxcd.io/gitrepositories"),
+        ("watch", "source.toolkit.fluxcd.io/gitrepositories"),
+        ("patch", "source.toolkit.fluxcd.io/gitrepositories"),
+        ("get", "coordination.k8s.io/leases"),
+        ("create", "coordination.k8s.io/leases"),
+        ("update", "coordination.k8s.io/leases"),
+    ])
+}
+
+async fn check_least_privilege(overlay: &str, other_namespace: Option<&str>, args: &[&str]) {
+    let manifests = kustomize(overlay);
+    let cluster = Cluster::start(&manifests, other_namespace).await;
+    cluster.run_a_webhook(args).await;
+
+    assert_eq!(
+        cluster.denied(),
+        Vec::<String>::new(),
+        "every call is granted"
+    );
+    for (account, expected) in [
+        ("fluxgate-ingest", expected_ingest()),
+        ("fluxgate-dispatcher", expected_dispatcher()),
+    ] {
+        assert_eq!(cluster.used(account), expected, "what {account} calls");
+        assert_eq!(
+            granted_on_used(&manifests, &cluster.api, account),
+            expected,
+            "what {overlay} grants {account} on what it touches: no more, no less"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_cluster_wide_rbac_of_deploy_base_is_exactly_what_the_binaries_use() {
+    check_least_privilege("deploy/base", Some("apps"), &[]).await;
+}
+
+#[tokio::test]
+async fn the_namespaced_rbac_works_with_watch_namespace() {
+    check_least_privilege(
+        "deploy/overlays/namespaced",
+        None,
+        &["--watch-namespace", NS],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn ingest_cannot_list_secrets_or_patch_anything() {
+    let manifests = kustomize("deploy/base");
+    let cluster = Cluster::start(&manifests, None).await;
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(cluster.kubeconfig("fluxgate-ingest"))
+            .expect("kubeconfig"),
+        &Default::default(),
+    )
+    .await
+    .expect("config");
+    let client = kube::Client::try_from(config).expect("client");
+    let forbidden = |result: Result<(), kube::Error>, what: &str| match result {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 403, "{what}: {status:?}"),
+        other => panic!("{what}: expected 403, got {other:?}"),
+    };
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    assert!(
+        secrets.get("gh-token").await.is_ok(),
+        "get by name is ingest's right"
+    );
+    forbidden(
+        secrets.list(&Default::default()).await.map(drop),
+        "list Secrets in flux-system",
+    );
+    let all_secrets: Api<Secret> = Api::all(client.clone());
+    forbidden(
+        all_secrets.list(&Default::default()).await.map(drop),
+        "list all Secrets",
+    );
+
+    let patch = Patch::Merge(json!({"metadata": {"annotations": {"x": "y"}}}));
+    for (api_version, kind, plural, name) in [
+        (
+            "source.toolkit.fluxcd.io/v1",
+            "GitRepository",
+            "gitrepositories",
+            "app",
+        ),
+        (
+            "notification.toolkit.fluxcd.io/v1",
+            "Receiver",
+            "receivers",
+            "gh",
+        ),
+        ("v1", "Secret", "secrets", "gh-token"),
+    ] {
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let resource =
+            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &resource);
+        forbidden(
+            api.patch(name, &PatchParams::default(), &patch)
+                .await
+                .map(drop),
+            &format!("patch {kind} {name}"),
+        );
+    }
+    let untouched = cluster
+        .api
+        .get(&fluxgate_tests::apiserver::ObjectRef::new(
+            "source.toolkit.fluxcd.io/v1",
+            "GitRepository",
+            NS,
+            "app",
+        ))
+        .expect("app");
+    assert!(
+        untouched["metadata"]["annotations"].is_null(),
+        "{untouched}"
+    );
+}
