@@ -309,6 +309,15 @@ async fn ingest_cannot_list_secrets_or_patch_anything() {
             &format!("patch {kind} {name}"),
         );
     }
+    // Without a token, nothing at all: 401, as an API server with anonymous access off.
+    let anonymous = fluxgate_tests::http::get(&format!(
+        "{}/api/v1/namespaces/{NS}/secrets/gh-token",
+        cluster.api.url()
+    ))
+    .await
+    .expect("get");
+    assert_eq!(anonymous.status, 401);
+
     let untouched = cluster
         .api
         .get(&fluxgate_tests::apiserver::ObjectRef::new(

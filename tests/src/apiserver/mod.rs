@@ -1,8 +1,8 @@
 //! A Kubernetes API stand-in for tests: no real API server can run here, so this one speaks the
 //! same REST protocol over plain HTTP to the real `kube` client through a kubeconfig --
 //! discovery, GET, LIST with selectors, WATCH, merge and JSON patches, create/replace with
-//! resourceVersion preconditions (Leases), `Status` errors -- with per-object fault injection and
-//! a record of every request.
+//! resourceVersion preconditions (Leases), `Status` errors -- with per-object fault injection, a
+//! record of every request, and, when a test asks for it, RBAC enforced per ServiceAccount.
 
 mod rbac;
 mod routes;
