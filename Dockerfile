@@ -15,7 +15,12 @@ ARG BINARIES=build
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked \
+# The workspace keeps line tables in release builds for profiling; the image does not need
+# them (symbols stay, so backtraces still name functions). Caches make a rebuild incremental.
+ENV CARGO_PROFILE_RELEASE_STRIP=debuginfo
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked \
       --bin fluxgate-ingest --bin fluxgate-dispatcher --bin fluxgate \
       --bin fluxgate-apiserver --bin fluxgate-sample \
  && mkdir /out \
