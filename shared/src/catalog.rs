@@ -425,7 +425,7 @@ struct ReceiverSpec {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct OidcProviderSpec {
-    #[serde(rename = "issuerURL")]
+    #[serde(default, rename = "issuerURL")]
     issuer_url: String,
     #[serde(default)]
     audience: Option<String>,
@@ -437,12 +437,15 @@ struct OidcProviderSpec {
 
 #[derive(Deserialize)]
 struct NamedExpression {
+    #[serde(default)]
     name: String,
+    #[serde(default)]
     expression: String,
 }
 
 #[derive(Deserialize)]
 struct Validation {
+    #[serde(default)]
     expression: String,
     #[serde(default)]
     message: String,
@@ -548,17 +551,25 @@ impl ReceiverManifest {
                 }
             }
         }
-        let resource_filter = compile(
+        // What a filter may name, as Flux declares it: `claims` only for generic-oidc.
+        let declared: &[&str] = if self.spec.kind == ReceiverType::GenericOidc {
+            &["res", "req", "claims"]
+        } else {
+            &["res", "req"]
+        };
+        let resource_filter = filter(
             &mut not_ready,
             "spec.resourceFilter",
             self.spec.resource_filter.as_deref(),
+            declared,
         );
         let mut resources = self.spec.resources;
         for (i, resource) in resources.iter_mut().enumerate() {
-            resource.filter = compile(
+            resource.filter = filter(
                 &mut not_ready,
                 &format!("spec.resources[{i}].filter"),
                 resource.filter_source.as_deref(),
+                declared,
             );
         }
         let oidc_providers = oidc_providers(self.spec.oidc_providers, &mut not_ready);
@@ -584,33 +595,64 @@ impl ReceiverManifest {
     }
 }
 
-/// `spec.oidcProviders`, compiled; what is wrong is added to `errors`.
+/// The names an OIDC provider's expressions may use, as Flux declares them.
+const OIDC_DECLARED: &[&str] = &["claims", "vars"];
+
+/// `spec.oidcProviders`, checked as Flux's `ValidateOIDCProvidersSpec` checks them and compiled;
+/// what is wrong is added to `errors`. An empty expression is an error, never skipped: a
+/// provider whose validations all vanished would accept any token of its issuer.
 fn oidc_providers(specs: Vec<OidcProviderSpec>, errors: &mut Vec<String>) -> Vec<OidcProvider> {
     let mut providers = Vec::with_capacity(specs.len());
+    let mut issuers = HashSet::new();
     for (i, spec) in specs.into_iter().enumerate() {
         let field = format!("spec.oidcProviders[{i}]");
-        let mut variables = Vec::new();
-        for (j, v) in spec.variables.into_iter().enumerate() {
-            let field = format!("{field}.variables[{j}].expression");
-            if let Some(expression) = compile(errors, &field, Some(&v.expression)) {
-                variables.push((v.name, expression));
-            }
+        let issuer = &spec.issuer_url;
+        if issuer.is_empty() {
+            errors.push(format!("{field}.issuerURL: required"));
+        } else if !(issuer.starts_with("http://") || issuer.starts_with("https://")) {
+            errors.push(format!(
+                "{field}.issuerURL: {issuer:?} must start with http:// or https://"
+            ));
+        } else if !issuers.insert(issuer.clone()) {
+            errors.push(format!("{field}.issuerURL: duplicate issuerURL {issuer:?}"));
+        }
+        if spec.audience.as_deref() == Some("") {
+            errors.push(format!("{field}.audience: must not be empty"));
         }
         if spec.validations.is_empty() {
-            errors.push(format!("{field}.validations: at least one is required"));
+            errors.push(format!(
+                "{field}.validations: at least one validation is required; without validations \
+                 any caller able to obtain a token from this issuer can trigger the Receiver"
+            ));
+        }
+        let mut variables = Vec::new();
+        for (j, v) in spec.variables.into_iter().enumerate() {
+            let field = format!("{field}.variables[{j}]");
+            if v.name.is_empty() {
+                errors.push(format!("{field}.name: required"));
+            }
+            let compiled = required(errors, &format!("{field}.expression"), &v.expression)
+                .and_then(|source| {
+                    compiled(errors, &field, Expression::compile(source, OIDC_DECLARED))
+                });
+            variables.extend(compiled.map(|e| (v.name, e)));
         }
         let mut validations = Vec::new();
         for (j, v) in spec.validations.into_iter().enumerate() {
-            let field = format!("{field}.validations[{j}].expression");
-            if let Some(expression) = compile(errors, &field, Some(&v.expression)) {
-                validations.push((expression, v.message));
+            let field = format!("{field}.validations[{j}]");
+            if v.message.is_empty() {
+                errors.push(format!("{field}.message: required"));
             }
+            let compiled = required(errors, &format!("{field}.expression"), &v.expression)
+                .and_then(|source| {
+                    compiled(errors, &field, Expression::condition(source, OIDC_DECLARED))
+                });
+            validations.extend(compiled.map(|e| (e, v.message)));
         }
         providers.push(OidcProvider {
             issuer_url: spec.issuer_url,
             audience: spec
                 .audience
-                .filter(|a| !a.is_empty())
                 .unwrap_or_else(|| DEFAULT_OIDC_AUDIENCE.into()),
             variables,
             validations,
@@ -619,10 +661,33 @@ fn oidc_providers(specs: Vec<OidcProviderSpec>, errors: &mut Vec<String>) -> Vec
     providers
 }
 
-/// Compiles an optional expression; what does not compile is added to `errors`, naming `field`.
-fn compile(errors: &mut Vec<String>, field: &str, source: Option<&str>) -> Option<Expression> {
-    let source = source.filter(|s| !s.trim().is_empty())?;
-    Expression::compile(source)
+/// A filter (`spec.resourceFilter`, `resources[].filter`): absent or `""` means none, as in
+/// Flux; one that does not compile, or is seen not to return a bool, is added to `errors`.
+fn filter(
+    errors: &mut Vec<String>,
+    field: &str,
+    source: Option<&str>,
+    declared: &[&str],
+) -> Option<Expression> {
+    let source = source.filter(|s| !s.is_empty())?;
+    compiled(errors, field, Expression::condition(source, declared))
+}
+
+fn required<'a>(errors: &mut Vec<String>, field: &str, value: &'a str) -> Option<&'a str> {
+    if value.is_empty() {
+        errors.push(format!("{field}: required"));
+        None
+    } else {
+        Some(value)
+    }
+}
+
+fn compiled(
+    errors: &mut Vec<String>,
+    field: &str,
+    result: Result<Expression, String>,
+) -> Option<Expression> {
+    result
         .map_err(|e| errors.push(format!("{field}: invalid CEL expression: {e}")))
         .ok()
 }
@@ -937,6 +1002,116 @@ metadata:
             "{reason}"
         );
         assert_eq!(catalog.not_ready(), 1);
+    }
+
+    /// Why an OIDC receiver with these `oidcProviders` (YAML flow) is not ready, if it is not.
+    fn oidc_not_ready(providers: &str) -> Option<String> {
+        let text = format!(
+            "apiVersion: notification.toolkit.fluxcd.io/v1\nkind: Receiver\nmetadata: {{name: o, namespace: n}}\nspec: {{type: generic-oidc, oidcProviders: {providers}}}\n"
+        );
+        let catalog = Catalog::parse(&text).expect("loads");
+        let receiver = catalog.by_name("n", "o").expect("receiver");
+        receiver.not_ready.clone()
+    }
+
+    /// notification-controller's `TestValidateOIDCProvidersSpec` and `TestCompileOIDCProviders`.
+    #[test]
+    fn oidc_providers_are_checked_as_flux_checks_them() {
+        let check = "validations: [{expression: \"claims.repository_owner == 'my-org'\", message: wrong org}]";
+        let ok = |p: &str| assert_eq!(oidc_not_ready(p), None, "{p}");
+        let refused = |p: &str, says: &str| {
+            let reason = oidc_not_ready(p).unwrap_or_default();
+            assert!(reason.contains(says), "{p}: {reason:?} should say {says:?}");
+        };
+        ok(&format!(
+            "[{{issuerURL: 'https://a', audience: aud, {check}}}, {{issuerURL: 'https://b', audience: aud, {check}}}]"
+        ));
+        ok(&format!("[{{issuerURL: 'https://a', {check}}}]"));
+        refused(
+            &format!("[{{audience: aud, {check}}}]"),
+            "issuerURL: required",
+        );
+        refused(
+            &format!("[{{issuerURL: example.com, audience: aud, {check}}}]"),
+            "must start with http:// or https://",
+        );
+        refused(
+            &format!(
+                "[{{issuerURL: 'https://a', audience: aud, variables: [{{name: x}}], {check}}}]"
+            ),
+            "variables[0].expression: required",
+        );
+        refused(
+            "[{issuerURL: 'https://a', audience: aud, validations: [{message: msg}]}]",
+            "validations[0].expression: required",
+        );
+        refused(
+            &format!(
+                "[{{issuerURL: 'https://a', audience: aud, {check}}}, {{issuerURL: 'https://a', audience: aud, {check}}}]"
+            ),
+            "duplicate issuerURL",
+        );
+        refused(
+            "[{issuerURL: 'https://a', audience: aud}]",
+            "at least one validation is required",
+        );
+        refused(
+            &format!("[{{issuerURL: 'https://a', audience: '', {check}}}]"),
+            "audience: must not be empty",
+        );
+        refused(
+            &format!(
+                "[{{issuerURL: 'https://a', variables: [{{expression: claims.x}}], {check}}}]"
+            ),
+            "variables[0].name: required",
+        );
+        refused(
+            "[{issuerURL: 'https://a', validations: [{expression: 'true'}]}]",
+            "validations[0].message: required",
+        );
+        // Compilation: a valid validation, then one that is not CEL at all.
+        ok(
+            "[{issuerURL: 'https://a', audience: aud, validations: [{expression: \"claims.x == 'y'\", message: ok}]}]",
+        );
+        refused(
+            "[{issuerURL: 'https://a', audience: aud, validations: [{expression: 'not-valid-cel ===', message: x}]}]",
+            "validations[0]: invalid CEL expression",
+        );
+        // The names are Flux's: `vars`, not `variables`; validations must be bool.
+        ok(
+            "[{issuerURL: 'https://a', variables: [{name: o, expression: claims.owner}], validations: [{expression: \"vars.o == 'org'\", message: m}]}]",
+        );
+        refused(
+            "[{issuerURL: 'https://a', variables: [{name: o, expression: claims.owner}], validations: [{expression: \"variables.o == 'org'\", message: m}]}]",
+            "undeclared reference to 'variables'",
+        );
+        refused(
+            "[{issuerURL: 'https://a', validations: [{expression: claims.sub, message: m}]}]",
+            "expected bool, got dyn",
+        );
+    }
+
+    #[test]
+    fn claims_are_declared_for_generic_oidc_filters_only() {
+        let providers = "oidcProviders: [{issuerURL: 'https://a', validations: [{expression: 'true', message: m}]}]";
+        let filtered = |kind: &str, extra: &str| {
+            format!(
+                "apiVersion: notification.toolkit.fluxcd.io/v1\nkind: Receiver\nmetadata: {{name: o, namespace: n}}\nspec: {{type: {kind}, resourceFilter: \"claims.sub == 'x'\"{extra}}}\n"
+            )
+        };
+        let oidc =
+            Catalog::parse(&filtered("generic-oidc", &format!(", {providers}"))).expect("loads");
+        assert_eq!(oidc.not_ready(), 0);
+        let secret = "---\napiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: n}\nstringData: {token: t}\n";
+        let generic = filtered("generic", ", secretRef: {name: s}") + secret;
+        let generic = Catalog::parse(&generic).expect("loads");
+        let reason = generic.by_name("n", "o").and_then(|r| r.not_ready.clone());
+        assert!(
+            reason
+                .as_deref()
+                .is_some_and(|r| r.contains("undeclared reference to 'claims'")),
+            "{reason:?}"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod config;
 pub mod contract;
 pub mod filter;
+pub mod gojson;
 pub mod pubsub;
 pub mod shutdown;
 pub mod source;

@@ -1,6 +1,6 @@
 //! `generic-oidc`: a bearer ID token from one of the receiver's OIDC providers (chosen by the
-//! token's `iss`), then the provider's CEL `variables` in order and its `validations`, every
-//! failing message joined with "; " into the 401, as Flux does.
+//! token's `iss`), then the provider's CEL `variables` in order (bound as `vars.<name>`) and its
+//! `validations`, every failing message joined with "; " into the 401, as Flux does.
 
 use std::collections::HashMap;
 
@@ -60,37 +60,38 @@ async fn check(
     Ok(claims)
 }
 
-/// Evaluates the provider's variables in order, each seeing `claims` and the `variables`
-/// before it, then every validation; the messages of those that fail are the error.
+/// Evaluates the provider's variables in order, each seeing `claims` and the `vars` before it,
+/// then every validation; the messages of those that fail are the error. An expression that
+/// cannot be evaluated fails at once, with its reason, as in Flux.
 fn validate(provider: &OidcProvider, claims: &serde_json::Value) -> Result<(), Error> {
     let claims = filter::value(claims);
-    let mut variables: HashMap<String, Value> = HashMap::new();
+    let mut vars: HashMap<String, Value> = HashMap::new();
     for (name, expression) in &provider.variables {
-        let known = Value::from(variables.clone());
+        let known = Value::from(vars.clone());
         let value = expression
-            .evaluate(&[("claims", &claims), ("variables", &known)])
-            .map_err(Error::Unauthorized)?;
-        variables.insert(name.clone(), value);
+            .evaluate(&[("claims", &claims), ("vars", &known)])
+            .map_err(|e| {
+                Error::Unauthorized(format!("failed to evaluate variable {name:?}: {e}"))
+            })?;
+        vars.insert(name.clone(), value);
     }
-    let variables = Value::from(variables);
-    let failed: Vec<String> = provider
-        .validations
-        .iter()
-        .filter_map(|(expression, message)| {
-            match expression.is_true(&[("claims", &claims), ("variables", &variables)]) {
-                Ok(true) => None,
-                Ok(false) if message.is_empty() => {
-                    Some(format!("{} is false", expression.source()))
-                }
-                Ok(false) => Some(message.clone()),
-                Err(error) => Some(error),
-            }
-        })
-        .collect();
+    let vars = Value::from(vars);
+    let mut failed = Vec::new();
+    for (expression, message) in &provider.validations {
+        let holds = expression
+            .is_true(&[("claims", &claims), ("vars", &vars)])
+            .map_err(|e| Error::Unauthorized(format!("failed to evaluate validation: {e}")))?;
+        if !holds {
+            failed.push(message.as_str());
+        }
+    }
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(Error::Unauthorized(failed.join("; ")))
+        Err(Error::Unauthorized(format!(
+            "token validation failed: {}",
+            failed.join("; ")
+        )))
     }
 }
 
@@ -100,60 +101,105 @@ mod tests {
     use fluxgate_shared::filter::Expression;
     use serde_json::json;
 
+    const DECLARED: &[&str] = &["claims", "vars"];
+
     fn provider(variables: &[(&str, &str)], validations: &[(&str, &str)]) -> OidcProvider {
         OidcProvider {
             issuer_url: "https://issuer".into(),
-            audience: "notification-controller".into(),
+            audience: "id".into(),
             variables: variables
                 .iter()
-                .map(|(n, e)| ((*n).to_owned(), Expression::compile(e).expect("compiles")))
+                .map(|(n, e)| {
+                    let e = Expression::compile(e, DECLARED).expect("compiles");
+                    ((*n).to_owned(), e)
+                })
                 .collect(),
             validations: validations
                 .iter()
-                .map(|(e, m)| (Expression::compile(e).expect("compiles"), (*m).to_owned()))
+                .map(|(e, m)| {
+                    let e = Expression::condition(e, DECLARED).expect("compiles");
+                    (e, (*m).to_owned())
+                })
                 .collect(),
         }
     }
 
+    /// notification-controller's `TestOIDCClaimsProcessor_Evaluate`, case by case.
     #[test]
-    fn variables_are_evaluated_in_order_before_validations() {
-        let p = provider(
-            &[
-                ("repo", "claims.sub.split(':')[1]"),
-                ("owner", "variables.repo.split('/')[0]"),
-            ],
-            &[("variables.owner == 'org'", "wrong owner")],
-        );
-        let claims = json!({"sub": "repo:org/app:ref:refs/heads/main"});
-        assert!(validate(&p, &claims).is_ok());
-        let other = json!({"sub": "repo:evil/app:ref:refs/heads/main"});
-        assert_eq!(
-            validate(&p, &other).expect_err("other owner").to_string(),
-            "wrong owner"
-        );
-    }
-
-    #[test]
-    fn every_failing_message_is_joined() {
-        let p = provider(
-            &[],
-            &[
-                ("claims.aud == 'x'", "first"),
-                ("claims.sub == 'me'", "passes"),
-                ("claims.ref == 'main'", "second"),
-            ],
-        );
-        let claims = json!({"aud": "y", "sub": "me", "ref": "dev"});
-        assert_eq!(
-            validate(&p, &claims).expect_err("fails").to_string(),
-            "first; second"
-        );
+    fn flux_claims_processor_cases() {
+        let cases: &[(&str, OidcProvider, serde_json::Value, Option<&str>)] = &[
+            (
+                "no validations always passes",
+                provider(&[], &[]),
+                json!({"sub": "x"}),
+                None,
+            ),
+            (
+                "passing validation",
+                provider(&[], &[("claims.repo == 'org/repo'", "wrong repo")]),
+                json!({"repo": "org/repo"}),
+                None,
+            ),
+            (
+                "all failures aggregated",
+                provider(
+                    &[],
+                    &[
+                        ("claims.repo == 'org/repo'", "wrong repo"),
+                        ("claims.env == 'prod'", "wrong env"),
+                    ],
+                ),
+                json!({"repo": "evil", "env": "dev"}),
+                Some("wrong repo; wrong env"),
+            ),
+            (
+                "variables flow into validations",
+                provider(
+                    &[("allowed", "['org/repo']")],
+                    &[("claims.repo in vars.allowed", "repo denied")],
+                ),
+                json!({"repo": "org/repo"}),
+                None,
+            ),
+            (
+                "variables can reference earlier variables",
+                provider(
+                    &[
+                        ("owner", "claims.owner"),
+                        ("allowed", "[vars.owner + '/repo']"),
+                    ],
+                    &[("claims.repo in vars.allowed", "repo denied")],
+                ),
+                json!({"owner": "org", "repo": "org/repo"}),
+                None,
+            ),
+        ];
+        for (name, provider, claims, error) in cases {
+            let got = validate(provider, claims).map_err(|e| e.to_string());
+            match error {
+                None => assert_eq!(got, Ok(()), "{name}"),
+                Some(says) => {
+                    let message = got.expect_err(name);
+                    assert!(message.contains(says), "{name}: {message}");
+                }
+            }
+        }
     }
 
     #[test]
     fn an_evaluation_error_fails_with_its_reason() {
         let p = provider(&[], &[("claims.missing == 'x'", "never shown")]);
         let message = validate(&p, &json!({})).expect_err("error").to_string();
-        assert!(message.contains("claims.missing"), "{message}");
+        assert!(
+            message.starts_with("failed to evaluate validation"),
+            "{message}"
+        );
+        assert!(!message.contains("never shown"), "{message}");
+        let p = provider(&[("x", "claims.missing")], &[("true", "m")]);
+        let message = validate(&p, &json!({})).expect_err("error").to_string();
+        assert!(
+            message.starts_with("failed to evaluate variable \"x\""),
+            "{message}"
+        );
     }
 }
