@@ -227,16 +227,14 @@ impl Resolver {
             // As in Flux, matchLabels only apply to the wildcard.
             return Ok(vec![(target(resource.name.clone()), None)]);
         }
-        let labels = resource
-            .match_labels
-            .as_ref()
-            .filter(|l| !l.is_empty())
-            .ok_or_else(|| {
-                Refusal::Permanent(format!(
-                    "{}: matchLabels field not set when using wildcard '*' as name",
-                    describe()
-                ))
-            })?;
+        // `matchLabels: {}` is an empty selector, which lists every object, as in Flux; only
+        // no `matchLabels` at all is refused.
+        let labels = resource.match_labels.as_ref().ok_or_else(|| {
+            Refusal::Permanent(format!(
+                "{}: matchLabels field not set when using wildcard '*' as name",
+                describe()
+            ))
+        })?;
         let selector = labels
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
@@ -248,10 +246,11 @@ impl Resolver {
             .map_err(Refusal::from)?;
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &namespace, &api_resource);
-        let listed = api
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(Refusal::from)?;
+        let mut params = ListParams::default();
+        if !selector.is_empty() {
+            params = params.labels(&selector);
+        }
+        let listed = api.list(&params).await.map_err(Refusal::from)?;
         Ok(listed
             .items
             .into_iter()

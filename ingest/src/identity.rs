@@ -1,12 +1,15 @@
-//! ID tokens (`generic-oidc` and `gcr`): signature checked against the issuer's keys, found
-//! through OIDC discovery and cached; expiry, audience and issuer checked; the claims returned.
-//! Flux fetches discovery and keys on every request; here they are kept for an hour and fetched
-//! again early only for a key id not seen before, at most once per `MIN_REFRESH` per key set.
+//! ID tokens (`generic-oidc` and `gcr`), checked as Flux's OIDC library (go-oidc) checks them:
+//! the signature with the issuer's keys (found through OIDC discovery; a token without `kid`
+//! tries every key), by an algorithm the discovery document lists, `exp` without leeway, `nbf`
+//! with five minutes, the issuer and the audience; the claims returned. Flux fetches discovery
+//! and keys on every request; here they are kept for an hour and fetched again early only when
+//! no cached key verifies the token, at most once per `MIN_REFRESH` per key set.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_rustls::HttpsConnector;
@@ -27,9 +30,12 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest discovery document or key set read.
 const MAX_DOCUMENT: usize = 1024 * 1024;
 
-/// Signature algorithms an ID token may use: asymmetric only, so that a public key can never
-/// be used as an HMAC secret.
-const ALLOWED: &[Algorithm] = &[
+/// How far in the future a token's `nbf` may be, as go-oidc allows for clock skew.
+const NOT_BEFORE_LEEWAY_SECS: f64 = 300.0;
+
+/// Signature algorithms an ID token may use, go-oidc's (but ES512, which `jsonwebtoken` lacks):
+/// asymmetric only, so that a public key can never be used as an HMAC secret.
+pub const ALLOWED: &[Algorithm] = &[
     Algorithm::RS256,
     Algorithm::RS384,
     Algorithm::RS512,
@@ -51,16 +57,25 @@ pub struct Identity {
     http: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     /// Google's ID-token key set (gcr), configurable so tests can use a local issuer.
     pub google_certs_url: String,
-    /// Issuer URL -> the `jwks_uri` of its discovery document.
-    discovered: Mutex<HashMap<String, Cached<String>>>,
+    /// Issuer URL -> what its discovery document says.
+    discovered: Mutex<HashMap<String, Cached<Discovered>>>,
     /// Key set URL -> keys.
     keys: Mutex<HashMap<String, Cached<JwkSet>>>,
+}
+
+/// What an OIDC issuer's discovery document says about its ID tokens.
+#[derive(Clone)]
+pub struct Discovered {
+    pub jwks_uri: String,
+    /// The signing algorithms it lists that are allowed; RS256 when it lists none, as in go-oidc.
+    pub algorithms: Vec<Algorithm>,
 }
 
 /// What a token must show besides a valid signature and expiry.
 pub struct Expected<'a> {
     pub issuers: &'a [&'a str],
     pub audience: &'a str,
+    pub algorithms: &'a [Algorithm],
 }
 
 impl Identity {
@@ -81,29 +96,33 @@ impl Identity {
     }
 
     /// The `iss` claim of a token, read before its signature is checked, to pick the provider
-    /// whose keys will check it.
+    /// whose keys will check it. Only the payload is read, as Flux reads it.
     pub fn unverified_issuer(token: &str) -> Result<String, Error> {
-        let mut validation = Validation::default();
-        validation.insecure_disable_signature_validation();
-        validation.validate_exp = false;
-        validation.validate_aud = false;
-        validation.required_spec_claims.clear();
+        let malformed = |why: String| Error::Unauthorized(format!("malformed bearer token: {why}"));
+        let parts: Vec<&str> = token.split('.').collect();
+        let [_, payload, _] = parts.as_slice() else {
+            return Err(malformed("not a JWT".into()));
+        };
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|e| malformed(format!("payload is not base64url: {e}")))?;
         #[derive(serde::Deserialize)]
         struct Issuer {
-            iss: Option<String>,
+            #[serde(default)]
+            iss: String,
         }
-        let data =
-            jsonwebtoken::decode::<Issuer>(token, &DecodingKey::from_secret(&[]), &validation)
-                .map_err(|e| Error::Unauthorized(format!("malformed bearer token: {e}")))?;
-        data.claims
-            .iss
-            .ok_or_else(|| Error::Unauthorized("the token has no iss claim".into()))
+        let claims: Issuer = serde_json::from_slice(&payload)
+            .map_err(|e| malformed(format!("payload is not JSON claims: {e}")))?;
+        if claims.iss.is_empty() {
+            return Err(Error::Unauthorized("the token has no iss claim".into()));
+        }
+        Ok(claims.iss)
     }
 
-    /// The key set URL of an OIDC issuer, from its discovery document.
-    pub async fn jwks_uri(&self, issuer: &str) -> Result<String, Error> {
-        if let Some(uri) = fresh(&self.discovered, issuer) {
-            return Ok(uri);
+    /// What the discovery document of an OIDC issuer says.
+    pub async fn discover(&self, issuer: &str) -> Result<Discovered, Error> {
+        if let Some(discovered) = fresh(&self.discovered, issuer) {
+            return Ok(discovered);
         }
         let url = format!(
             "{}/.well-known/openid-configuration",
@@ -113,6 +132,8 @@ impl Identity {
         struct Discovery {
             issuer: String,
             jwks_uri: String,
+            #[serde(default)]
+            id_token_signing_alg_values_supported: Vec<String>,
         }
         let discovery: Discovery = self.fetch(&url).await?;
         if discovery.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
@@ -121,12 +142,26 @@ impl Identity {
                 discovery.issuer
             )));
         }
-        store(&self.discovered, issuer, discovery.jwks_uri.clone());
-        Ok(discovery.jwks_uri)
+        let mut algorithms: Vec<Algorithm> = discovery
+            .id_token_signing_alg_values_supported
+            .iter()
+            .filter_map(|name| name.parse().ok())
+            .filter(|alg| ALLOWED.contains(alg))
+            .collect();
+        if algorithms.is_empty() {
+            algorithms.push(Algorithm::RS256);
+        }
+        let discovered = Discovered {
+            jwks_uri: discovery.jwks_uri,
+            algorithms,
+        };
+        store(&self.discovered, issuer, discovered.clone());
+        Ok(discovered)
     }
 
     /// Checks `token`'s signature with the keys at `jwks_url`, its expiry, issuer and audience,
-    /// and returns its claims.
+    /// and returns its claims. When no cached key verifies it, the key set is fetched again
+    /// (keys rotate) unless it was fetched less than `MIN_REFRESH` ago.
     pub async fn verify(
         &self,
         token: &str,
@@ -135,53 +170,44 @@ impl Identity {
     ) -> Result<serde_json::Value, Error> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| Error::Unauthorized(format!("malformed bearer token: {e}")))?;
-        if !ALLOWED.contains(&header.alg) {
+        if !expected.algorithms.contains(&header.alg) {
             return Err(Error::Unauthorized(format!(
-                "token algorithm {:?} is not accepted",
-                header.alg
+                "token algorithm {:?} is not accepted: the issuer signs with {:?}",
+                header.alg, expected.algorithms
             )));
         }
-        let key = self.key(jwks_url, header.kid.as_deref()).await?;
         let mut validation = Validation::new(header.alg);
+        validation.leeway = 0;
         validation.set_audience(&[expected.audience]);
         validation.set_issuer(expected.issuers);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
-            .map(|data| data.claims)
-            .map_err(|e| Error::Unauthorized(format!("invalid token: {e}")))
-    }
-
-    /// The key `kid` of the set at `url` (the only key when the token names none), fetching
-    /// the set when it is not cached, stale, or lacks `kid` and was not fetched just now.
-    async fn key(&self, url: &str, kid: Option<&str>) -> Result<DecodingKey, Error> {
+        let kid = header.kid.as_deref();
         let cached = self.keys.lock().ok().and_then(|keys| {
-            keys.get(url)
+            keys.get(jwks_url)
                 .map(|c| (c.value.clone(), c.fetched.elapsed()))
         });
-        let find = |set: &JwkSet| match kid {
-            Some(kid) => set.find(kid).cloned(),
-            None if set.keys.len() == 1 => set.keys.first().cloned(),
-            None => None,
-        };
-        let jwk = match cached {
-            Some((set, age)) if age < CACHE_TTL && (find(&set).is_some() || age < MIN_REFRESH) => {
-                find(&set)
-            }
+        let claims = match cached {
+            Some((set, age)) if age < CACHE_TTL => match signed_by(&set, kid, token, &validation) {
+                Err(Unverified::NoKey(_)) if age >= MIN_REFRESH => {
+                    let set = self.fetch_keys(jwks_url).await?;
+                    signed_by(&set, kid, token, &validation)
+                }
+                verified => verified,
+            },
             _ => {
-                let set: JwkSet = self.fetch(url).await?;
-                let jwk = find(&set);
-                store(&self.keys, url, set);
-                jwk
+                let set = self.fetch_keys(jwks_url).await?;
+                signed_by(&set, kid, token, &validation)
             }
-        };
-        let jwk = jwk.ok_or_else(|| {
-            Error::Unauthorized(format!(
-                "no key {} in the issuer's key set",
-                kid.unwrap_or("(unnamed)")
-            ))
-        })?;
-        DecodingKey::from_jwk(&jwk)
-            .map_err(|e| Error::Unauthorized(format!("unusable key in the issuer's key set: {e}")))
+        }
+        .map_err(|e| Error::Unauthorized(e.to_string()))?;
+        not_before(&claims)?;
+        Ok(claims)
+    }
+
+    async fn fetch_keys(&self, url: &str) -> Result<JwkSet, Error> {
+        let set: JwkSet = self.fetch(url).await?;
+        store(&self.keys, url, set.clone());
+        Ok(set)
     }
 
     /// GETs a JSON document from an identity provider. Failing to reach it is the provider's
@@ -206,6 +232,69 @@ impl Identity {
         .to_bytes();
         serde_json::from_slice(&body).map_err(|e| unavailable(format!("bad document: {e}")))
     }
+}
+
+/// Why a token was not verified.
+#[derive(Debug, thiserror::Error)]
+enum Unverified {
+    /// No key of the set verifies its signature: the set may have rotated.
+    #[error("{0}")]
+    NoKey(String),
+    /// A key verified the signature, but the claims fail.
+    #[error("invalid token: {0}")]
+    Claims(jsonwebtoken::errors::Error),
+}
+
+/// The token's claims, verified with the key of the set its `kid` names, or with any key of the
+/// set when it names none, as go-oidc does.
+fn signed_by(
+    set: &JwkSet,
+    kid: Option<&str>,
+    token: &str,
+    validation: &Validation,
+) -> Result<serde_json::Value, Unverified> {
+    use jsonwebtoken::errors::ErrorKind;
+    let candidates = set
+        .keys
+        .iter()
+        .filter(|jwk| kid.is_none() || jwk.common.key_id.as_deref() == kid);
+    for jwk in candidates {
+        let Ok(key) = DecodingKey::from_jwk(jwk) else {
+            continue;
+        };
+        match jsonwebtoken::decode::<serde_json::Value>(token, &key, validation) {
+            Ok(data) => return Ok(data.claims),
+            Err(e) => match e.kind() {
+                ErrorKind::InvalidSignature
+                | ErrorKind::InvalidAlgorithm
+                | ErrorKind::InvalidKeyFormat
+                | ErrorKind::InvalidRsaKey(_)
+                | ErrorKind::InvalidEcdsaKey
+                | ErrorKind::Crypto(_) => continue,
+                _ => return Err(Unverified::Claims(e)),
+            },
+        }
+    }
+    Err(Unverified::NoKey(match kid {
+        Some(kid) => format!("no key {kid} of the issuer's key set verifies the token"),
+        None => "no key of the issuer's key set verifies the token".into(),
+    }))
+}
+
+/// `nbf` may be up to five minutes ahead (clock skew), as go-oidc allows.
+fn not_before(claims: &serde_json::Value) -> Result<(), Error> {
+    let Some(nbf) = claims.get("nbf").and_then(serde_json::Value::as_f64) else {
+        return Ok(());
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    if nbf > now + NOT_BEFORE_LEEWAY_SECS {
+        return Err(Error::Unauthorized(
+            "invalid token: not valid yet (nbf)".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn fresh<T: Clone>(cache: &Mutex<HashMap<String, Cached<T>>>, key: &str) -> Option<T> {
@@ -244,5 +333,34 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, Error> {
         _ => Err(Error::Unauthorized(
             "malformed Authorization header: expected 'Bearer <token>'".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// notification-controller's `TestUnverifiedTokenIssuer`: only the payload is read.
+    #[test]
+    fn the_issuer_is_read_from_the_payload_alone() {
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(json!({"iss": "https://example.com"}).to_string());
+        let token = format!("header.{payload}.sig");
+        assert_eq!(
+            Identity::unverified_issuer(&token).map_err(|e| e.to_string()),
+            Ok("https://example.com".to_owned())
+        );
+        assert!(Identity::unverified_issuer("not-a-jwt").is_err());
+        let no_issuer = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("{}");
+        assert!(Identity::unverified_issuer(&format!("h.{no_issuer}.s")).is_err());
+    }
+
+    #[test]
+    fn not_before_allows_five_minutes_of_clock_skew() {
+        let now = chrono::Utc::now().timestamp();
+        assert!(not_before(&json!({})).is_ok());
+        assert!(not_before(&json!({"nbf": now + 240})).is_ok());
+        assert!(not_before(&json!({"nbf": now + 360})).is_err());
     }
 }

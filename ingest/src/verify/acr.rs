@@ -1,38 +1,27 @@
 //! `acr`: no authentication; the body must decode as `{action, target{repository, tag}}`.
 
 use axum::http::HeaderMap;
-use serde::Deserialize;
+use fluxgate_shared::gojson::{self, Shape};
 
-use super::{Verified, first_header, parse_json};
+use super::{GoRead, Verified, decode, first_header};
 use crate::error::Error;
 
-#[derive(Deserialize)]
-#[allow(dead_code)] // decoded to validate the shape, as Flux does
-struct Payload {
-    #[serde(default)]
-    id: String,
-    #[serde(default)]
-    action: String,
-    #[serde(default)]
-    target: Target,
-}
-
-#[derive(Deserialize, Default)]
-#[allow(dead_code)]
-struct Target {
-    #[serde(default)]
-    repository: String,
-    #[serde(default)]
-    tag: String,
-}
+/// Flux's ACR payload.
+const PAYLOAD: Shape = Shape::Object(&[
+    ("action", Shape::String),
+    (
+        "target",
+        Shape::Object(&[("repository", Shape::String), ("tag", Shape::String)]),
+    ),
+]);
 
 pub fn verify(headers: &HeaderMap, body: &[u8]) -> Result<Verified, Error> {
-    let payload = parse_json::<Payload>(body, "ACR")?;
+    let payload = decode(body, "ACR", GoRead::Decoder, PAYLOAD)?;
     Ok(Verified {
         event: None,
         // ACR gives every event an `id`; an explicit Idempotency-Key still wins.
         delivery_id: first_header(headers, &["idempotency-key"])
-            .or(Some(payload.id).filter(|id| !id.is_empty())),
+            .or(Some(gojson::string_field(&payload, "id")).filter(|id| !id.is_empty())),
         claims: None,
     })
 }

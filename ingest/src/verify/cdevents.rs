@@ -1,15 +1,19 @@
 //! `cdevents`: no authentication; the body must be a valid CDEvent (checked with the CDEvents
 //! SDK, as Flux does with its Go SDK), the event name is `Ce-Type`, the delivery id is the
 //! CloudEvents `ce-source` + `ce-id`, else the CDEvent's own `context.source` + `context.id`.
+//! Go's SDK decodes leniently -- unknown fields ignored, a missing `subject.content` empty --
+//! where the Rust SDK refuses, so the body is first shaped the way Go reads it.
 
 use axum::http::HeaderMap;
+use fluxgate_shared::gojson;
+use serde_json::Value;
 
 use super::{Verified, event_name, first_header};
 use crate::error::Error;
 
 pub fn verify(headers: &HeaderMap, body: &[u8]) -> Result<Verified, Error> {
-    let event: cdevents_sdk::CDEvent = serde_json::from_slice(body)
-        .map_err(|e| Error::BadRequest(format!("unable to validate CDEvent: {e}")))?;
+    let event =
+        parse(body).map_err(|e| Error::BadRequest(format!("unable to validate CDEvent: {e}")))?;
     let delivery_id = match (
         first_header(headers, &["ce-source"]),
         first_header(headers, &["ce-id"]),
@@ -22,6 +26,66 @@ pub fn verify(headers: &HeaderMap, body: &[u8]) -> Result<Verified, Error> {
         delivery_id: Some(delivery_id),
         claims: None,
     })
+}
+
+/// The fields of a CDEvent's context and of the event itself, as the SDKs know them.
+const CONTEXT_FIELDS: &[&str] = &["version", "id", "source", "type", "timestamp"];
+const EVENT_FIELDS: &[&str] = &["context", "subject", "customData", "customDataContentType"];
+/// How many unknown content fields are dropped before giving up.
+const MAX_UNKNOWN: usize = 32;
+
+/// The CDEvent in `body`, read as Go's SDK reads it.
+fn parse(body: &[u8]) -> Result<cdevents_sdk::CDEvent, String> {
+    let mut event = gojson::first_value(body)?;
+    let Some(fields) = event.as_object_mut() else {
+        return Err("not a JSON object".into());
+    };
+    fields.retain(|key, _| EVENT_FIELDS.contains(&key.as_str()));
+    if let Some(context) = fields.get_mut("context").and_then(Value::as_object_mut) {
+        context.retain(|key, _| CONTEXT_FIELDS.contains(&key.as_str()));
+    }
+    if let Some(subject) = fields.get_mut("subject").and_then(Value::as_object_mut) {
+        let content = subject.entry("content").or_insert(Value::Null);
+        if content.is_null() {
+            *content = Value::Object(serde_json::Map::new());
+        }
+    }
+    // The content's fields depend on the event's type; the SDK names an unknown one, which Go
+    // would ignore: drop it (wherever in the content it is) and read again.
+    for _ in 0..MAX_UNKNOWN {
+        match serde_json::from_value::<cdevents_sdk::CDEvent>(event.clone()) {
+            Ok(parsed) => return Ok(parsed),
+            Err(e) => {
+                let message = e.to_string();
+                let unknown = message
+                    .strip_prefix("unknown field `")
+                    .and_then(|rest| rest.split_once('`'))
+                    .map(|(name, _)| name.to_owned());
+                let content = event.pointer_mut("/subject/content");
+                let dropped = match (unknown, content) {
+                    (Some(name), Some(content)) => remove_key(content, &name),
+                    _ => false,
+                };
+                if !dropped {
+                    return Err(message);
+                }
+            }
+        }
+    }
+    Err("too many unknown fields".into())
+}
+
+/// Removes every `key` in `value`'s objects; whether there was one.
+fn remove_key(value: &mut Value, key: &str) -> bool {
+    match value {
+        Value::Object(map) => {
+            let removed = map.remove(key).is_some();
+            map.values_mut()
+                .fold(removed, |r, v| remove_key(v, key) || r)
+        }
+        Value::Array(items) => items.iter_mut().fold(false, |r, v| remove_key(v, key) || r),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -64,6 +128,23 @@ mod tests {
             v.delivery_id.as_deref(),
             Some("/event/source/123/271069a8-fc18-44f1-b38f-9d70a1695819")
         );
+    }
+
+    /// The body of notification-controller's cdevents cases: extra context fields, no
+    /// `subject.content`, and unknown fields elsewhere, all of which Go's SDK ignores.
+    #[test]
+    fn fluxs_own_cdevent_is_accepted() {
+        let flux = br#"{"context":{"gitRepository":"adamkenihan/notification-controller","gitRevision":"5555","version":"0.3.0","id":"5555","source":"github","timestamp":"2023-12-07T14:51:29.908479495Z","type":"dev.cdevents.change.merged.0.2.0"},"subject":{"type":"change","id":"5555"}}"#;
+        let v = verify(&headers(&[("ce-type", "cd.change.merged.v1")]), flux).expect("valid");
+        assert_eq!(v.event.as_deref(), Some("cd.change.merged.v1"));
+        assert_eq!(v.delivery_id.as_deref(), Some("github/5555"));
+        let extra = String::from_utf8_lossy(CHANGE_MERGED)
+            .replace(
+                "\"id\": \"cdevents/service\"",
+                "\"id\": \"cdevents/service\", \"extra\": 1",
+            )
+            .replace("\"context\": {", "\"custom\": true, \"context\": {");
+        assert!(verify(&headers(&[]), extra.as_bytes()).is_ok(), "{extra}");
     }
 
     #[test]

@@ -1,36 +1,19 @@
 //! `dockerhub`: no authentication; the body must decode as `{push_data.tag, repository.repo_url}`.
 
 use axum::http::HeaderMap;
-use serde::Deserialize;
+use fluxgate_shared::gojson::Shape;
 
-use super::{Verified, parse_json};
+use super::{GoRead, Verified, decode};
 use crate::error::Error;
 
-#[derive(Deserialize)]
-#[allow(dead_code)] // decoded to validate the shape, as Flux does
-struct Payload {
-    #[serde(default)]
-    push_data: PushData,
-    #[serde(default)]
-    repository: Repository,
-}
-
-#[derive(Deserialize, Default)]
-#[allow(dead_code)]
-struct PushData {
-    #[serde(default)]
-    tag: String,
-}
-
-#[derive(Deserialize, Default)]
-#[allow(dead_code)]
-struct Repository {
-    #[serde(default)]
-    repo_url: String,
-}
+/// Flux's DockerHub payload.
+const PAYLOAD: Shape = Shape::Object(&[
+    ("push_data", Shape::Object(&[("tag", Shape::String)])),
+    ("repository", Shape::Object(&[("repo_url", Shape::String)])),
+]);
 
 pub fn verify(headers: &HeaderMap, body: &[u8]) -> Result<Verified, Error> {
-    parse_json::<Payload>(body, "DockerHub")?;
+    decode(body, "DockerHub", GoRead::Decoder, PAYLOAD)?;
     Ok(Verified::unnamed(headers))
 }
 

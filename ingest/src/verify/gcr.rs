@@ -32,6 +32,7 @@ pub async fn verify(
     let expected = Expected {
         issuers: GOOGLE_ISSUERS,
         audience: &audience,
+        algorithms: identity::ALLOWED,
     };
     let claims = identity
         .verify(token, &identity.google_certs_url, &expected)

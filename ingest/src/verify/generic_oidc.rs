@@ -50,12 +50,15 @@ async fn check(
     provider: &OidcProvider,
     token: &str,
 ) -> Result<serde_json::Value, Error> {
-    let jwks = identity.jwks_uri(&provider.issuer_url).await?;
+    let discovered = identity.discover(&provider.issuer_url).await?;
     let expected = Expected {
         issuers: &[provider.issuer_url.as_str()],
         audience: &provider.audience,
+        algorithms: &discovered.algorithms,
     };
-    let claims = identity.verify(token, &jwks, &expected).await?;
+    let claims = identity
+        .verify(token, &discovered.jwks_uri, &expected)
+        .await?;
     validate(provider, &claims)?;
     Ok(claims)
 }

@@ -18,7 +18,9 @@ mod quay;
 
 use axum::http::HeaderMap;
 use fluxgate_shared::catalog::{Receiver, ReceiverType};
+use fluxgate_shared::gojson::{self, Shape};
 use hmac::{EagerHash, KeyInit, Mac};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -168,17 +170,26 @@ fn verify_prefixed_signature(signature: &str, body: &[u8], key: &[u8]) -> Result
     }
 }
 
-/// Parses a JSON body into the shape Flux decodes for the type (a missing field is fine, a
-/// wrongly typed one is not).
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], provider: &str) -> Result<T, Error> {
-    // serde would fill a struct from a JSON array; Go's decoder (and so Flux) refuses one.
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(Error::BadRequest(format!(
-            "{provider} webhook payload is not a JSON object"
-        )));
+/// How Flux reads a type's body: `json.NewDecoder(body).Decode` (the first value; what follows
+/// is not read) or `json.Unmarshal` (the whole body).
+#[derive(Clone, Copy)]
+enum GoRead {
+    Decoder,
+    Unmarshal,
+}
+
+/// Decodes a body into the shape Flux decodes for the type, as Go does: a missing or `null`
+/// field is fine, a wrongly typed one is not.
+fn decode(body: &[u8], provider: &str, read: GoRead, shape: Shape) -> Result<Value, Error> {
+    let bad =
+        |e: String| Error::BadRequest(format!("cannot decode {provider} webhook payload: {e}"));
+    let value = match read {
+        GoRead::Decoder => gojson::first_value(body),
+        GoRead::Unmarshal => gojson::whole(body),
     }
-    serde_json::from_slice(body)
-        .map_err(|e| Error::BadRequest(format!("cannot decode {provider} webhook payload: {e}")))
+    .map_err(bad)?;
+    gojson::check(&value, shape).map_err(bad)?;
+    Ok(value)
 }
 
 #[cfg(test)]

@@ -2,20 +2,14 @@
 //! body must decode as Nexus's `{action, repositoryName}`.
 
 use axum::http::HeaderMap;
-use serde::Deserialize;
+use fluxgate_shared::gojson::Shape;
 
-use super::{Verified, first_header, header, hmac_matches, parse_json};
+use super::{GoRead, Verified, decode, first_header, header, hmac_matches};
 use crate::error::Error;
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-#[allow(dead_code)] // decoded to validate the shape, as Flux does
-struct Payload {
-    #[serde(default)]
-    action: String,
-    #[serde(default)]
-    repository_name: String,
-}
+/// Flux's Nexus payload.
+const PAYLOAD: Shape =
+    Shape::Object(&[("action", Shape::String), ("repositoryName", Shape::String)]);
 
 pub fn verify(token: &[u8], headers: &HeaderMap, body: &[u8]) -> Result<Verified, Error> {
     let signature = header(headers, "x-nexus-webhook-signature")
@@ -26,7 +20,7 @@ pub fn verify(token: &[u8], headers: &HeaderMap, body: &[u8]) -> Result<Verified
     if !hmac_matches::<sha1::Sha1>(token, body, &mac) {
         return Err(Error::Unauthorized("invalid Nexus signature".into()));
     }
-    parse_json::<Payload>(body, "Nexus")?;
+    decode(body, "Nexus", GoRead::Unmarshal, PAYLOAD)?;
     Ok(Verified {
         event: None,
         delivery_id: first_header(headers, &["x-nexus-webhook-delivery", "idempotency-key"]),
@@ -87,6 +81,18 @@ mod tests {
     fn wrong_prefix_fails() {
         let sig = format!("sha1={}", hmac_hex::<sha1::Sha1>(b"k", BODY));
         assert!(verify(b"k", &headers(&[("x-nexus-webhook-signature", &sig)]), BODY).is_err());
+    }
+
+    /// Flux reads a Nexus body with `json.Unmarshal`: the whole body, unlike the other types.
+    #[test]
+    fn trailing_data_is_refused_and_nulls_are_not() {
+        let trailing = br#"{"action":"CREATED"} x"#;
+        assert!(matches!(
+            verify(b"k", &signed(trailing, b"k"), trailing),
+            Err(Error::BadRequest(_))
+        ));
+        let nulls = br#"{"action":null,"repositoryName":null}"#;
+        assert!(verify(b"k", &signed(nulls, b"k"), nulls).is_ok());
     }
 
     #[test]
