@@ -133,6 +133,8 @@ pub struct ResourceRef {
     #[serde(default)]
     pub api_version: Option<String>,
     pub kind: String,
+    /// Required by Flux's CRD; missing, it names nothing, and the dispatcher says so.
+    #[serde(default)]
     pub name: String,
     #[serde(default)]
     pub namespace: Option<String>,

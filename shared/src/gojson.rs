@@ -11,13 +11,13 @@ use serde_json::Value;
 pub fn first_value(body: &[u8]) -> Result<Value, String> {
     let text = String::from_utf8_lossy(body);
     let mut deserializer = serde_json::Deserializer::from_str(&text);
-    Value::deserialize(&mut deserializer).map_err(|e| format!("invalid JSON: {e}"))
+    Value::deserialize(&mut deserializer).map_err(|e| e.to_string())
 }
 
 /// The whole of `body` as one JSON value, as `json.Unmarshal` reads it: only white space may
 /// follow the value.
 pub fn whole(body: &[u8]) -> Result<Value, String> {
-    serde_json::from_str(&String::from_utf8_lossy(body)).map_err(|e| format!("invalid JSON: {e}"))
+    serde_json::from_str(&String::from_utf8_lossy(body)).map_err(|e| e.to_string())
 }
 
 /// The Go type a value is decoded into.

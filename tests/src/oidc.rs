@@ -1,6 +1,7 @@
-//! A local OpenID Connect issuer for tests: serves discovery and its key set over HTTP and mints
-//! RS256 ID tokens with a fixed test key (`tests/fixtures`), so `generic-oidc` and `gcr`
-//! receivers are verified exactly as against a real provider. It counts key-set fetches.
+//! A local OpenID Connect issuer for tests: serves discovery (RS256 only) and its key set over
+//! HTTP -- a decoy public key first, then the test key -- and mints ID tokens with the fixed test
+//! key (`tests/fixtures`), so `generic-oidc` and `gcr` receivers are verified exactly as against
+//! a real provider. It counts key-set fetches.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,8 @@ use serde_json::{Value, json};
 
 const KEY_PEM: &[u8] = include_bytes!("../fixtures/oidc-test-key.pem");
 const JWK: &str = include_str!("../fixtures/oidc-test-jwk.json");
+/// Another key of the set, which signs nothing: a token without `kid` must be tried beyond it.
+const DECOY_JWK: &str = include_str!("../fixtures/oidc-decoy-jwk.json");
 /// The `kid` of the test key.
 pub const KEY_ID: &str = "fluxgate-test";
 
@@ -78,8 +81,13 @@ impl Drop for Issuer {
 
 /// An RS256 token with `claims`, signed with the test key (`kid` as given).
 pub fn sign(claims: &Value, kid: &str) -> String {
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some(kid.to_owned());
+    sign_with(claims, Some(kid), Algorithm::RS256)
+}
+
+/// A token with `claims`, signed with the test key by `alg` (an RSA one), naming `kid` if any.
+pub fn sign_with(claims: &Value, kid: Option<&str>, alg: Algorithm) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
     let key = EncodingKey::from_rsa_pem(KEY_PEM).expect("test key");
     jsonwebtoken::encode(&header, claims, &key).expect("sign")
 }
@@ -94,6 +102,6 @@ async fn discovery(State(shared): State<Arc<Shared>>) -> Json<Value> {
 
 async fn keys(State(shared): State<Arc<Shared>>) -> Json<Value> {
     shared.key_fetches.fetch_add(1, Ordering::SeqCst);
-    let jwk: Value = serde_json::from_str(JWK).unwrap_or(Value::Null);
-    Json(json!({ "keys": [jwk] }))
+    let key = |text: &str| serde_json::from_str::<Value>(text).unwrap_or(Value::Null);
+    Json(json!({ "keys": [key(DECOY_JWK), key(JWK)] }))
 }

@@ -38,11 +38,11 @@ fn receivers_yaml(issuer: &str) -> String {
             issuer,
             "      validations:\n        - expression: claims.sub == 'tester'\n          message: only the tester may deploy\n",
         ),
-        // Variables see the claims and the variables before them; validations see both.
+        // Variables see the claims and the vars before them; validations see both.
         oidc_receiver(
             "repos",
             issuer,
-            "      audience: fluxgate\n      variables:\n        - name: repo\n          expression: claims.repository.split('/')[1]\n        - name: prefix\n          expression: variables.repo.split('-')[0]\n      validations:\n        - expression: variables.prefix == 'web'\n          message: not a web repository\n        - expression: claims.ref == 'refs/heads/main'\n          message: not the main branch\n",
+            "      audience: fluxgate\n      variables:\n        - name: repo\n          expression: claims.repository.split('/')[1]\n        - name: prefix\n          expression: vars.repo.split('-')[0]\n      validations:\n        - expression: vars.prefix == 'web'\n          message: not a web repository\n        - expression: claims.ref == 'refs/heads/main'\n          message: not the main branch\n",
         ),
         gcr_secret,
         gcr_receiver("gcr", "gcr"),
@@ -226,7 +226,7 @@ async fn oidc_variables_come_before_validations_and_failures_are_joined() {
     assert_eq!(response.status, 401, "{:?}", response.body);
     assert_eq!(
         error_of(&response),
-        "not a web repository; not the main branch"
+        "token validation failed: not a web repository; not the main branch"
     );
 }
 

@@ -107,7 +107,8 @@ pub fn request(
     if !content_type.is_some_and(is_json) {
         return Ok(value(&serde_json::json!({})));
     }
-    match gojson::first_value(body)? {
+    let body = gojson::first_value(body).map_err(|e| format!("the body is not valid JSON: {e}"))?;
+    match body {
         serde_json::Value::Null => Ok(value(&serde_json::json!({}))),
         object @ serde_json::Value::Object(_) => Ok(value(&object)),
         other => Err(format!(
