@@ -75,17 +75,24 @@ fn parse(body: &[u8]) -> Result<cdevents_sdk::CDEvent, String> {
     Err("too many unknown fields".into())
 }
 
-/// Removes every `key` in `value`'s objects; whether there was one.
+/// Removes every `key` in `value`'s objects, at any depth; whether there was one.
 fn remove_key(value: &mut Value, key: &str) -> bool {
+    let mut removed = false;
     match value {
         Value::Object(map) => {
-            let removed = map.remove(key).is_some();
-            map.values_mut()
-                .fold(removed, |r, v| remove_key(v, key) || r)
+            removed = map.remove(key).is_some();
+            for v in map.values_mut() {
+                removed |= remove_key(v, key);
+            }
         }
-        Value::Array(items) => items.iter_mut().fold(false, |r, v| remove_key(v, key) || r),
-        _ => false,
+        Value::Array(items) => {
+            for v in items {
+                removed |= remove_key(v, key);
+            }
+        }
+        _ => {}
     }
+    removed
 }
 
 #[cfg(test)]
