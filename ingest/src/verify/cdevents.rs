@@ -6,6 +6,7 @@
 
 use axum::http::HeaderMap;
 use fluxgate_shared::gojson;
+use serde::Deserialize as _;
 use serde_json::Value;
 
 use super::{Verified, event_name, first_header};
@@ -53,7 +54,7 @@ fn parse(body: &[u8]) -> Result<cdevents_sdk::CDEvent, String> {
     // The content's fields depend on the event's type; the SDK names an unknown one, which Go
     // would ignore: drop it (wherever in the content it is) and read again.
     for _ in 0..MAX_UNKNOWN {
-        match serde_json::from_value::<cdevents_sdk::CDEvent>(event.clone()) {
+        match cdevents_sdk::CDEvent::deserialize(&event) {
             Ok(parsed) => return Ok(parsed),
             Err(e) => {
                 let message = e.to_string();

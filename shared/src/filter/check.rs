@@ -223,7 +223,9 @@ fn call_kind(function: &str, args: &[IdedExpr], declared: &[&str]) -> Kind {
             }
         }
         operators::CONDITIONAL => match args {
-            [_, a, b] if kind(a, declared) == kind(b, declared) => kind(a, declared),
+            [_, a, b] => Some(kind(a, declared))
+                .filter(|k| *k == kind(b, declared))
+                .unwrap_or(Kind::Unknown),
             _ => Kind::Unknown,
         },
         _ => Kind::Unknown,

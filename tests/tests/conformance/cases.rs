@@ -23,6 +23,11 @@ pub struct Issuers<'a> {
     pub other: &'a str,
 }
 
+/// A case Flux answers 400 and fluxgate 401: a missing or bad credential.
+fn refused(case: Case) -> Case {
+    case.answers((400, 0), (401, 0)).differs(CREDENTIAL)
+}
+
 fn case(from: &'static str, name: &'static str, spec: Value) -> Case {
     Case {
         from,
@@ -272,7 +277,6 @@ fn validate_generic_oidc(issuers: &Issuers) -> Vec<Case> {
             .objects(objects)
             .with(|c| c.secret = None)
     };
-    let refused = |c: Case| c.answers((400, 0), (401, 0)).differs(CREDENTIAL);
     vec![
         oidc("valid token passes validations", &base)
             .auth(Auth::token(repository_claims))
@@ -340,16 +344,14 @@ fn claims_processor(issuers: &Issuers) -> Vec<Case> {
             .answers((503, 0), (503, 0)),
         oidc_receiver(FROM, "passing validation", provider(json!([]), json!([{"expression": "claims.repo == 'org/repo'", "message": "wrong repo"}])), repo_and_env)
             .answers((200, 1), (202, 1)),
-        oidc_receiver(FROM, "all failures aggregated", provider(json!([]), json!([
+        refused(oidc_receiver(FROM, "all failures aggregated", provider(json!([]), json!([
             {"expression": "claims.repo == 'org/repo'", "message": "wrong repo"},
             {"expression": "claims.env == 'prod'", "message": "wrong env"},
         ])), |c| {
             repo_and_env(c);
             c["repo"] = json!("evil");
-        })
-            .says("wrong repo; wrong env")
-            .answers((400, 0), (401, 0))
-            .differs(CREDENTIAL),
+        }))
+        .says("wrong repo; wrong env"),
         oidc_receiver(FROM, "variables flow into validations", provider(
             json!([{"name": "allowed", "expression": "['org/repo']"}]),
             json!([{"expression": "claims.repo in vars.allowed", "message": "repo denied"}]),
@@ -574,7 +576,6 @@ fn oidc_library(issuers: &Issuers) -> Vec<Case> {
     let receiver = |name, token: Token| {
         oidc_receiver(FROM, name, provider.clone(), tester).auth(Auth::Oidc(token))
     };
-    let refused = |c: Case| c.answers((400, 0), (401, 0)).differs(CREDENTIAL);
     vec![
         refused(receiver(
             "exp 30 s ago (no leeway)",
