@@ -15,8 +15,9 @@ use kube::runtime::watcher;
 
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
-use crate::outcome::{Event, Recorder};
+use crate::outcome::Recorder;
 use crate::targets::{Resolver, Target, describe};
+use fluxgate_shared::contract::Event;
 
 pub struct Confirmer {
     pub resolver: Arc<Resolver>,
@@ -48,7 +49,7 @@ impl Confirmer {
         for delivery in &deliveries {
             let event = match &outcome {
                 Ok(Ok(handled_at)) => {
-                    let latency = delivery.received_at.map(|received| now - received);
+                    let latency = delivery.meta.received_at.map(|received| now - received);
                     if let Some(latency) = latency {
                         self.metrics
                             .webhook_to_handled(latency.to_std().unwrap_or_default());

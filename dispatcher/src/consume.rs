@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind};
 use fluxgate_shared::catalog::SharedCatalog;
+use fluxgate_shared::contract::{DeliveryMeta, Event};
 use futures::StreamExt as _;
 use tokio::sync::watch;
 
@@ -17,8 +18,8 @@ use crate::dedup::{Claim, Dedup};
 use crate::delivery::Delivery;
 use crate::error::Error;
 use crate::inflight::{Registry, acknowledge};
-use crate::outcome::{Event, Recorder};
-use crate::request;
+use crate::outcome::Recorder;
+use crate::request::Inputs;
 use crate::targets::Resolver;
 
 /// Deliveries handled at once.
@@ -68,7 +69,7 @@ impl Dispatcher {
         if told_to_stop {
             Ok(())
         } else {
-            Err(Error::Nats("the consumer's message stream ended".into()))
+            Err(Error::nats("the consumer's message stream ended"))
         }
     }
 
@@ -85,12 +86,12 @@ impl Dispatcher {
             // Still in flight from an earlier delivery of the same message.
             return;
         }
-        let delivery = match Delivery::from_headers(sequence, message.headers.as_ref()) {
+        let delivery = match Delivery::read(sequence, message.headers.as_ref()) {
             Ok(delivery) => delivery,
             Err(error) => return self.poison(sequence, &message, error).await,
         };
         // A replay is the same delivery again, on purpose: only it bypasses deduplication.
-        if delivery.from_sender && delivery.replay_of.is_none() {
+        if delivery.meta.from_sender() && delivery.meta.replay_of.is_none() {
             match self.dedup.claim(&delivery).await {
                 Ok(Claim::DuplicateOf(first)) => {
                     self.recorder
@@ -100,17 +101,18 @@ impl Dispatcher {
                 }
                 Ok(Claim::First | Claim::Redelivery) => {}
                 Err(error) => {
-                    tracing::warn!(%error, delivery = %delivery.id, "cannot check for duplicates; retrying later");
+                    tracing::warn!(%error, delivery = %delivery.meta.id, "cannot check for duplicates; retrying later");
                     let _ = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
                     return;
                 }
             }
         }
         let catalog = self.catalog.current();
-        let Some(receiver) = catalog.by_name(&delivery.namespace, &delivery.receiver) else {
+        let Some(receiver) = catalog.by_name(&delivery.meta.namespace, &delivery.meta.receiver)
+        else {
             let reason = format!(
                 "receiver {}/{} is not in the catalog",
-                delivery.namespace, delivery.receiver
+                delivery.meta.namespace, delivery.meta.receiver
             );
             self.fail(&delivery, reason).await;
             return acknowledge(&message, &delivery).await;
@@ -120,33 +122,24 @@ impl Dispatcher {
                 .await;
             return acknowledge(&message, &delivery).await;
         }
-        let inputs = if receiver.has_filters() {
-            match request::of(
-                &self.jetstream,
-                receiver.kind,
-                message.headers.as_ref(),
-                &message.payload,
-            )
+        let inputs = match Inputs::of(&self.jetstream, receiver, &delivery.meta, &message.payload)
             .await
-            {
-                Ok(inputs) => inputs,
-                Err(error @ Error::Body(_)) => {
-                    self.fail(&delivery, error.to_string()).await;
-                    return acknowledge(&message, &delivery).await;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, delivery = %delivery.id, "cannot read the body for filters; retrying later");
-                    let _ = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
-                    return;
-                }
+        {
+            Ok(inputs) => inputs,
+            Err(error @ Error::Body(_)) => {
+                self.fail(&delivery, error.to_string()).await;
+                return acknowledge(&message, &delivery).await;
             }
-        } else {
-            request::Inputs::none()
+            Err(error) => {
+                tracing::warn!(%error, delivery = %delivery.meta.id, "cannot read the body for filters; retrying later");
+                let _ = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
+                return;
+            }
         };
         let resolved = match self.resolver.resolve(receiver, &inputs).await {
             Ok(resolved) => resolved,
             Err(error) => {
-                tracing::warn!(%error, delivery = %delivery.id, "cannot resolve targets; retrying later");
+                tracing::warn!(%error, delivery = %delivery.meta.id, "cannot resolve targets; retrying later");
                 let _ = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
                 return;
             }
@@ -205,13 +198,12 @@ impl Dispatcher {
         tracing::error!(%error, seq = sequence, "poison message terminated");
         let unknown = Delivery {
             sequence,
-            id: format!("seq-{sequence}"),
-            from_sender: false,
-            namespace: "_unknown".into(),
-            receiver: "_unknown".into(),
-            event: None,
-            received_at: None,
-            replay_of: None,
+            meta: DeliveryMeta {
+                id: format!("seq-{sequence}"),
+                namespace: "_unknown".into(),
+                receiver: "_unknown".into(),
+                ..Default::default()
+            },
         };
         self.fail(&unknown, error.to_string()).await;
         if let Err(error) = message.ack_with(AckKind::Term).await {

@@ -64,7 +64,7 @@ impl Dedup {
     /// Claims the delivery's key for its stream sequence.
     pub async fn claim(&self, delivery: &Delivery) -> Result<Claim, Error> {
         // Delivery ids may hold any character; KV keys may not.
-        let key = hex::encode(Sha256::digest(delivery.key()));
+        let key = hex::encode(Sha256::digest(delivery.meta.key()));
         let sequence = delivery.sequence.to_string();
         // Twice at most: the holder may expire between our create and our read.
         for _ in 0..2 {
@@ -76,7 +76,10 @@ impl Dedup {
             let holder = self.store.get(&key).await.map_err(Error::nats)?;
             if let Some(holder) = holder {
                 let holder: u64 = String::from_utf8_lossy(&holder).parse().map_err(|_| {
-                    Error::Nats(format!("unreadable dedup entry for {}", delivery.key()))
+                    Error::nats(format!(
+                        "unreadable dedup entry for {}",
+                        delivery.meta.key()
+                    ))
                 })?;
                 return Ok(if holder == delivery.sequence {
                     Claim::Redelivery
@@ -85,9 +88,9 @@ impl Dedup {
                 });
             }
         }
-        Err(Error::Nats(format!(
+        Err(Error::nats(format!(
             "cannot claim dedup key for {}",
-            delivery.key()
+            delivery.meta.key()
         )))
     }
 }

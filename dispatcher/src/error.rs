@@ -1,11 +1,14 @@
-//! The one error type of the dispatcher, and where each error becomes a metric label.
+//! The one error type of the dispatcher.
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot load receivers: {0}")]
-    Catalog(#[from] fluxgate_shared::catalog::CatalogError),
+    /// A receivers file that cannot be loaded, a message that is not a delivery, a NATS
+    /// operation of the shared contract.
+    #[error(transparent)]
+    Shared(#[from] fluxgate_shared::Error),
+    /// Kept whole, so that the consumer can tell transient failures from permanent ones.
     #[error("NATS: {0}")]
-    Nats(String),
+    Nats(#[source] async_nats::Error),
     #[error("Kubernetes client: {0}")]
     Kube(#[from] kube::Error),
     #[error("cannot listen: {0}")]
@@ -13,25 +16,10 @@ pub enum Error {
     /// A stored body that the filters cannot read as their `req`.
     #[error("cannot evaluate filters: {0}")]
     Body(String),
-    /// A command that cannot run as asked.
-    #[error("{0}")]
-    Usage(String),
-    /// Printing a result failed.
-    #[error("cannot print: {0}")]
-    Output(String),
-    /// No such delivery, receiver or message.
-    #[error("{0}")]
-    NotFound(String),
-    /// The delivery was there once; the stream's limits removed it.
-    #[error("{0}")]
-    AgedOut(String),
-    /// A delivery message without the metadata every delivery has.
-    #[error("unreadable delivery: {0}")]
-    Poison(String),
 }
 
 impl Error {
-    pub fn nats(error: impl std::fmt::Display) -> Self {
-        Self::Nats(error.to_string())
+    pub fn nats(error: impl Into<async_nats::Error>) -> Self {
+        Self::Nats(error.into())
     }
 }

@@ -31,7 +31,7 @@ impl InFlight {
 /// Acknowledges and waits for JetStream to confirm it, so the effect and the ack cannot part.
 pub async fn acknowledge(message: &jetstream::Message, delivery: &Delivery) {
     if let Err(error) = message.double_ack().await {
-        tracing::warn!(%error, delivery = %delivery.id, seq = delivery.sequence, "ack not confirmed; JetStream may redeliver");
+        tracing::warn!(%error, delivery = %delivery.meta.id, seq = delivery.sequence, "ack not confirmed; JetStream may redeliver");
     }
 }
 

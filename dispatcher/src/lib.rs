@@ -2,24 +2,21 @@
 //! receiver's targets, coalesces bursts per target and asks Flux to reconcile by annotating
 //! them, with retries, one leader at a time, and an outcome event for everything that happens.
 
-pub mod admin;
-pub mod cli;
-pub mod coalesce;
-pub mod config;
-pub mod confirm;
-pub mod consume;
-pub mod dedup;
-pub mod delivery;
-pub mod error;
-pub mod history;
-pub mod inflight;
-pub mod leader;
-pub mod metrics;
-pub mod outcome;
-pub mod patch;
-pub mod replay;
-pub mod request;
-pub mod targets;
+mod admin;
+mod coalesce;
+mod config;
+mod confirm;
+mod consume;
+mod dedup;
+mod delivery;
+mod error;
+mod inflight;
+mod leader;
+mod metrics;
+mod outcome;
+mod patch;
+mod request;
+mod targets;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,6 +31,9 @@ use tokio::sync::watch;
 
 pub use config::Config;
 pub use error::Error;
+// What `fluxgate replay --dry-run` asks: the targets a delivery would be dispatched to now.
+pub use request::Inputs;
+pub use targets::{Resolved, Resolver};
 
 use crate::coalesce::Coalescer;
 use crate::confirm::Confirmer;
@@ -44,7 +44,6 @@ use crate::leader::LeaderElector;
 use crate::metrics::Metrics;
 use crate::outcome::Recorder;
 use crate::patch::Patcher;
-use crate::targets::Resolver;
 
 /// Runs the dispatcher until `shutdown` resolves: then it stops fetching, lets in-flight
 /// patches finish and be acknowledged, releases the lease and returns.

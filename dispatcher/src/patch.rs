@@ -12,8 +12,9 @@ use tokio::time::Instant;
 use crate::confirm::Confirmer;
 use crate::inflight::InFlight;
 use crate::metrics::Metrics;
-use crate::outcome::{Event, Recorder};
+use crate::outcome::Recorder;
 use crate::targets::{Resolver, Target, describe, is_permanent};
+use fluxgate_shared::contract::Event;
 
 /// The annotation Flux watches.
 pub const REQUESTED_AT: &str = "reconcile.fluxcd.io/requestedAt";
@@ -103,7 +104,7 @@ impl Patcher {
         }
         if matches!(final_event, Event::Patched { .. }) {
             let now = chrono::Utc::now();
-            for received in batch.iter().filter_map(|d| d.delivery.received_at) {
+            for received in batch.iter().filter_map(|d| d.delivery.meta.received_at) {
                 self.metrics
                     .webhook_to_patch((now - received).to_std().unwrap_or_default());
             }

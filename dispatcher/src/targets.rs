@@ -7,33 +7,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use fluxgate_shared::catalog::{Receiver, ResourceRef};
+pub use fluxgate_shared::contract::Target;
 use fluxgate_shared::filter::{self, Expression};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use serde::Serialize;
 
 use crate::request::Inputs;
-
-/// One object to annotate.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Target {
-    pub api_version: String,
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}/{} {}/{}",
-            self.api_version, self.kind, self.namespace, self.name
-        )
-    }
-}
 
 /// Flux's apiVersion for a kind named without one; other kinds must say theirs.
 pub fn default_api_version(kind: &str) -> Option<&'static str> {

@@ -1,12 +1,11 @@
 //! Normalisation: turns a verified webhook into the stored delivery message of DESIGN.md -- the
 //! raw body as payload and the metadata as headers, credentials left out.
 
-use async_nats::HeaderMap;
 use axum::http::HeaderMap as RequestHeaders;
 use bytes::Bytes;
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
 use fluxgate_shared::catalog::Receiver;
-use fluxgate_shared::contract::{self, header};
+use fluxgate_shared::contract::{self, DeliveryMeta, IdSource, header};
 use sha2::{Digest, Sha256};
 
 use crate::publish::Delivery;
@@ -19,15 +18,32 @@ pub fn build(
     request: &RequestHeaders,
     body: Bytes,
 ) -> (String, Delivery) {
-    let (delivery_id, id_source) = match verified.delivery_id {
-        Some(id) => (id, contract::DELIVERY_ID_FROM_SENDER),
+    let (id, id_source) = match verified.delivery_id {
+        Some(id) => (id, IdSource::Sender),
         // A fresh id: such a delivery is never deduplicated (two bare triggers reconcile twice).
-        None => (
-            uuid::Uuid::now_v7().to_string(),
-            contract::DELIVERY_ID_GENERATED,
-        ),
+        None => (uuid::Uuid::now_v7().to_string(), IdSource::Generated),
     };
-    let mut headers = HeaderMap::new();
+    let meta = DeliveryMeta {
+        id,
+        id_source,
+        namespace: receiver.namespace.clone(),
+        receiver: receiver.name.clone(),
+        receiver_type: receiver.kind.as_str().into(),
+        event: verified.event.filter(|e| !e.is_empty()),
+        received_at: Some(Utc::now()),
+        content_type: request
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        body_sha256: Some(hex::encode(Sha256::digest(&body))),
+        body_size: body.len() as u64,
+        body_object: None,
+        traceparent: Some(traceparent(request)),
+        replay_of: None,
+        replay_actor: None,
+        oidc_claims: verified.claims.map(|claims| claims.to_string()),
+    };
+    let mut headers = meta.to_headers();
     // Walk the request's few headers rather than look up every kept name: this is the hot path.
     for (name, value) in request {
         if contract::is_kept_request_header(name.as_str())
@@ -36,52 +52,13 @@ pub fn build(
             headers.insert(name.as_str(), value);
         }
     }
-    headers.insert(names::DELIVERY_ID, delivery_id.as_str());
-    headers.insert(names::DELIVERY_ID_SOURCE, id_source);
-    headers.insert(names::RECEIVER_NAMESPACE, receiver.namespace.as_str());
-    headers.insert(names::RECEIVER_NAME, receiver.name.as_str());
-    headers.insert(names::RECEIVER_TYPE, receiver.kind.as_str());
-    if let Some(event) = verified.event.as_deref().filter(|e| !e.is_empty()) {
-        headers.insert(names::EVENT, event);
-    }
-    let received_at = Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true);
-    headers.insert(names::RECEIVED_AT, received_at);
-    if let Some(content_type) = request.get("content-type").and_then(|v| v.to_str().ok()) {
-        headers.insert(names::CONTENT_TYPE, content_type);
-    }
-    headers.insert(names::BODY_SHA256, hex::encode(Sha256::digest(&body)));
-    headers.insert(names::BODY_SIZE, body.len().to_string());
-    headers.insert(names::TRACEPARENT, traceparent(request));
-    if let Some(claims) = &verified.claims {
-        headers.insert(names::OIDC_CLAIMS, claims.to_string());
-    }
-
     let delivery = Delivery {
-        subject: contract::delivery_subject(&receiver.namespace, &receiver.name),
-        msg_id: contract::delivery_key(&receiver.namespace, &receiver.name, &delivery_id),
+        subject: meta.subject(),
+        msg_id: meta.key(),
         headers,
         body,
     };
-    (delivery_id, delivery)
-}
-
-/// The contract's header names, parsed once at compile time instead of on every request.
-mod names {
-    use async_nats::HeaderName;
-    use fluxgate_shared::contract::header;
-
-    pub const DELIVERY_ID: HeaderName = HeaderName::from_static(header::DELIVERY_ID);
-    pub const DELIVERY_ID_SOURCE: HeaderName = HeaderName::from_static(header::DELIVERY_ID_SOURCE);
-    pub const RECEIVER_NAMESPACE: HeaderName = HeaderName::from_static(header::RECEIVER_NAMESPACE);
-    pub const RECEIVER_NAME: HeaderName = HeaderName::from_static(header::RECEIVER_NAME);
-    pub const RECEIVER_TYPE: HeaderName = HeaderName::from_static(header::RECEIVER_TYPE);
-    pub const EVENT: HeaderName = HeaderName::from_static(header::EVENT);
-    pub const RECEIVED_AT: HeaderName = HeaderName::from_static(header::RECEIVED_AT);
-    pub const CONTENT_TYPE: HeaderName = HeaderName::from_static(header::CONTENT_TYPE);
-    pub const BODY_SHA256: HeaderName = HeaderName::from_static(header::BODY_SHA256);
-    pub const BODY_SIZE: HeaderName = HeaderName::from_static(header::BODY_SIZE);
-    pub const TRACEPARENT: HeaderName = HeaderName::from_static(header::TRACEPARENT);
-    pub const OIDC_CLAIMS: HeaderName = HeaderName::from_static(header::OIDC_CLAIMS);
+    (meta.id, delivery)
 }
 
 /// The sender's W3C `traceparent` when it is well formed, else the root of a new trace.

@@ -30,7 +30,7 @@ pub enum Error {
     #[error("event store unavailable, retry later: {0}")]
     Unavailable(String),
     #[error("cannot load receivers: {0}")]
-    Catalog(#[from] fluxgate_shared::catalog::CatalogError),
+    Catalog(#[from] fluxgate_shared::Error),
     #[error("cannot listen: {0}")]
     Listen(#[from] std::io::Error),
     #[error("Kubernetes client: {0}")]

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use fluxgate_shared::catalog::{Catalog, CatalogError};
+use fluxgate_shared::Error as CatalogError;
+use fluxgate_shared::catalog::Catalog;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

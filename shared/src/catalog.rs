@@ -12,6 +12,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::error::Error;
 use crate::filter::Expression;
 
 /// Flux's Receiver API versions whose spec fluxgate reads (v1beta2 has the same fields).
@@ -19,30 +20,6 @@ const RECEIVER_API_VERSIONS: &[&str] = &[
     "notification.toolkit.fluxcd.io/v1",
     "notification.toolkit.fluxcd.io/v1beta2",
 ];
-
-/// Why a receivers file could not be loaded. Each variant names the document (1-based) and,
-/// where it can, the object and the field, so the fix is obvious from the message.
-#[derive(Debug, thiserror::Error)]
-pub enum CatalogError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("document {document}: not valid YAML: {source}")]
-    Yaml {
-        document: usize,
-        source: serde_yaml_ng::Error,
-    },
-    #[error("document {document} ({kind} {object}): {field}: {reason}")]
-    Field {
-        document: usize,
-        kind: &'static str,
-        object: String,
-        field: String,
-        reason: String,
-    },
-}
 
 /// `spec.type` of a Receiver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -244,8 +221,8 @@ impl Catalog {
     }
 
     /// Reads and parses a receivers file.
-    pub fn load_file(path: &Path) -> Result<Self, CatalogError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Read {
+    pub fn load_file(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
             path: path.to_owned(),
             source,
         })?;
@@ -254,13 +231,13 @@ impl Catalog {
 
     /// Parses a multi-document YAML stream of `Receiver` and `Secret` manifests. Other kinds are
     /// skipped, so the same file can carry the rest of an application's manifests.
-    pub fn parse(text: &str) -> Result<Self, CatalogError> {
+    pub fn parse(text: &str) -> Result<Self, Error> {
         let mut receivers = Vec::new();
         let mut secrets: HashMap<(String, String), BTreeMap<String, SecretValue>> = HashMap::new();
         for (index, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
             let document = index + 1;
             let value = serde_yaml_ng::Value::deserialize(doc)
-                .map_err(|source| CatalogError::Yaml { document, source })?;
+                .map_err(|source| Error::Yaml { document, source })?;
             if value.is_null() {
                 continue;
             }
@@ -298,7 +275,7 @@ impl Catalog {
         let mut seen = HashSet::new();
         for (document, manifest) in receivers {
             let object = manifest.object();
-            let fail = |invalid: Invalid| CatalogError::Field {
+            let fail = |invalid: Invalid| Error::Field {
                 document,
                 kind: "Receiver",
                 object: object.clone(),
@@ -348,9 +325,9 @@ fn typed<T: serde::de::DeserializeOwned>(
     document: usize,
     kind: &'static str,
     value: serde_yaml_ng::Value,
-) -> Result<T, CatalogError> {
+) -> Result<T, Error> {
     let object = object_name(&value);
-    serde_path_to_error::deserialize(value).map_err(|e| CatalogError::Field {
+    serde_path_to_error::deserialize(value).map_err(|e| Error::Field {
         document,
         kind,
         object,
@@ -375,8 +352,8 @@ fn field_error(
     meta: &Metadata,
     field: &str,
     reason: String,
-) -> CatalogError {
-    CatalogError::Field {
+) -> Error {
+    Error::Field {
         document,
         kind,
         object: format!("{}/{}", meta.namespace(), meta.name),
@@ -706,7 +683,7 @@ struct SecretManifest {
 
 impl SecretManifest {
     /// `data` is base64; `stringData` is plain and wins over `data`, as in the API server.
-    fn decode(&self, document: usize) -> Result<BTreeMap<String, SecretValue>, CatalogError> {
+    fn decode(&self, document: usize) -> Result<BTreeMap<String, SecretValue>, Error> {
         let mut out = BTreeMap::new();
         for (key, encoded) in &self.data {
             let bytes = base64::engine::general_purpose::STANDARD
@@ -759,7 +736,7 @@ pub fn watch_file(
     path: PathBuf,
     shared: SharedCatalog,
     interval: Duration,
-    on_reload: impl Fn(Result<&Catalog, &CatalogError>) + Send + 'static,
+    on_reload: impl Fn(Result<&Catalog, &Error>) + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let last = std::fs::read(&path).ok();
@@ -771,7 +748,7 @@ async fn watch_loop(
     shared: SharedCatalog,
     interval: Duration,
     mut last: Option<Vec<u8>>,
-    on_reload: impl Fn(Result<&Catalog, &CatalogError>),
+    on_reload: impl Fn(Result<&Catalog, &Error>),
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let mut ticker = tokio::time::interval(interval);

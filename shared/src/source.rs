@@ -8,8 +8,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::catalog::{self, Catalog, CatalogError, SharedCatalog};
+use crate::catalog::{self, Catalog, SharedCatalog};
 use crate::cluster;
+use crate::error::Error;
 
 /// The served catalog, whether it has been loaded in full yet, and the task keeping it current.
 pub struct Receivers {
@@ -34,9 +35,9 @@ pub enum Origin {
 /// or failed reload.
 pub fn start(
     origin: Origin,
-    on_reload: impl Fn(Result<&Catalog, &CatalogError>) + Send + 'static,
+    on_reload: impl Fn(Result<&Catalog, &Error>) + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<Receivers, CatalogError> {
+) -> Result<Receivers, Error> {
     match origin {
         Origin::File {
             path,

@@ -37,8 +37,7 @@ pub fn workspace_binary(name: &str) -> PathBuf {
 /// its exit status, stdout and stderr.
 pub fn fluxgate_cli(nats_url: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let output = std::process::Command::new(workspace_binary("fluxgate"))
-        .arg("--nats-url")
-        .arg(nats_url)
+        .env("NATS_URL", nats_url)
         .args(args)
         .envs(env.iter().copied())
         .output()

@@ -426,15 +426,8 @@ async fn tail_follows_deliveries_and_outcomes_live() {
 
     let s = Setup::start().await;
     let mut child = Command::new(fluxgate_tests::workspace_binary("fluxgate"))
-        .args([
-            "--nats-url",
-            &s.nats.url(),
-            "-o",
-            "json",
-            "tail",
-            "--receiver",
-            "flux-system/gh",
-        ])
+        .env("NATS_URL", s.nats.url())
+        .args(["-o", "json", "tail", "--receiver", "flux-system/gh"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -169,7 +169,8 @@ async fn history_queries(
     for (name, args) in queries {
         let started = Instant::now();
         let output = std::process::Command::new(fluxgate_tests::workspace_binary("fluxgate"))
-            .args(["--nats-url", nats_url, "-o", "json"])
+            .env("NATS_URL", nats_url)
+            .args(["-o", "json"])
             .args(&args)
             .output()?;
         let elapsed = started.elapsed();

@@ -14,12 +14,11 @@ use async_nats::jetstream;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use chrono::{DateTime, Utc};
-use fluxgate_shared::contract::{self, header};
+use fluxgate_shared::contract::{self, DeliveryMeta, Event, Outcome, Target, header};
 use futures::StreamExt as _;
 use serde::Serialize;
-use serde_json::Value;
 
-use crate::delivery::Delivery;
+use crate::connect::Streams;
 use crate::error::Error;
 
 /// A stored delivery, as its headers describe it.
@@ -43,23 +42,20 @@ pub struct Stored {
 }
 
 impl Stored {
-    /// Reads the headers as the dispatcher does ([`Delivery::from_headers`]), plus what only
-    /// the history shows.
+    /// Reads the headers as the dispatcher does, through the shared contract; a message that
+    /// is not a delivery is left out.
     fn from_message(seq: u64, stored_at: DateTime<Utc>, headers: HeaderMap) -> Option<Self> {
-        let delivery = Delivery::from_headers(seq, Some(&headers)).ok()?;
-        let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
+        let meta = DeliveryMeta::from_headers(Some(&headers)).ok()?;
         Some(Self {
             seq,
-            id: delivery.id,
-            receiver: format!("{}/{}", delivery.namespace, delivery.receiver),
-            receiver_type: get(header::RECEIVER_TYPE).unwrap_or_default(),
-            event: delivery.event,
-            received_at: delivery.received_at,
+            receiver: format!("{}/{}", meta.namespace, meta.receiver),
+            id: meta.id,
+            receiver_type: meta.receiver_type,
+            event: meta.event,
+            received_at: meta.received_at,
             stored_at,
-            body_size: get(header::BODY_SIZE)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or_default(),
-            replay_of: delivery.replay_of,
+            body_size: meta.body_size,
+            replay_of: meta.replay_of,
             headers,
         })
     }
@@ -68,6 +64,7 @@ impl Stored {
 /// What became of a delivery, from its outcome events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum Status {
     /// Stored; the dispatcher has not resolved it yet.
     Accepted,
@@ -77,11 +74,14 @@ pub enum Status {
     Retrying,
     /// Something was given up on.
     Failed,
-    /// Every target patched (or, with `--dry-run`, would have been); none may be left.
+    /// Every target patched; none may be left.
     Patched,
+    /// A dispatcher in `--dry-run` would have patched every target; nothing was patched.
+    DryRun,
     /// Every target's controller has handled the request.
     Handled,
     /// Patched, but a target's controller did not handle the request in time.
+    #[value(alias = "not-handled")]
     NotHandled,
 }
 
@@ -96,7 +96,7 @@ impl Status {
             Self::Failed => Some("failed"),
             Self::Handled => Some("handled"),
             Self::NotHandled => Some("not_handled"),
-            Self::Accepted | Self::Patched => None,
+            Self::Accepted | Self::Patched | Self::DryRun => None,
         }
     }
 
@@ -107,6 +107,7 @@ impl Status {
             Self::Retrying => "retrying",
             Self::Failed => "failed",
             Self::Patched => "patched",
+            Self::DryRun => "dry_run",
             Self::Handled => "handled",
             Self::NotHandled => "not_handled",
         }
@@ -124,22 +125,24 @@ pub struct Summary {
     /// From receipt to the last patch (or handling), once there is one.
     pub latency_ms: Option<i64>,
     /// Outcome events, oldest first.
-    pub outcomes: Vec<Value>,
+    pub outcomes: Vec<Outcome>,
 }
 
 impl Summary {
-    pub fn new(delivery: Stored, outcomes: Vec<Value>) -> Self {
+    pub fn new(delivery: Stored, outcomes: Vec<Outcome>) -> Self {
         let (status, targets) = status_of(&outcomes);
         let last_effect = outcomes
             .iter()
-            .filter(|e| matches!(kind(e), "patched" | "would_patch" | "handled"))
-            .filter_map(|e| e["at"].as_str())
-            .filter_map(|t| DateTime::parse_from_rfc3339(t).ok())
+            .filter(|o| {
+                matches!(
+                    o.event,
+                    Event::Patched { .. } | Event::WouldPatch { .. } | Event::Handled { .. }
+                )
+            })
+            .filter_map(Outcome::time)
             .max();
         let latency_ms = match (delivery.received_at, last_effect) {
-            (Some(received), Some(done)) => {
-                Some((done.with_timezone(&Utc) - received).num_milliseconds())
-            }
+            (Some(received), Some(done)) => Some((done - received).num_milliseconds()),
             _ => None,
         };
         Self {
@@ -152,24 +155,27 @@ impl Summary {
     }
 }
 
-/// Whether `event` is the first the dispatcher records about a delivery it handles. (One it
+/// Whether `outcome` is the first the dispatcher records about a delivery it handles. (One it
 /// cannot handle at all gets a lone `failed`, which a refused reference after `dispatched`
 /// also is: that is left to the other ways a read back is known to be complete.)
-fn opens(event: &Value) -> bool {
-    matches!(kind(event), "dispatched" | "duplicate")
-}
-
-fn kind(event: &Value) -> &str {
-    event["type"].as_str().unwrap_or_default()
+fn opens(outcome: &Outcome) -> bool {
+    matches!(
+        outcome.event,
+        Event::Dispatched { .. } | Event::Duplicate { .. }
+    )
 }
 
 /// The status a trail of events adds up to, and the number of targets resolved.
-pub fn status_of(events: &[Value]) -> (Status, usize) {
-    if events.iter().any(|e| kind(e) == "duplicate") {
+pub fn status_of(outcomes: &[Outcome]) -> (Status, usize) {
+    let events = || outcomes.iter().map(|o| &o.event);
+    if events().any(|e| matches!(e, Event::Duplicate { .. })) {
         return (Status::Duplicate, 0);
     }
-    let Some(dispatched) = events.iter().find(|e| kind(e) == "dispatched") else {
-        let failed = events.iter().any(|e| kind(e) == "failed");
+    let Some(targets) = events().find_map(|e| match e {
+        Event::Dispatched { targets } => Some(targets),
+        _ => None,
+    }) else {
+        let failed = events().any(|e| matches!(e, Event::Failed { .. }));
         return (
             if failed {
                 Status::Failed
@@ -179,36 +185,44 @@ pub fn status_of(events: &[Value]) -> (Status, usize) {
             0,
         );
     };
-    let targets: Vec<&Value> = dispatched["targets"]
-        .as_array()
-        .map(|t| t.iter().collect())
-        .unwrap_or_default();
-    // The last word on each target.
-    let mut last: HashMap<String, &str> = HashMap::new();
+    // The last word on each target, as the status it would give.
+    let mut last: HashMap<&Target, Status> = HashMap::new();
     let mut failed = false;
-    for event in events {
-        match kind(event) {
-            "failed" if event.get("target").is_none() => failed = true,
-            "failed" | "patched" | "would_patch" | "retrying" | "handled" | "not_handled" => {
-                last.insert(event["target"].to_string(), kind(event));
+    for event in events() {
+        let word = match event {
+            Event::Failed { target: None, .. } => {
+                failed = true;
+                continue;
             }
-            _ => {}
+            Event::Failed { .. } => Status::Failed,
+            Event::Patched { .. } => Status::Patched,
+            Event::WouldPatch { .. } => Status::DryRun,
+            Event::Retrying { .. } => Status::Retrying,
+            Event::Handled { .. } => Status::Handled,
+            Event::NotHandled { .. } => Status::NotHandled,
+            _ => continue,
+        };
+        if let Some(target) = event.target() {
+            last.insert(target, word);
         }
     }
-    let states: Vec<&str> = targets
+    let states: Vec<Status> = targets
         .iter()
-        .map(|t| last.get(&t.to_string()).copied().unwrap_or("pending"))
+        .map(|t| last.get(t).copied().unwrap_or(Status::Accepted))
         .collect();
-    let status = if failed || states.contains(&"failed") {
+    let all = |status| !states.is_empty() && states.iter().all(|s| *s == status);
+    let status = if failed || states.contains(&Status::Failed) {
         Status::Failed
-    } else if states.contains(&"not_handled") {
+    } else if states.contains(&Status::NotHandled) {
         Status::NotHandled
-    } else if states.contains(&"retrying") {
+    } else if states.contains(&Status::Retrying) {
         Status::Retrying
-    } else if states.contains(&"pending") {
+    } else if states.contains(&Status::Accepted) {
         Status::Accepted
-    } else if !states.is_empty() && states.iter().all(|s| *s == "handled") {
+    } else if all(Status::Handled) {
         Status::Handled
+    } else if all(Status::DryRun) {
+        Status::DryRun
     } else {
         Status::Patched
     };
@@ -257,16 +271,16 @@ impl Filter {
 
 /// Reads the history in the streams.
 pub struct History {
-    jetstream: jetstream::Context,
+    streams: Streams,
 }
 
 impl History {
-    pub fn new(jetstream: jetstream::Context) -> Self {
-        Self { jetstream }
+    pub fn new(streams: Streams) -> Self {
+        Self { streams }
     }
 
     async fn stream(&self, name: &str) -> Result<Stream, Error> {
-        self.jetstream.get_stream(name).await.map_err(Error::nats)
+        self.streams.get(name).await
     }
 
     /// The newest deliveries matching `filter`, newest first, at most `filter.limit`.
@@ -353,10 +367,8 @@ impl History {
             start,
             false,
             |message| {
-                if let Ok(event) = serde_json::from_slice::<Value>(&message.payload)
-                    && let Some(seq) = event["seq"].as_u64()
-                {
-                    candidates.push(seq);
+                if let Ok(outcome) = serde_json::from_slice::<Outcome>(&message.payload) {
+                    candidates.push(outcome.seq);
                 }
                 ControlFlow::Continue(())
             },
@@ -420,7 +432,7 @@ impl History {
         subject: &str,
         wanted: &std::collections::HashSet<u64>,
         oldest: DateTime<Utc>,
-    ) -> Result<HashMap<u64, Vec<Value>>, Error> {
+    ) -> Result<HashMap<u64, Vec<Outcome>>, Error> {
         let Ok(mut outcomes) = self.stream(contract::OUTCOMES_STREAM).await else {
             // No dispatcher has run yet.
             return Ok(HashMap::new());
@@ -438,16 +450,15 @@ impl History {
                 || message_at(&outcomes, from)
                     .await
                     .is_ok_and(|m| from_offset(m.time) < oldest);
-            let mut by_seq: HashMap<u64, Vec<Value>> = HashMap::new();
+            let mut by_seq: HashMap<u64, Vec<Outcome>> = HashMap::new();
             let start = DeliverPolicy::ByStartSequence {
                 start_sequence: from,
             };
             scan(&outcomes, subject, start, false, |message| {
-                if let Ok(event) = serde_json::from_slice::<Value>(&message.payload)
-                    && let Some(seq) = event["seq"].as_u64()
-                    && wanted.contains(&seq)
+                if let Ok(outcome) = serde_json::from_slice::<Outcome>(&message.payload)
+                    && wanted.contains(&outcome.seq)
                 {
-                    by_seq.entry(seq).or_default().push(event);
+                    by_seq.entry(outcome.seq).or_default().push(outcome);
                 }
                 ControlFlow::Continue(())
             })
@@ -472,7 +483,7 @@ impl History {
     ) -> Result<
         (
             impl futures::Stream<Item = Result<Stored, Error>> + use<>,
-            impl futures::Stream<Item = Result<Value, Error>> + use<>,
+            impl futures::Stream<Item = Result<Outcome, Error>> + use<>,
         ),
         Error,
     > {
@@ -496,7 +507,7 @@ impl History {
         .await?
         .filter_map(|message| async move {
             match message {
-                Ok(message) => serde_json::from_slice::<Value>(&message.payload)
+                Ok(message) => serde_json::from_slice::<Outcome>(&message.payload)
                     .ok()
                     .map(Ok),
                 Err(error) => Some(Err(error)),
@@ -670,29 +681,63 @@ fn from_offset(time: time::OffsetDateTime) -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
-    fn target(name: &str) -> Value {
-        json!({"apiVersion": "v1", "kind": "K", "namespace": "n", "name": name})
+    fn target(name: &str) -> Target {
+        Target {
+            api_version: "v1".into(),
+            kind: "K".into(),
+            namespace: "n".into(),
+            name: name.into(),
+        }
+    }
+
+    fn trail(events: Vec<Event>) -> Vec<Outcome> {
+        events
+            .into_iter()
+            .map(|event| Outcome {
+                event,
+                delivery: "d".into(),
+                seq: 1,
+                receiver: "n/r".into(),
+                at: "2026-11-24T00:00:00Z".into(),
+            })
+            .collect()
+    }
+
+    fn status(events: Vec<Event>) -> (Status, usize) {
+        status_of(&trail(events))
     }
 
     #[test]
     fn status_follows_the_last_word_on_each_target() {
-        let dispatched = json!({"type": "dispatched", "targets": [target("a"), target("b")]});
-        let patched = |n| json!({"type": "patched", "target": target(n)});
-        let retrying = |n| json!({"type": "retrying", "target": target(n)});
-        let handled = |n| json!({"type": "handled", "target": target(n)});
-        assert_eq!(status_of(&[]), (Status::Accepted, 0));
+        let dispatched = Event::Dispatched {
+            targets: vec![target("a"), target("b")],
+        };
+        let patched = |n| Event::Patched {
+            target: target(n),
+            requested_at: String::new(),
+            batch: String::new(),
+            attempts: 1,
+        };
+        let retrying = |n| Event::Retrying {
+            target: target(n),
+            attempt: 1,
+            error: String::new(),
+            retry_in_ms: 1,
+        };
+        let handled = |n| Event::Handled {
+            target: target(n),
+            handled_at: String::new(),
+            latency_ms: None,
+        };
+        assert_eq!(status(vec![]), (Status::Accepted, 0));
+        assert_eq!(status(vec![dispatched.clone()]), (Status::Accepted, 2));
         assert_eq!(
-            status_of(std::slice::from_ref(&dispatched)),
-            (Status::Accepted, 2)
-        );
-        assert_eq!(
-            status_of(&[dispatched.clone(), patched("a"), retrying("b")]),
+            status(vec![dispatched.clone(), patched("a"), retrying("b")]),
             (Status::Retrying, 2)
         );
         assert_eq!(
-            status_of(&[
+            status(vec![
                 dispatched.clone(),
                 retrying("b"),
                 patched("a"),
@@ -701,7 +746,7 @@ mod tests {
             (Status::Patched, 2)
         );
         assert_eq!(
-            status_of(&[
+            status(vec![
                 dispatched.clone(),
                 patched("a"),
                 patched("b"),
@@ -710,9 +755,12 @@ mod tests {
             ]),
             (Status::Handled, 2)
         );
-        let not_handled = json!({"type": "not_handled", "target": target("b"), "reason": "late"});
+        let not_handled = Event::NotHandled {
+            target: target("b"),
+            reason: "late".into(),
+        };
         assert_eq!(
-            status_of(&[
+            status(vec![
                 dispatched.clone(),
                 patched("a"),
                 patched("b"),
@@ -721,18 +769,68 @@ mod tests {
             ]),
             (Status::NotHandled, 2)
         );
-        let failed = json!({"type": "failed", "target": target("b"), "reason": "404"});
+        let failed = Event::Failed {
+            target: Some(target("b")),
+            reason: "404".into(),
+        };
         assert_eq!(
-            status_of(&[dispatched.clone(), patched("a"), failed]),
+            status(vec![dispatched.clone(), patched("a"), failed]),
             (Status::Failed, 2)
         );
-        let whole = json!({"type": "failed", "reason": "not in the catalog"});
-        assert_eq!(status_of(&[whole]), (Status::Failed, 0));
+        let whole = Event::Failed {
+            target: None,
+            reason: "not in the catalog".into(),
+        };
+        assert_eq!(status(vec![whole]), (Status::Failed, 0));
         assert_eq!(
-            status_of(&[json!({"type": "duplicate", "of_seq": 1})]),
+            status(vec![Event::Duplicate { of_seq: 1 }]),
             (Status::Duplicate, 0)
         );
-        let nothing = json!({"type": "dispatched", "targets": []});
-        assert_eq!(status_of(&[nothing]), (Status::Patched, 0));
+        let nothing = Event::Dispatched { targets: vec![] };
+        assert_eq!(status(vec![nothing]), (Status::Patched, 0));
+    }
+
+    #[test]
+    fn a_dry_run_is_not_shown_as_patched() {
+        let would = |n| Event::WouldPatch { target: target(n) };
+        let dispatched = Event::Dispatched {
+            targets: vec![target("a"), target("b")],
+        };
+        assert_eq!(
+            status(vec![dispatched.clone(), would("a"), would("b")]),
+            (Status::DryRun, 2)
+        );
+        assert_eq!(status(vec![dispatched, would("a")]), (Status::Accepted, 2));
+    }
+
+    #[test]
+    fn unknown_events_change_nothing() {
+        let dispatched = Event::Dispatched {
+            targets: vec![target("a")],
+        };
+        let patched = Event::Patched {
+            target: target("a"),
+            requested_at: String::new(),
+            batch: String::new(),
+            attempts: 1,
+        };
+        assert_eq!(
+            status(vec![dispatched, patched, Event::Unknown]),
+            (Status::Patched, 1)
+        );
+    }
+
+    #[test]
+    fn status_names_are_accepted_as_written() {
+        use clap::ValueEnum as _;
+        for name in ["not_handled", "not-handled", "dry_run", "failed"] {
+            assert!(Status::from_str(name, false).is_ok(), "{name}");
+        }
+        assert_eq!(
+            Status::NotHandled
+                .to_possible_value()
+                .map(|v| v.get_name().to_owned()),
+            Some(Status::NotHandled.as_str().to_owned())
+        );
     }
 }

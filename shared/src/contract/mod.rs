@@ -1,11 +1,18 @@
-//! The delivery contract: stream, subject, object-store and header names shared by every
-//! component that writes or reads `FLUXGATE_DELIVERIES`. Changing any of these breaks stored data.
+//! The contract between ingest, the dispatcher and the CLI: stream, subject, object-store and
+//! header names, a delivery's metadata ([`DeliveryMeta`]) and the outcome events ([`Outcome`]).
+//! Changing any of these breaks stored data.
+
+mod delivery;
+mod outcome;
+
+pub use delivery::{DeliveryMeta, IdSource};
+pub use outcome::{Event, Outcome, Target};
 
 /// The event log of accepted webhooks.
 pub const DELIVERIES_STREAM: &str = "FLUXGATE_DELIVERIES";
 /// Subjects of `DELIVERIES_STREAM`: `fluxgate.deliveries.<namespace>.<receiver>`.
 pub const DELIVERIES_SUBJECT_PREFIX: &str = "fluxgate.deliveries";
-/// What happened to each delivery, one event per thing (see the dispatcher's `outcome` module).
+/// What happened to each delivery, one event per thing ([`Outcome`]).
 pub const OUTCOMES_STREAM: &str = "FLUXGATE_OUTCOMES";
 /// Subjects of `OUTCOMES_STREAM`: `fluxgate.outcomes.<namespace>.<receiver>.<type>`, the event
 /// type last, so that history queries filter by receiver and by type on the server.
@@ -47,10 +54,6 @@ pub mod header {
     /// The token itself, a credential, is never stored.
     pub const OIDC_CLAIMS: &str = "Fluxgate-Oidc-Claims";
 }
-
-/// Values of [`header::DELIVERY_ID_SOURCE`].
-pub const DELIVERY_ID_FROM_SENDER: &str = "sender";
-pub const DELIVERY_ID_GENERATED: &str = "generated";
 
 /// Request headers worth keeping with a delivery (lowercase, sorted for binary search).
 /// Credentials (`Authorization`, `X-Gitlab-Token`) are deliberately absent; signatures (HMAC

@@ -1,0 +1,54 @@
+//! The NATS connection of the commands that read or write the streams, with errors that say
+//! which server and which stream.
+
+use async_nats::jetstream::{self, ErrorCode, context::GetStreamErrorKind, stream::Stream};
+
+use crate::error::Error;
+
+/// Where NATS is (`--nats-url`, `NATS_URL`).
+#[derive(Debug, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+}
+
+/// JetStream on the server the user named.
+#[derive(Clone)]
+pub struct Streams {
+    pub jetstream: jetstream::Context,
+    url: String,
+}
+
+impl NatsArgs {
+    pub async fn connect(&self) -> Result<Streams, Error> {
+        let client = async_nats::connect(&self.nats_url)
+            .await
+            .map_err(|error| Error::Connect {
+                url: self.nats_url.clone(),
+                reason: error.to_string(),
+            })?;
+        Ok(Streams {
+            jetstream: jetstream::new(client),
+            url: self.nats_url.clone(),
+        })
+    }
+}
+
+impl Streams {
+    /// A stream by name; its absence is the user's likely mistake of pointing at another NATS.
+    pub async fn get(&self, name: &str) -> Result<Stream, Error> {
+        self.jetstream.get_stream(name).await.map_err(|error| {
+            if let GetStreamErrorKind::JetStream(e) = error.kind()
+                && e.error_code() == ErrorCode::STREAM_NOT_FOUND
+            {
+                Error::StreamNotFound {
+                    stream: name.to_owned(),
+                    url: self.url.clone(),
+                }
+            } else {
+                Error::nats(error)
+            }
+        })
+    }
+}

@@ -1,0 +1,243 @@
+//! `fluxgate deliveries list|show`: what arrived, newest first, and one delivery's page --
+//! metadata, kept headers, body and the timeline of its outcomes.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use fluxgate_shared::contract::DeliveryMeta;
+use serde_json::{Value, json};
+
+use crate::connect::NatsArgs;
+use crate::error::Error;
+use crate::history::{Filter, History, Status, Summary};
+use crate::render::{self, Format};
+use crate::{as_sequence, parse_receiver, parse_time};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Deliveries, newest first.
+    List(ListArgs),
+    /// One delivery: metadata, kept headers, body and the timeline of its outcomes.
+    Show(ShowArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Only this receiver (`namespace/name`).
+    #[arg(long, value_parser = parse_receiver)]
+    receiver: Option<(String, String)>,
+    /// Only deliveries with this status.
+    #[arg(long, value_enum)]
+    status: Option<Status>,
+    /// Only this event (case-insensitive), e.g. `push`.
+    #[arg(long)]
+    event: Option<String>,
+    /// Stored since: a duration ago (`2h`) or an RFC 3339 time.
+    #[arg(long, value_parser = parse_time)]
+    since: Option<DateTime<Utc>>,
+    /// Stored until: a duration ago or an RFC 3339 time.
+    #[arg(long, value_parser = parse_time)]
+    until: Option<DateTime<Utc>>,
+    /// At most this many deliveries.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// A delivery id, or `#<seq>` / a stream sequence number.
+    delivery: String,
+    /// Look for the id in this receiver only (`namespace/name`).
+    #[arg(long, value_parser = parse_receiver)]
+    receiver: Option<(String, String)>,
+    /// Print the body exactly as received, and nothing else.
+    #[arg(long)]
+    raw: bool,
+    /// Write the body, exactly as received, to this file.
+    #[arg(long)]
+    output_file: Option<PathBuf>,
+}
+
+pub async fn run(command: Command, format: Format) -> Result<(), Error> {
+    match command {
+        Command::List(args) => list(args, format).await,
+        Command::Show(args) => show(args, format).await,
+    }
+}
+
+async fn list(args: ListArgs, format: Format) -> Result<(), Error> {
+    let history = History::new(args.nats.connect().await?);
+    let filter = Filter {
+        receiver: args.receiver,
+        status: args.status,
+        event: args.event,
+        since: args.since,
+        until: args.until,
+        limit: args.limit,
+    };
+    let summaries = history.list(&filter).await?;
+    if format != Format::Table {
+        let rows: Vec<Value> = summaries.iter().map(row_json).collect();
+        return render::structured(format, &rows);
+    }
+    let colour = std::io::stdout().is_terminal();
+    let rows = summaries
+        .iter()
+        .map(|s| {
+            let d = &s.delivery;
+            vec![
+                render::time(d.received_at.unwrap_or(d.stored_at)),
+                d.receiver.clone(),
+                d.event.clone().unwrap_or_else(|| "-".into()),
+                match d.replay_of {
+                    Some(of) => format!("{} (replay of #{of})", d.id),
+                    None => d.id.clone(),
+                },
+                format!("#{}", d.seq),
+                render::status(s.status, colour),
+                s.targets.to_string(),
+                s.latency_ms.map_or("-".into(), |ms| format!("{ms} ms")),
+            ]
+        })
+        .collect();
+    render::table(
+        &[
+            "TIME", "RECEIVER", "EVENT", "DELIVERY", "SEQ", "STATUS", "TARGETS", "LATENCY",
+        ],
+        rows,
+    );
+    Ok(())
+}
+
+/// A listed delivery, without its outcome trail.
+fn row_json(summary: &Summary) -> Value {
+    let mut value = serde_json::to_value(summary).unwrap_or_default();
+    if let Some(object) = value.as_object_mut() {
+        object.remove("outcomes");
+    }
+    value
+}
+
+async fn show(args: ShowArgs, format: Format) -> Result<(), Error> {
+    let streams = args.nats.connect().await?;
+    let history = History::new(streams.clone());
+    let seqs = match as_sequence(&args.delivery) {
+        Some(seq) => vec![seq],
+        None => {
+            let found = history.find(&args.delivery, args.receiver.as_ref()).await?;
+            if found.is_empty() {
+                return Err(Error::NotFound(format!(
+                    "no delivery {:?} in the stream: it never arrived, or it has aged out (see the stream's max age)",
+                    args.delivery
+                )));
+            }
+            found
+        }
+    };
+    for seq in seqs {
+        let (summary, payload) = history.by_seq(seq).await?;
+        let meta = DeliveryMeta::from_headers(Some(&summary.delivery.headers))?;
+        let body = meta.body(&streams.jetstream, &payload).await?;
+        if let Some(path) = &args.output_file {
+            std::fs::write(path, &body)?;
+        }
+        if args.raw {
+            use std::io::Write as _;
+            std::io::stdout().write_all(&body)?;
+            continue;
+        }
+        match format {
+            Format::Table => print!("{}", page(&summary, &body, std::io::stdout().is_terminal())),
+            _ => {
+                let mut value = serde_json::to_value(&summary).unwrap_or_default();
+                value["headers"] = headers_json(&summary);
+                value["body"] = serde_json::from_slice(&body)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+                render::structured(format, &value)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The headers stored with the delivery (without those a direct get adds about the message).
+fn headers_json(summary: &Summary) -> Value {
+    const ABOUT_THE_MESSAGE: &[&str] = &[
+        "Nats-Stream",
+        "Nats-Sequence",
+        "Nats-Subject",
+        "Nats-Time-Stamp",
+        "Nats-Last-Sequence",
+        "Nats-Num-Pending",
+    ];
+    let mut headers = BTreeMap::new();
+    for (name, values) in summary.delivery.headers.iter() {
+        if ABOUT_THE_MESSAGE
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name.as_ref()))
+        {
+            continue;
+        }
+        let joined: Vec<&str> = values.iter().map(|v| v.as_str()).collect();
+        headers.insert(name.to_string(), joined.join(", "));
+    }
+    json!(headers)
+}
+
+/// The human-readable page of one delivery.
+fn page(summary: &Summary, body: &[u8], colour: bool) -> String {
+    let d = &summary.delivery;
+    let mut out = String::new();
+    let _ = writeln!(out, "Delivery {} (#{})", d.id, d.seq);
+    let _ = writeln!(out, "  Receiver:  {} ({})", d.receiver, d.receiver_type);
+    let _ = writeln!(out, "  Event:     {}", d.event.as_deref().unwrap_or("-"));
+    if let Some(received) = d.received_at {
+        let _ = writeln!(out, "  Received:  {}", render::time(received));
+    }
+    if let Some(of) = d.replay_of {
+        let _ = writeln!(out, "  Replay of: #{of}");
+    }
+    let latency = summary
+        .latency_ms
+        .map_or(String::new(), |ms| format!(", {ms} ms"));
+    let _ = writeln!(
+        out,
+        "  Status:    {} ({} target{}{latency})",
+        render::status(summary.status, colour),
+        summary.targets,
+        if summary.targets == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(out, "Headers:");
+    if let Some(headers) = headers_json(summary).as_object() {
+        for (name, value) in headers {
+            let _ = writeln!(out, "  {name}: {}", value.as_str().unwrap_or_default());
+        }
+    }
+    let _ = writeln!(out, "Body ({} bytes):", body.len());
+    let text = match serde_json::from_slice::<Value>(body) {
+        Ok(json) => serde_json::to_string_pretty(&json).unwrap_or_default(),
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    };
+    for line in text.lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    let _ = writeln!(out, "Timeline:");
+    let _ = writeln!(out, "  {}  stored", render::time(d.stored_at));
+    for outcome in &summary.outcomes {
+        let _ = writeln!(
+            out,
+            "  {}  {}{}",
+            render::outcome_time(outcome),
+            outcome.event.label(),
+            render::event_details(&outcome.event)
+        );
+    }
+    out
+}
