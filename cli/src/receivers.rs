@@ -4,8 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use fluxgate_shared::catalog::{Catalog, Receiver};
-use fluxgate_shared::cluster;
+use fluxgate_shared::receivers::{Catalog, ClusterSettings, Receiver, list_cluster};
 use serde::Serialize;
 
 use crate::error::Error;
@@ -54,12 +53,12 @@ pub async fn run(command: Command, format: Format) -> Result<(), Error> {
         Some(path) => (Catalog::load_file(path)?, BTreeMap::new()),
         None => {
             let client = kube::Client::try_default().await?;
-            let settings = cluster::Settings {
+            let settings = ClusterSettings {
                 namespace: args.watch_namespace.clone(),
                 read_secrets: true,
                 secret_refresh: std::time::Duration::ZERO,
             };
-            cluster::list(client, &settings).await?
+            list_cluster(client, &settings).await?
         }
     };
     let base = args.base_url.trim_end_matches('/');

@@ -11,9 +11,8 @@ use std::path::PathBuf;
 use async_nats::jetstream::message::StreamMessage;
 use chrono::{DateTime, Utc};
 use fluxgate_dispatcher::{Inputs, Resolver};
-use fluxgate_shared::catalog::Catalog;
-use fluxgate_shared::cluster;
 use fluxgate_shared::contract::{self, DeliveryMeta, Event, Outcome, Target};
+use fluxgate_shared::receivers::{Catalog, ClusterSettings, list_cluster};
 use serde::Serialize;
 
 use crate::connect::{NatsArgs, Streams};
@@ -259,12 +258,12 @@ async fn plan(streams: &Streams, format: Format, args: &Args, seqs: &[u64]) -> R
     let catalog = match &args.receivers_file {
         Some(path) => Catalog::load_file(path)?,
         None => {
-            let settings = cluster::Settings {
+            let settings = ClusterSettings {
                 namespace: None,
                 read_secrets: false,
                 secret_refresh: std::time::Duration::ZERO,
             };
-            cluster::list(client.clone(), &settings).await?.0
+            list_cluster(client.clone(), &settings).await?.0
         }
     };
     let resolver = Resolver::new(client, args.no_cross_namespace_refs);

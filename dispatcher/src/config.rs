@@ -11,7 +11,7 @@ use std::time::Duration;
 )]
 pub struct Config {
     #[command(flatten)]
-    pub common: fluxgate_shared::config::Common,
+    pub common: fluxgate_shared::CommonConfig,
 
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "FLUXGATE_ADMIN_LISTEN", default_value = "0.0.0.0:9294")]

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind};
-use fluxgate_shared::catalog::SharedCatalog;
 use fluxgate_shared::contract::{DeliveryMeta, Event};
+use fluxgate_shared::receivers::SharedCatalog;
 use futures::StreamExt as _;
 use tokio::sync::watch;
 

@@ -23,9 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use fluxgate_shared::cluster;
 use fluxgate_shared::contract;
-use fluxgate_shared::source::{self, Origin};
+use fluxgate_shared::receivers::{self, ClusterSettings, Origin};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -69,7 +68,7 @@ pub async fn run(
         // The dispatcher needs the Receivers' targets and filters, never their tokens.
         None => Origin::Cluster(
             kube.clone(),
-            cluster::Settings {
+            ClusterSettings {
                 namespace: config.common.watch_namespace.clone(),
                 read_secrets: false,
                 secret_refresh: config.common.reload_interval,
@@ -79,7 +78,7 @@ pub async fn run(
     let (stop_tx, stop) = watch::channel(false);
     let receivers = {
         let mut stop = stop.clone();
-        source::start(origin, |_| {}, async move {
+        receivers::start(origin, |_| {}, async move {
             let _ = stop.wait_for(|s| *s).await;
         })?
     };
@@ -269,7 +268,7 @@ async fn consume_while_leading(
 }
 
 /// Resolves once the flag is `value`; never, if its sender is gone without saying so.
-pub async fn becomes(flag: &mut watch::Receiver<bool>, value: bool) {
+pub(crate) async fn becomes(flag: &mut watch::Receiver<bool>, value: bool) {
     if flag.wait_for(|v| *v == value).await.is_err() {
         std::future::pending::<()>().await;
     }

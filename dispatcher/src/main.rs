@@ -9,10 +9,10 @@ use tokio::net::TcpListener;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    fluxgate_shared::telemetry::init(config.common.log_format);
+    fluxgate_shared::init_telemetry(config.common.log_format);
     let admin = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
-    fluxgate_dispatcher::run(config, admin, fluxgate_shared::shutdown::signal()).await?;
+    fluxgate_dispatcher::run(config, admin, fluxgate_shared::shutdown_signal()).await?;
     Ok(())
 }

@@ -3,9 +3,9 @@
 //! one message), and `claims`, the verified ID token's (generic-oidc).
 
 use async_nats::jetstream;
-use fluxgate_shared::catalog::Receiver;
 use fluxgate_shared::contract::DeliveryMeta;
 use fluxgate_shared::filter;
+use fluxgate_shared::receivers::Receiver;
 
 use crate::error::Error;
 

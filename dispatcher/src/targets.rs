@@ -6,9 +6,9 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
-use fluxgate_shared::catalog::{Receiver, ResourceRef};
 pub use fluxgate_shared::contract::Target;
 use fluxgate_shared::filter::{self, Expression};
+use fluxgate_shared::receivers::{Receiver, ResourceRef};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::{ApiResource, GroupVersionKind};

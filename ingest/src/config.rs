@@ -12,7 +12,7 @@ use std::time::Duration;
 )]
 pub struct Config {
     #[command(flatten)]
-    pub common: fluxgate_shared::config::Common,
+    pub common: fluxgate_shared::CommonConfig,
 
     /// Address of the webhook listener.
     #[arg(long, env = "FLUXGATE_LISTEN", default_value = "0.0.0.0:9292")]

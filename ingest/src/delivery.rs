@@ -4,8 +4,8 @@
 use axum::http::HeaderMap as RequestHeaders;
 use bytes::Bytes;
 use chrono::Utc;
-use fluxgate_shared::catalog::Receiver;
 use fluxgate_shared::contract::{self, DeliveryMeta, IdSource, header};
+use fluxgate_shared::receivers::Receiver;
 use sha2::{Digest, Sha256};
 
 use crate::publish::Delivery;
@@ -92,7 +92,7 @@ fn is_traceparent(value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fluxgate_shared::catalog::{ReceiverType, SecretValue};
+    use fluxgate_shared::receivers::{ReceiverType, SecretValue};
 
     fn receiver() -> Receiver {
         Receiver {

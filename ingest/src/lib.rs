@@ -1,22 +1,21 @@
 //! fluxgate-ingest: finds the Flux receiver by its hook path, verifies the webhook as Flux does,
 //! stores it in NATS JetStream and answers 2xx only once the stream acknowledged it.
 
-pub mod admin;
-pub mod config;
-pub mod delivery;
-pub mod error;
-pub mod http;
-pub mod identity;
-pub mod metrics;
-pub mod publish;
-pub mod serve;
-pub mod verify;
+mod admin;
+mod config;
+mod delivery;
+mod error;
+mod http;
+mod identity;
+mod metrics;
+mod publish;
+mod serve;
+mod verify;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use fluxgate_shared::cluster;
-use fluxgate_shared::source::{self, Origin};
+use fluxgate_shared::receivers::{self, ClusterSettings, Origin};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -44,7 +43,7 @@ pub async fn run(
         },
         None => Origin::Cluster(
             kube::Client::try_default().await?,
-            cluster::Settings {
+            ClusterSettings {
                 namespace: config.common.watch_namespace.clone(),
                 read_secrets: true,
                 secret_refresh: config.secret_refresh,
@@ -55,7 +54,7 @@ pub async fn run(
     let receivers = {
         let metrics = metrics.clone();
         let mut stop = stop_rx.clone();
-        source::start(origin, move |result| metrics.reload(result), async move {
+        receivers::start(origin, move |result| metrics.reload(result), async move {
             let _ = stop.wait_for(|s| *s).await;
         })?
     };

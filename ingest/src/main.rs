@@ -13,13 +13,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    fluxgate_shared::telemetry::init(config.common.log_format);
+    fluxgate_shared::init_telemetry(config.common.log_format);
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let admin = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
-    fluxgate_ingest::run(config, listener, admin, fluxgate_shared::shutdown::signal()).await?;
+    fluxgate_ingest::run(config, listener, admin, fluxgate_shared::shutdown_signal()).await?;
     Ok(())
 }

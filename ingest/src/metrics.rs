@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use fluxgate_shared::Error as CatalogError;
-use fluxgate_shared::catalog::Catalog;
+use fluxgate_shared::receivers::Catalog;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

@@ -7,7 +7,7 @@ use crate::telemetry::LogFormat;
 
 /// Flattened into each binary's own configuration.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Common {
+pub struct CommonConfig {
     /// NATS server URL(s), comma-separated.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,

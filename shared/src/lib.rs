@@ -1,17 +1,18 @@
-//! fluxgate-shared: what ingest, dispatcher and CLI must agree on -- the delivery contract
-//! (stream, subject and header names, delivery metadata, outcome events), the receiver catalog,
-//! and telemetry set-up.
+//! fluxgate-shared: what ingest, the dispatcher and the CLI must agree on -- the contract
+//! between them (stream, subject and header names, delivery metadata, outcome events), the
+//! receivers and their catalog, Flux's CEL and Go's JSON, and how the services start and stop.
 
-pub mod catalog;
-pub mod cluster;
-pub mod config;
+mod config;
 pub mod contract;
 mod error;
 pub mod filter;
 pub mod gojson;
 pub mod pubsub;
-pub mod shutdown;
-pub mod source;
-pub mod telemetry;
+pub mod receivers;
+mod shutdown;
+mod telemetry;
 
+pub use config::CommonConfig;
 pub use error::Error;
+pub use shutdown::signal as shutdown_signal;
+pub use telemetry::{LogFormat, init_telemetry};

@@ -1,6 +1,6 @@
 //! Signed webhooks and receiver manifests, written the way GitHub and a Flux user write them.
 
-use fluxgate_shared::catalog::hook_digest;
+use fluxgate_shared::receivers::hook_digest;
 use hmac::{KeyInit, Mac};
 
 /// GitHub's `X-Hub-Signature-256` value for `body`.

@@ -3,8 +3,8 @@
 //! event is unwrapped from the message, whose id is the delivery id.
 
 use axum::http::HeaderMap;
-use fluxgate_shared::catalog::Receiver;
 use fluxgate_shared::pubsub;
+use fluxgate_shared::receivers::Receiver;
 
 use super::Verified;
 use crate::error::Error;

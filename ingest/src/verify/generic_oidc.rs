@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use axum::http::HeaderMap;
-use fluxgate_shared::catalog::{OidcProvider, Receiver};
 use fluxgate_shared::filter::{self, Value};
+use fluxgate_shared::receivers::{OidcProvider, Receiver};
 
 use super::{Verified, idempotency_key};
 use crate::error::Error;

@@ -17,8 +17,8 @@ mod nexus;
 mod quay;
 
 use axum::http::HeaderMap;
-use fluxgate_shared::catalog::{Receiver, ReceiverType};
 use fluxgate_shared::gojson::{self, Shape};
+use fluxgate_shared::receivers::{Receiver, ReceiverType};
 use hmac::{EagerHash, KeyInit, Mac};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -259,7 +259,7 @@ mod tests {
             resource_filter: None,
             not_ready: None,
             suspend: false,
-            token: fluxgate_shared::catalog::SecretValue::new(token),
+            token: fluxgate_shared::receivers::SecretValue::new(token),
             secret_data: Default::default(),
             oidc_providers: vec![],
             hook_path: "/hook/x".into(),

@@ -12,7 +12,7 @@ use cel::{Context, Program};
 
 pub use cel::Value;
 
-use crate::catalog::ReceiverType;
+use crate::receivers::ReceiverType;
 use crate::{gojson, pubsub};
 
 use env::ENV;

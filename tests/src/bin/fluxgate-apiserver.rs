@@ -53,6 +53,6 @@ async fn main() -> anyhow::Result<()> {
         println!("kubeconfig: {}", path.display());
     }
     println!("serving the Kubernetes API stand-in on {}", server.url());
-    fluxgate_shared::shutdown::signal().await;
+    fluxgate_shared::shutdown_signal().await;
     Ok(())
 }

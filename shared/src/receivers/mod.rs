@@ -1,5 +1,21 @@
-//! Where receivers come from: the file given with `--receivers-file`, loaded at start-up (a bad
-//! one stops the binary) and polled for changes; else the cluster's Receiver objects, watched.
+//! Receivers: Flux `Receiver` manifests and their Secrets made into the catalog ingest and the
+//! dispatcher serve from -- the manifests parsed and checked ([`manifest`]), the served
+//! receiver ([`receiver`]), the catalog's lookups ([`catalog`]), and where they come from: the
+//! file given with `--receivers-file`, loaded at start-up (a bad one stops the binary) and
+//! polled for changes ([`file`]), else the cluster's Receiver objects, watched ([`cluster`]).
+
+mod catalog;
+mod cluster;
+mod file;
+mod manifest;
+mod receiver;
+
+pub use catalog::{Catalog, SharedCatalog};
+pub use cluster::{Settings as ClusterSettings, list as list_cluster};
+pub use receiver::{
+    DEFAULT_OIDC_AUDIENCE, OidcProvider, Receiver, ReceiverType, ResourceRef, SecretValue,
+    hook_digest,
+};
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -8,8 +24,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::catalog::{self, Catalog, SharedCatalog};
-use crate::cluster;
 use crate::error::Error;
 
 /// The served catalog, whether it has been loaded in full yet, and the task keeping it current.
@@ -28,7 +42,7 @@ pub enum Origin {
         path: PathBuf,
         reload_interval: Duration,
     },
-    Cluster(kube::Client, cluster::Settings),
+    Cluster(kube::Client, ClusterSettings),
 }
 
 /// Starts keeping the catalog current until `shutdown`; `on_reload` hears of every new catalog
@@ -48,7 +62,7 @@ pub fn start(
             on_reload(Ok(&loaded));
             let catalog = SharedCatalog::new(loaded);
             let (_, synced) = watch::channel(true);
-            let task = tokio::spawn(catalog::watch_file(
+            let task = tokio::spawn(file::watch_file(
                 path,
                 catalog.clone(),
                 reload_interval,

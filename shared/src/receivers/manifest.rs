@@ -1,17 +1,17 @@
-//! The receiver catalog: Flux `Receiver` manifests joined with their token `Secret`s, indexed by
-//! hook digest, loaded from a multi-document YAML file and reloaded when that file changes.
+//! Manifests: `Receiver` and `Secret` documents parsed and checked as Flux checks them (field
+//! by field, with the document and field named in every error), their expressions compiled,
+//! and turned into served [`Receiver`]s.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use base64::Engine as _;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
+use super::{
+    Catalog, DEFAULT_OIDC_AUDIENCE, OidcProvider, Receiver, ReceiverType, ResourceRef, SecretValue,
+    hook_digest,
+};
 use crate::error::Error;
 use crate::filter::Expression;
 
@@ -21,214 +21,7 @@ const RECEIVER_API_VERSIONS: &[&str] = &[
     "notification.toolkit.fluxcd.io/v1beta2",
 ];
 
-/// `spec.type` of a Receiver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ReceiverType {
-    Generic,
-    GenericHmac,
-    GenericOidc,
-    Github,
-    Gitlab,
-    Bitbucket,
-    Harbor,
-    Dockerhub,
-    Quay,
-    Gcr,
-    Nexus,
-    Acr,
-    Cdevents,
-}
-
-impl ReceiverType {
-    /// The name used in manifests, headers and metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Generic => "generic",
-            Self::GenericHmac => "generic-hmac",
-            Self::GenericOidc => "generic-oidc",
-            Self::Github => "github",
-            Self::Gitlab => "gitlab",
-            Self::Bitbucket => "bitbucket",
-            Self::Harbor => "harbor",
-            Self::Dockerhub => "dockerhub",
-            Self::Quay => "quay",
-            Self::Gcr => "gcr",
-            Self::Nexus => "nexus",
-            Self::Acr => "acr",
-            Self::Cdevents => "cdevents",
-        }
-    }
-
-    /// Types whose webhook proves itself with the Secret's `token` (HMAC key or shared token).
-    /// For the others the hook path is the only secret.
-    pub fn authenticates_with_token(self) -> bool {
-        matches!(
-            self,
-            Self::GenericHmac
-                | Self::Github
-                | Self::Gitlab
-                | Self::Bitbucket
-                | Self::Harbor
-                | Self::Nexus
-        )
-    }
-}
-
-impl fmt::Display for ReceiverType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A secret value: bytes that never appear in `Debug` output, so a logged receiver leaks nothing.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct SecretValue(Vec<u8>);
-
-impl SecretValue {
-    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
-        Self(bytes.into())
-    }
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for SecretValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-/// One entry of `spec.resources`, as written; defaults are applied where targets are resolved.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ResourceRef {
-    #[serde(default)]
-    pub api_version: Option<String>,
-    pub kind: String,
-    /// Required by Flux's CRD; missing, it names nothing, and the dispatcher says so.
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub namespace: Option<String>,
-    #[serde(default)]
-    pub match_labels: Option<BTreeMap<String, String>>,
-    /// `filter` as written; compiled into `filter` when the catalog loads.
-    #[serde(default, rename = "filter")]
-    filter_source: Option<String>,
-    #[serde(skip)]
-    pub filter: Option<Expression>,
-}
-
-/// Flux's default audience of a `generic-oidc` provider.
-pub const DEFAULT_OIDC_AUDIENCE: &str = "notification-controller";
-
-/// One `spec.oidcProviders` entry of a `generic-oidc` Receiver, its expressions compiled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OidcProvider {
-    pub issuer_url: String,
-    pub audience: String,
-    /// Evaluated in order; each sees `claims` and the `variables` before it.
-    pub variables: Vec<(String, Expression)>,
-    /// Every one must hold; the messages of those that do not are the 401's reason.
-    pub validations: Vec<(Expression, String)>,
-}
-
-/// A Receiver ready to serve: its spec plus the data of its Secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Receiver {
-    pub namespace: String,
-    pub name: String,
-    pub kind: ReceiverType,
-    /// `spec.events`, compared case-insensitively; empty means every event.
-    pub events: Vec<String>,
-    pub resources: Vec<ResourceRef>,
-    /// `spec.resourceFilter`, ANDed with each resource's own `filter`.
-    pub resource_filter: Option<Expression>,
-    pub suspend: bool,
-    /// Why the receiver cannot serve (an expression that does not compile): Flux marks such a
-    /// Receiver Stalled; ingest answers 503 for it.
-    pub not_ready: Option<String>,
-    /// The Secret's `token` (empty for `generic-oidc`, which has no Secret).
-    pub token: SecretValue,
-    /// Every key of the Secret (gcr reads `email` and `audience`).
-    pub secret_data: BTreeMap<String, SecretValue>,
-    /// `spec.oidcProviders` (generic-oidc only).
-    pub oidc_providers: Vec<OidcProvider>,
-    /// `/hook/<digest>`, as Flux computes it.
-    pub hook_path: String,
-}
-
-impl Receiver {
-    /// Whether any CEL filter applies to this receiver's targets.
-    pub fn has_filters(&self) -> bool {
-        self.resource_filter.is_some() || self.resources.iter().any(|r| r.filter.is_some())
-    }
-
-    /// Whether `event` passes `spec.events` (case-insensitive; empty list allows all).
-    pub fn allows_event(&self, event: &str) -> bool {
-        self.events.is_empty() || self.events.iter().any(|e| e.eq_ignore_ascii_case(event))
-    }
-}
-
-/// Flux's webhook digest: lowercase hex SHA-256 of `token + name + namespace`.
-pub fn hook_digest(token: &[u8], name: &str, namespace: &str) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(token);
-    hasher.update(name.as_bytes());
-    hasher.update(namespace.as_bytes());
-    hex::encode(hasher.finalize())
-}
-
-/// All served receivers, indexed by hook digest (ingest) and by namespace and name (dispatcher),
-/// both O(1).
-#[derive(Debug, Default)]
-pub struct Catalog {
-    by_digest: HashMap<String, Arc<Receiver>>,
-    by_name: HashMap<(String, String), Arc<Receiver>>,
-}
-
 impl Catalog {
-    /// The receiver whose hook path is `/hook/<digest>`.
-    pub fn get(&self, digest: &str) -> Option<&Arc<Receiver>> {
-        self.by_digest.get(digest)
-    }
-
-    /// The receiver `namespace/name`.
-    pub fn by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Receiver>> {
-        self.by_name.get(&(namespace.to_owned(), name.to_owned()))
-    }
-
-    pub fn len(&self) -> usize {
-        self.by_digest.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_digest.is_empty()
-    }
-
-    pub fn receivers(&self) -> impl Iterator<Item = &Arc<Receiver>> {
-        self.by_digest.values()
-    }
-
-    /// How many receivers cannot serve (see [`Receiver::not_ready`]).
-    pub fn not_ready(&self) -> usize {
-        self.receivers().filter(|r| r.not_ready.is_some()).count()
-    }
-
-    /// Reads and parses a receivers file.
-    pub fn load_file(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text)
-    }
-
     /// Parses a multi-document YAML stream of `Receiver` and `Secret` manifests. Other kinds are
     /// skipped, so the same file can carry the rest of an application's manifests.
     pub fn parse(text: &str) -> Result<Self, Error> {
@@ -303,21 +96,6 @@ impl Catalog {
         }
         Ok(Self::new(built))
     }
-
-    /// Indexes receivers by hook digest and by name.
-    pub fn new(receivers: impl IntoIterator<Item = Receiver>) -> Self {
-        let mut catalog = Self::default();
-        for receiver in receivers {
-            let receiver = Arc::new(receiver);
-            let digest = receiver.hook_path.trim_start_matches("/hook/").to_owned();
-            catalog.by_digest.insert(digest, receiver.clone());
-            catalog.by_name.insert(
-                (receiver.namespace.clone(), receiver.name.clone()),
-                receiver,
-            );
-        }
-        catalog
-    }
 }
 
 /// Deserializes one document into its manifest type, naming the failing field.
@@ -377,7 +155,7 @@ impl Metadata {
 }
 
 #[derive(Deserialize)]
-pub(crate) struct ReceiverManifest {
+pub struct ReceiverManifest {
     metadata: Metadata,
     spec: ReceiverSpec,
 }
@@ -390,7 +168,7 @@ struct ReceiverSpec {
     #[serde(default)]
     events: Vec<String>,
     #[serde(default)]
-    resources: Vec<ResourceRef>,
+    resources: Vec<ResourceSpec>,
     #[serde(default)]
     resource_filter: Option<String>,
     #[serde(default)]
@@ -399,6 +177,23 @@ struct ReceiverSpec {
     suspend: bool,
     #[serde(default)]
     oidc_providers: Vec<OidcProviderSpec>,
+}
+
+/// One entry of `spec.resources`, as written.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ResourceSpec {
+    #[serde(default)]
+    api_version: Option<String>,
+    kind: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    match_labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    filter: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -476,15 +271,15 @@ impl ReceiverManifest {
     }
 
     /// The Secret the receiver names, if any.
-    pub(crate) fn secret_name(&self) -> Option<&str> {
+    pub fn secret_name(&self) -> Option<&str> {
         self.spec.secret_ref.as_ref().map(|r| r.name.as_str())
     }
 
-    pub(crate) fn namespace(&self) -> String {
+    pub fn namespace(&self) -> String {
         self.metadata.namespace()
     }
 
-    pub(crate) fn into_receiver(self, secret: SecretLookup<'_>) -> Result<Receiver, Invalid> {
+    pub fn into_receiver(self, secret: SecretLookup<'_>) -> Result<Receiver, Invalid> {
         let namespace = self.metadata.namespace();
         let empty = BTreeMap::new();
         let secret_data = match (self.secret_name(), self.spec.kind, secret) {
@@ -542,15 +337,21 @@ impl ReceiverManifest {
             self.spec.resource_filter.as_deref(),
             declared,
         );
-        let mut resources = self.spec.resources;
-        for (i, resource) in resources.iter_mut().enumerate() {
-            resource.filter = filter(
-                &mut not_ready,
-                &format!("spec.resources[{i}].filter"),
-                resource.filter_source.as_deref(),
-                declared,
-            );
-        }
+        let resources = (self.spec.resources.into_iter().enumerate())
+            .map(|(i, spec)| ResourceRef {
+                filter: filter(
+                    &mut not_ready,
+                    &format!("spec.resources[{i}].filter"),
+                    spec.filter.as_deref(),
+                    declared,
+                ),
+                api_version: spec.api_version,
+                kind: spec.kind,
+                name: spec.name,
+                namespace: spec.namespace,
+                match_labels: spec.match_labels,
+            })
+            .collect();
         let oidc_providers = oidc_providers(self.spec.oidc_providers, &mut not_ready);
         if self.spec.kind == ReceiverType::GenericOidc && oidc_providers.is_empty() {
             not_ready
@@ -703,84 +504,6 @@ impl SecretManifest {
             out.insert(key.clone(), SecretValue::new(plain.as_bytes()));
         }
         Ok(out)
-    }
-}
-
-/// The catalog currently served: swapped atomically on reload, read without locks.
-#[derive(Debug, Clone)]
-pub struct SharedCatalog(Arc<ArcSwap<Catalog>>);
-
-impl SharedCatalog {
-    pub fn new(catalog: Catalog) -> Self {
-        Self(Arc::new(ArcSwap::from_pointee(catalog)))
-    }
-
-    pub fn current(&self) -> Arc<Catalog> {
-        self.0.load_full()
-    }
-
-    pub fn replace(&self, catalog: Catalog) {
-        self.0.store(Arc::new(catalog));
-    }
-}
-
-/// Reloads `path` into `shared` whenever its content changes, until `shutdown` resolves.
-/// The file is polled rather than watched with inotify: Kubernetes updates a mounted ConfigMap
-/// or Secret by swapping a symlink, which file watchers easily miss, while reading a small file
-/// every `interval` always sees it. A file that fails to parse keeps the old catalog and is
-/// logged once per distinct content.
-///
-/// The file is read once when this is called, so only later changes count as reloads;
-/// `on_reload` hears of every reload attempt (the new catalog, or why it failed).
-pub fn watch_file(
-    path: PathBuf,
-    shared: SharedCatalog,
-    interval: Duration,
-    on_reload: impl Fn(Result<&Catalog, &Error>) + Send + 'static,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let last = std::fs::read(&path).ok();
-    watch_loop(path, shared, interval, last, on_reload, shutdown)
-}
-
-async fn watch_loop(
-    path: PathBuf,
-    shared: SharedCatalog,
-    interval: Duration,
-    mut last: Option<Vec<u8>>,
-    on_reload: impl Fn(Result<&Catalog, &Error>),
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            _ = ticker.tick() => {}
-        }
-        let content = match tokio::fs::read(&path).await {
-            Ok(content) => content,
-            Err(error) => {
-                tracing::warn!(path = %path.display(), %error, "cannot read receivers file; keeping the current catalog");
-                continue;
-            }
-        };
-        if last.as_deref() == Some(content.as_slice()) {
-            continue;
-        }
-        match Catalog::parse(&String::from_utf8_lossy(&content)) {
-            Ok(catalog) => {
-                tracing::info!(path = %path.display(), receivers = catalog.len(), "receivers file reloaded");
-                on_reload(Ok(&catalog));
-                shared.replace(catalog);
-            }
-            Err(error) => {
-                tracing::error!(path = %path.display(), %error, "receivers file is invalid; keeping the current catalog");
-                on_reload(Err(&error));
-            }
-        }
-        last = Some(content);
     }
 }
 
@@ -1100,48 +823,5 @@ metadata:
             FILE.split("---").nth(2).expect("third document")
         );
         assert!(error_of(&doubled).contains("defined twice"));
-    }
-
-    #[tokio::test]
-    async fn watcher_reloads_changes_and_keeps_old_catalog_on_bad_file() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("receivers.yaml");
-        std::fs::write(&path, FILE).expect("write");
-        let shared = SharedCatalog::new(Catalog::load_file(&path).expect("load"));
-        let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(watch_file(
-            path.clone(),
-            shared.clone(),
-            Duration::from_millis(10),
-            move |result| {
-                let _ = events_tx.send(result.map(Catalog::len).map_err(|e| e.to_string()));
-            },
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        let old_digest = hook_digest(b"s3cret", "github-receiver", "flux-system");
-
-        std::fs::write(&path, "kind: [").expect("write bad");
-        let failed = events.recv().await.expect("reload event");
-        assert!(failed.expect_err("bad file").contains("not valid YAML"));
-        assert!(
-            shared.current().get(&old_digest).is_some(),
-            "bad file must keep the old catalog"
-        );
-
-        std::fs::write(&path, FILE.replace("github-receiver", "renamed")).expect("write good");
-        assert_eq!(events.recv().await.expect("reload event"), Ok(2));
-        assert!(shared.current().get(&old_digest).is_none());
-        assert!(
-            shared
-                .current()
-                .get(&hook_digest(b"s3cret", "renamed", "flux-system"))
-                .is_some()
-        );
-
-        let _ = stop.send(());
-        task.await.expect("watcher ends on shutdown");
     }
 }

@@ -14,9 +14,8 @@ use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 
-use crate::catalog::{
-    Catalog, Receiver, ReceiverManifest, SecretLookup, SecretValue, SharedCatalog,
-};
+use super::manifest::{ReceiverManifest, SecretLookup};
+use super::{Catalog, Receiver, SecretValue, SharedCatalog};
 
 /// Which Receivers to serve, and whether to read their Secrets.
 #[derive(Debug, Clone)]
