@@ -18,9 +18,10 @@ use crate::dedup::{Claim, Dedup};
 use crate::delivery::Delivery;
 use crate::error::Error;
 use crate::inflight::{Registry, acknowledge};
+use crate::metrics::Metrics;
 use crate::outcome::Recorder;
 use crate::request::Inputs;
-use crate::targets::Resolver;
+use crate::targets::{Resolver, Target};
 
 /// Deliveries handled at once.
 const CONCURRENCY: usize = 256;
@@ -34,6 +35,7 @@ pub struct Dispatcher {
     pub recorder: Recorder,
     pub coalescer: Coalescer,
     pub registry: Registry,
+    pub metrics: Arc<Metrics>,
     pub dry_run: bool,
     pub jetstream: jetstream::Context,
 }
@@ -73,13 +75,13 @@ impl Dispatcher {
         }
     }
 
+    /// Handles one message: works out its disposition, then carries it out.
     async fn handle(&self, message: jetstream::Message) {
         let sequence = match message.info() {
             Ok(info) => info.stream_sequence,
             Err(error) => {
                 tracing::error!(%error, "message without JetStream metadata; terminating it");
-                let _ = message.ack_with(AckKind::Term).await;
-                return;
+                return self.settle(message, 0, Disposition::Terminate).await;
             }
         };
         if self.registry.contains(sequence) {
@@ -88,66 +90,84 @@ impl Dispatcher {
         }
         let delivery = match Delivery::read(sequence, message.headers.as_ref()) {
             Ok(delivery) => delivery,
-            Err(error) => return self.poison(sequence, &message, error).await,
+            Err(error) => {
+                tracing::error!(%error, seq = sequence, "poison message terminated");
+                let unknown = Delivery {
+                    sequence,
+                    meta: DeliveryMeta {
+                        id: format!("seq-{sequence}"),
+                        namespace: "_unknown".into(),
+                        receiver: "_unknown".into(),
+                        ..Default::default()
+                    },
+                };
+                self.fail(&unknown, error.to_string()).await;
+                return self.settle(message, sequence, disposition_of(&error)).await;
+            }
         };
+        let disposition = match self.dispatch(&delivery, &message).await {
+            Ok(disposition) => disposition,
+            Err(error) => {
+                let disposition = disposition_of(&error);
+                if let Disposition::Retry(delay) = disposition {
+                    tracing::warn!(%error, delivery = %delivery.meta.id, retry_in = ?delay, "cannot dispatch now; retrying later");
+                } else {
+                    self.fail(&delivery, error.to_string()).await;
+                }
+                disposition
+            }
+        };
+        match disposition {
+            Disposition::InFlight(targets) => {
+                let in_flight = self.registry.start(delivery, message, targets.len());
+                for target in targets {
+                    self.coalescer.submit(target, in_flight.clone());
+                }
+            }
+            other => self.settle(message, sequence, other).await,
+        }
+    }
+
+    /// Takes a delivery through deduplication, the catalog, its filters' inputs and target
+    /// resolution, recording each step; what is left to do with the message is the result.
+    async fn dispatch(
+        &self,
+        delivery: &Delivery,
+        message: &jetstream::Message,
+    ) -> Result<Disposition, Error> {
         // A replay is the same delivery again, on purpose: only it bypasses deduplication.
         if delivery.meta.from_sender() && delivery.meta.replay_of.is_none() {
-            match self.dedup.claim(&delivery).await {
-                Ok(Claim::DuplicateOf(first)) => {
+            match self.dedup.claim(delivery).await? {
+                Claim::DuplicateOf(first) => {
                     self.recorder
-                        .record(&delivery, Event::Duplicate { of_seq: first })
+                        .record(delivery, Event::Duplicate { of_seq: first })
                         .await;
-                    return acknowledge(&message, &delivery).await;
+                    return Ok(Disposition::Ack);
                 }
-                Ok(Claim::First | Claim::Redelivery) => {}
-                Err(error) => {
-                    tracing::warn!(%error, delivery = %delivery.meta.id, "cannot check for duplicates; retrying later");
-                    let _ = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
-                    return;
-                }
+                Claim::First | Claim::Redelivery => {}
             }
         }
         let catalog = self.catalog.current();
-        let Some(receiver) = catalog.by_name(&delivery.meta.namespace, &delivery.meta.receiver)
-        else {
+        let meta = &delivery.meta;
+        let Some(receiver) = catalog.by_name(&meta.namespace, &meta.receiver) else {
             let reason = format!(
                 "receiver {}/{} is not in the catalog",
-                delivery.meta.namespace, delivery.meta.receiver
+                meta.namespace, meta.receiver
             );
-            self.fail(&delivery, reason).await;
-            return acknowledge(&message, &delivery).await;
+            self.fail(delivery, reason).await;
+            return Ok(Disposition::Ack);
         };
         if let Some(reason) = &receiver.not_ready {
-            self.fail(&delivery, format!("receiver is not ready: {reason}"))
+            self.fail(delivery, format!("receiver is not ready: {reason}"))
                 .await;
-            return acknowledge(&message, &delivery).await;
+            return Ok(Disposition::Ack);
         }
-        let inputs = match Inputs::of(&self.jetstream, receiver, &delivery.meta, &message.payload)
-            .await
-        {
-            Ok(inputs) => inputs,
-            Err(error @ Error::Body(_)) => {
-                self.fail(&delivery, error.to_string()).await;
-                return acknowledge(&message, &delivery).await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, delivery = %delivery.meta.id, "cannot read the body for filters; retrying later");
-                let _ = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
-                return;
-            }
-        };
-        let resolved = match self.resolver.resolve(receiver, &inputs).await {
-            Ok(resolved) => resolved,
-            Err(error) => {
-                tracing::warn!(%error, delivery = %delivery.meta.id, "cannot resolve targets; retrying later");
-                let _ = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
-                return;
-            }
-        };
+        let inputs = Inputs::of(&self.jetstream, receiver, meta, &message.payload).await?;
+        let resolved = self.resolver.resolve(receiver, &inputs).await?;
         let targets = resolved.targets;
         self.recorder
             .record(
-                &delivery,
+                delivery,
                 Event::Dispatched {
                     targets: targets.clone(),
                 },
@@ -155,29 +175,26 @@ impl Dispatcher {
             .await;
         for target in resolved.filtered_out {
             self.recorder
-                .record(&delivery, Event::FilteredOut { target })
+                .record(delivery, Event::FilteredOut { target })
                 .await;
         }
         for (target, reason) in resolved.refused {
             self.recorder
-                .record(&delivery, Event::Failed { target, reason })
+                .record(delivery, Event::Failed { target, reason })
                 .await;
-        }
-        if targets.is_empty() {
-            return acknowledge(&message, &delivery).await;
         }
         if self.dry_run {
             for target in targets {
                 self.recorder
-                    .record(&delivery, Event::WouldPatch { target })
+                    .record(delivery, Event::WouldPatch { target })
                     .await;
             }
-            return acknowledge(&message, &delivery).await;
+            return Ok(Disposition::Ack);
         }
-        let in_flight = self.registry.start(delivery, message, targets.len());
-        for target in targets {
-            self.coalescer.submit(target, in_flight.clone());
+        if targets.is_empty() {
+            return Ok(Disposition::Ack);
         }
+        Ok(Disposition::InFlight(targets))
     }
 
     /// Records a failure that concerns the delivery as a whole, not one target.
@@ -193,21 +210,71 @@ impl Dispatcher {
             .await;
     }
 
-    /// A message without a delivery's metadata can never be handled: record and terminate it.
-    async fn poison(&self, sequence: u64, message: &jetstream::Message, error: Error) {
-        tracing::error!(%error, seq = sequence, "poison message terminated");
-        let unknown = Delivery {
-            sequence,
-            meta: DeliveryMeta {
-                id: format!("seq-{sequence}"),
-                namespace: "_unknown".into(),
-                receiver: "_unknown".into(),
-                ..Default::default()
-            },
+    /// Acknowledges, naks or terminates the message; a failure to is logged and counted.
+    async fn settle(&self, message: jetstream::Message, sequence: u64, disposition: Disposition) {
+        let (kind, ack) = match disposition {
+            Disposition::Ack => return acknowledge(&message, sequence, &self.metrics).await,
+            Disposition::Retry(delay) => ("nak", AckKind::Nak(Some(delay))),
+            Disposition::Terminate => ("term", AckKind::Term),
+            Disposition::InFlight(_) => return,
         };
-        self.fail(&unknown, error.to_string()).await;
-        if let Err(error) = message.ack_with(AckKind::Term).await {
-            tracing::warn!(%error, seq = sequence, "cannot terminate a poison message");
+        if let Err(error) = message.ack_with(ack).await {
+            self.metrics.ack_failed(kind);
+            tracing::warn!(%error, seq = sequence, ack = kind, "JetStream did not take the acknowledgement; it will redeliver after the ack wait");
         }
+    }
+}
+
+/// What becomes of a message.
+#[derive(Debug, PartialEq, Eq)]
+enum Disposition {
+    /// Done with, for good (handled, or failed in a way no retry fixes, and recorded).
+    Ack,
+    /// Worth another try: JetStream redelivers it after the delay.
+    Retry(Duration),
+    /// Never a delivery: JetStream drops it.
+    Terminate,
+    /// Its targets are being patched: the in-flight registry acknowledges it once they are done.
+    InFlight(Vec<Target>),
+}
+
+/// The one place that decides what an error means for the message. Only errors in the
+/// delivery itself are permanent: a message that is not a delivery, a body the filters cannot
+/// read. NATS and the API server failing (the resolver returns only its transient errors) are
+/// worth retrying.
+fn disposition_of(error: &Error) -> Disposition {
+    match error {
+        Error::Shared(fluxgate_shared::Error::NotADelivery(_)) => Disposition::Terminate,
+        Error::Body(_) => Disposition::Ack,
+        Error::Shared(_) | Error::Nats(_) | Error::Kube(_) | Error::Listen(_) => {
+            Disposition::Retry(RETRY_DELAY)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_faults_of_the_delivery_itself_are_permanent() {
+        let not_a_delivery = Error::Shared(fluxgate_shared::Error::NotADelivery("x".into()));
+        assert_eq!(disposition_of(&not_a_delivery), Disposition::Terminate);
+        assert_eq!(
+            disposition_of(&Error::Body("not JSON".into())),
+            Disposition::Ack
+        );
+        assert_eq!(
+            disposition_of(&Error::nats("connection reset")),
+            Disposition::Retry(RETRY_DELAY)
+        );
+        let unavailable = kube::Error::Api(Box::new(kube::core::Status {
+            code: 503,
+            ..Default::default()
+        }));
+        assert_eq!(
+            disposition_of(&Error::Kube(unavailable)),
+            Disposition::Retry(RETRY_DELAY)
+        );
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind};
 
 use crate::delivery::Delivery;
+use crate::metrics::Metrics;
 
 pub struct InFlight {
     pub delivery: Delivery,
@@ -22,24 +23,41 @@ impl InFlight {
     /// One target of this delivery is done; the last one acknowledges the message.
     pub async fn target_done(&self) {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            acknowledge(&self.message, &self.delivery).await;
+            acknowledge(
+                &self.message,
+                self.delivery.sequence,
+                &self.registry.metrics,
+            )
+            .await;
             self.registry.remove(self.delivery.sequence);
         }
     }
 }
 
 /// Acknowledges and waits for JetStream to confirm it, so the effect and the ack cannot part.
-pub async fn acknowledge(message: &jetstream::Message, delivery: &Delivery) {
+/// A failure is logged and counted: JetStream will redeliver, and deduplication absorbs it.
+pub async fn acknowledge(message: &jetstream::Message, sequence: u64, metrics: &Metrics) {
     if let Err(error) = message.double_ack().await {
-        tracing::warn!(%error, delivery = %delivery.meta.id, seq = delivery.sequence, "ack not confirmed; JetStream may redeliver");
+        metrics.ack_failed("ack");
+        tracing::warn!(%error, seq = sequence, "ack not confirmed; JetStream may redeliver");
     }
 }
 
 /// Every delivery in flight, by stream sequence.
-#[derive(Clone, Default)]
-pub struct Registry(Arc<Mutex<HashMap<u64, Arc<InFlight>>>>);
+#[derive(Clone)]
+pub struct Registry {
+    in_flight: Arc<Mutex<HashMap<u64, Arc<InFlight>>>>,
+    metrics: Arc<Metrics>,
+}
 
 impl Registry {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            in_flight: Arc::default(),
+            metrics,
+        }
+    }
+
     /// Registers a delivery with `targets` targets to finish.
     pub fn start(
         &self,
@@ -53,7 +71,7 @@ impl Registry {
             remaining: AtomicUsize::new(targets),
             registry: self.clone(),
         });
-        if let Ok(mut map) = self.0.lock() {
+        if let Ok(mut map) = self.in_flight.lock() {
             map.insert(in_flight.delivery.sequence, in_flight.clone());
         }
         in_flight
@@ -61,14 +79,14 @@ impl Registry {
 
     /// Whether this stream sequence is already being handled (JetStream redelivered it).
     pub fn contains(&self, sequence: u64) -> bool {
-        self.0
+        self.in_flight
             .lock()
             .map(|m| m.contains_key(&sequence))
             .unwrap_or(false)
     }
 
     pub fn len(&self) -> usize {
-        self.0.lock().map(|m| m.len()).unwrap_or(0)
+        self.in_flight.lock().map(|m| m.len()).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -76,7 +94,7 @@ impl Registry {
     }
 
     fn remove(&self, sequence: u64) {
-        if let Ok(mut map) = self.0.lock() {
+        if let Ok(mut map) = self.in_flight.lock() {
             map.remove(&sequence);
         }
     }
@@ -87,13 +105,14 @@ impl Registry {
         loop {
             ticker.tick().await;
             let messages: Vec<Arc<InFlight>> = self
-                .0
+                .in_flight
                 .lock()
                 .map(|m| m.values().cloned().collect())
                 .unwrap_or_default();
             for in_flight in messages {
                 if let Err(error) = in_flight.message.ack_with(AckKind::Progress).await {
-                    tracing::debug!(%error, seq = in_flight.delivery.sequence, "progress ack failed");
+                    self.metrics.ack_failed("progress");
+                    tracing::warn!(%error, seq = in_flight.delivery.sequence, "progress ack failed; JetStream may redeliver once the ack wait ends");
                 }
             }
         }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use fluxgate_shared::contract;
-use fluxgate_shared::receivers::{self, ClusterSettings, Origin};
+use fluxgate_shared::receivers::{self, ClusterSettings, Origin, Receivers};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -51,147 +51,197 @@ pub async fn run(
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let metrics = Arc::new(Metrics::default());
-    let nats = async_nats::ConnectOptions::new()
-        .name("fluxgate-dispatcher")
-        .retry_on_initial_connect()
-        .connect(&config.common.nats_url)
-        .await
-        .map_err(Error::nats)?;
-    let jetstream = jetstream::new(nats.clone());
-    let kube = kube::Client::try_default().await?;
-    let origin = match &config.common.receivers_file {
-        Some(path) => Origin::File {
-            path: path.clone(),
-            reload_interval: config.common.reload_interval,
-        },
-        // The dispatcher needs the Receivers' targets and filters, never their tokens.
-        None => Origin::Cluster(
-            kube.clone(),
-            ClusterSettings {
-                namespace: config.common.watch_namespace.clone(),
-                read_secrets: false,
-                secret_refresh: config.common.reload_interval,
-            },
-        ),
-    };
     let (stop_tx, stop) = watch::channel(false);
-    let receivers = {
-        let mut stop = stop.clone();
-        receivers::start(origin, |_| {}, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })?
-    };
-    let catalog = receivers.catalog.clone();
+    let service = Service::build(&config, admin_listener, stop).await?;
+    service.run(&config, stop_tx, shutdown).await
+}
 
-    let admin_address = admin_listener.local_addr()?;
-    let (leading_tx, leading) = watch::channel(!config.leader_election);
-    metrics.set_leader(!config.leader_election);
-    let admin = tokio::spawn(
-        axum::serve(
-            admin_listener,
-            admin::router(Arc::new(admin::AdminState {
-                nats: nats.clone(),
-                metrics: metrics.clone(),
-                leading: leading.clone(),
-                catalog_synced: receivers.synced.clone(),
-            })),
-        )
-        .into_future(),
-    );
+/// The dispatcher's parts, connected and provisioned, not yet consuming.
+struct Service {
+    metrics: Arc<Metrics>,
+    kube: kube::Client,
+    receivers: Receivers,
+    consumer: consumer::PullConsumer,
+    dispatcher: Dispatcher,
+    registry: Registry,
+    admin: tokio::task::JoinHandle<Result<(), std::io::Error>>,
+    admin_address: std::net::SocketAddr,
+    leading_tx: watch::Sender<bool>,
+    leading: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+}
 
-    let consumer = wait_for_consumer(&jetstream, &config).await;
-    let recorder = Recorder::provision(
-        jetstream.clone(),
-        metrics.clone(),
-        config.stream_replicas,
-        config.outcomes_max_age,
-        config.outcomes_max_bytes,
-    )
-    .await?;
-    let dedup = Dedup::provision(&jetstream, config.dedup_ttl, config.stream_replicas).await?;
-    let resolver = Arc::new(Resolver::new(kube.clone(), config.no_cross_namespace_refs));
-    let confirmer = Arc::new(Confirmer {
-        resolver: resolver.clone(),
-        recorder: recorder.clone(),
-        metrics: metrics.clone(),
-        timeout: config.confirm_timeout,
-    });
-    let patcher = Arc::new(Patcher {
-        resolver: resolver.clone(),
-        recorder: recorder.clone(),
-        metrics: metrics.clone(),
-        confirmer,
-        retry_deadline: config.retry_deadline,
-        max_backoff: config.retry_max_backoff,
-    });
-    let registry = Registry::default();
-    let keep_alive = tokio::spawn(registry.clone().keep_alive(config.ack_wait / 3));
-    let dispatcher = Dispatcher {
-        catalog: catalog.clone(),
-        dedup,
-        resolver,
-        recorder,
-        coalescer: Coalescer::spawn(config.coalesce_window, patcher),
-        registry: registry.clone(),
-        dry_run: config.dry_run,
-        jetstream: jetstream.clone(),
-    };
+impl Service {
+    /// Connects to NATS and the cluster, starts the receivers' source and the admin endpoint,
+    /// and provisions the consumer, the outcomes stream and the dedup bucket.
+    async fn build(
+        config: &Config,
+        admin_listener: TcpListener,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Self, Error> {
+        let metrics = Arc::new(Metrics::default());
+        let nats = async_nats::ConnectOptions::new()
+            .name("fluxgate-dispatcher")
+            .retry_on_initial_connect()
+            .connect(&config.common.nats_url)
+            .await
+            .map_err(Error::nats)?;
+        let jetstream = jetstream::new(nats.clone());
+        let kube = kube::Client::try_default().await?;
+        let origin = match &config.common.receivers_file {
+            Some(path) => Origin::File {
+                path: path.clone(),
+                reload_interval: config.common.reload_interval,
+            },
+            // The dispatcher needs the Receivers' targets and filters, never their tokens.
+            None => Origin::Cluster(
+                kube.clone(),
+                ClusterSettings {
+                    namespace: config.common.watch_namespace.clone(),
+                    read_secrets: false,
+                    secret_refresh: config.common.reload_interval,
+                },
+            ),
+        };
+        let receivers = {
+            let mut stop = stop.clone();
+            receivers::start(origin, |_| {}, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })?
+        };
 
-    let (release_tx, release) = watch::channel(false);
-    let elector = config.leader_election.then(|| {
-        let identity = config
-            .identity
-            .clone()
-            .unwrap_or_else(|| format!("fluxgate-dispatcher-{}", uuid::Uuid::now_v7()));
-        let elector = LeaderElector::new(
-            kube.clone(),
-            &config.lease_namespace,
-            &config.lease_name,
-            &identity,
-            config.lease_duration,
+        let admin_address = admin_listener.local_addr()?;
+        let (leading_tx, leading) = watch::channel(!config.leader_election);
+        metrics.set_leader(!config.leader_election);
+        let admin = tokio::spawn(
+            axum::serve(
+                admin_listener,
+                admin::router(Arc::new(admin::AdminState {
+                    nats: nats.clone(),
+                    metrics: metrics.clone(),
+                    leading: leading.clone(),
+                    catalog_synced: receivers.synced.clone(),
+                })),
+            )
+            .into_future(),
         );
-        tokio::spawn(elector.run(leading_tx, release))
-    });
-    let pending = tokio::spawn(report_pending(consumer.clone(), metrics.clone()));
 
-    // A target of its own, so a supervisor (the test harness) can learn the bound port.
-    tracing::info!(
-        target: "fluxgate_dispatcher::listen",
-        admin = %admin_address,
-        dry_run = config.dry_run,
-        "fluxgate-dispatcher running"
-    );
-    let consuming = consume_while_leading(
-        &dispatcher,
-        &consumer,
-        &metrics,
-        stop.clone(),
-        leading.clone(),
-        receivers.synced.clone(),
-    );
-    tokio::pin!(consuming);
-    tokio::select! {
-        result = &mut consuming => result?,
-        _ = shutdown => {
-            tracing::info!("shutting down: no new deliveries, finishing in-flight patches");
-            let _ = stop_tx.send(true);
-            consuming.await?;
+        let consumer = wait_for_consumer(&jetstream, config).await;
+        let recorder = Recorder::provision(
+            jetstream.clone(),
+            metrics.clone(),
+            config.stream_replicas,
+            config.outcomes_max_age,
+            config.outcomes_max_bytes,
+        )
+        .await?;
+        let dedup = Dedup::provision(&jetstream, config.dedup_ttl, config.stream_replicas).await?;
+        let resolver = Arc::new(Resolver::new(kube.clone(), config.no_cross_namespace_refs));
+        let confirmer = Arc::new(Confirmer {
+            resolver: resolver.clone(),
+            recorder: recorder.clone(),
+            metrics: metrics.clone(),
+            timeout: config.confirm_timeout,
+        });
+        let patcher = Arc::new(Patcher {
+            resolver: resolver.clone(),
+            recorder: recorder.clone(),
+            metrics: metrics.clone(),
+            confirmer,
+            retry_deadline: config.retry_deadline,
+            max_backoff: config.retry_max_backoff,
+        });
+        let registry = Registry::new(metrics.clone());
+        let dispatcher = Dispatcher {
+            catalog: receivers.catalog.clone(),
+            dedup,
+            resolver,
+            recorder,
+            coalescer: Coalescer::spawn(config.coalesce_window, patcher),
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+            dry_run: config.dry_run,
+            jetstream,
+        };
+        Ok(Self {
+            metrics,
+            kube,
+            receivers,
+            consumer,
+            dispatcher,
+            registry,
+            admin,
+            admin_address,
+            leading_tx,
+            leading,
+            stop,
+        })
+    }
+
+    /// The lifecycle: elect, consume while leading, and on `shutdown` stop consuming, drain
+    /// what is in flight, release the lease and stop the background tasks.
+    async fn run(
+        self,
+        config: &Config,
+        stop_tx: watch::Sender<bool>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let keep_alive = tokio::spawn(self.registry.clone().keep_alive(config.ack_wait / 3));
+        let (release_tx, release) = watch::channel(false);
+        let elector = config.leader_election.then(|| {
+            let identity = config
+                .identity
+                .clone()
+                .unwrap_or_else(|| format!("fluxgate-dispatcher-{}", uuid::Uuid::now_v7()));
+            let elector = LeaderElector::new(
+                self.kube.clone(),
+                &config.lease_namespace,
+                &config.lease_name,
+                &identity,
+                config.lease_duration,
+            );
+            tokio::spawn(elector.run(self.leading_tx, release))
+        });
+        let pending = tokio::spawn(report_pending(self.consumer.clone(), self.metrics.clone()));
+
+        // A target of its own, so a supervisor (the test harness) can learn the bound port.
+        tracing::info!(
+            target: "fluxgate_dispatcher::listen",
+            admin = %self.admin_address,
+            dry_run = config.dry_run,
+            "fluxgate-dispatcher running"
+        );
+        let consuming = consume_while_leading(
+            &self.dispatcher,
+            &self.consumer,
+            &self.metrics,
+            self.stop.clone(),
+            self.leading.clone(),
+            self.receivers.synced.clone(),
+        );
+        tokio::pin!(consuming);
+        tokio::select! {
+            result = &mut consuming => result?,
+            _ = shutdown => {
+                tracing::info!("shutting down: no new deliveries, finishing in-flight patches");
+                let _ = stop_tx.send(true);
+                consuming.await?;
+            }
         }
+        tracing::info!("stopped consuming");
+        drain(&self.registry, config.shutdown_grace).await;
+        tracing::info!("in-flight deliveries drained");
+        let _ = release_tx.send(true);
+        if let Some(elector) = elector {
+            let _ = elector.await;
+        }
+        let _ = self.receivers.task.await;
+        keep_alive.abort();
+        pending.abort();
+        self.admin.abort();
+        tracing::info!("fluxgate-dispatcher stopped");
+        Ok(())
     }
-    tracing::info!("stopped consuming");
-    drain(&registry, config.shutdown_grace).await;
-    tracing::info!("in-flight deliveries drained");
-    let _ = release_tx.send(true);
-    if let Some(elector) = elector {
-        let _ = elector.await;
-    }
-    let _ = receivers.task.await;
-    keep_alive.abort();
-    pending.abort();
-    admin.abort();
-    tracing::info!("fluxgate-dispatcher stopped");
-    Ok(())
 }
 
 /// The durable consumer, once ingest has created the deliveries stream and NATS answers.

@@ -15,6 +15,11 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AckLabels {
+    ack: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -29,6 +34,7 @@ pub struct Metrics {
     webhook_to_handled: Histogram,
     pending: Gauge,
     leader: Gauge,
+    ack_failures: Family<AckLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -83,6 +89,12 @@ impl Default for Metrics {
             "1 while this replica holds the lease and consumes",
             leader.clone(),
         );
+        let ack_failures = Family::default();
+        registry.register(
+            "ack_failures",
+            "Acknowledgements JetStream did not confirm, by kind (ack, nak, term, progress)",
+            ack_failures.clone(),
+        );
         Self {
             registry,
             outcomes,
@@ -93,6 +105,7 @@ impl Default for Metrics {
             webhook_to_handled,
             pending,
             leader,
+            ack_failures,
         }
     }
 }
@@ -102,6 +115,10 @@ impl Metrics {
         self.outcomes
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
+    }
+
+    pub fn ack_failed(&self, ack: &'static str) {
+        self.ack_failures.get_or_create(&AckLabels { ack }).inc();
     }
 
     pub fn coalesced(&self, folded: usize) {
