@@ -394,7 +394,8 @@ async fn flux_receiver_handler_cases() {
             }
         }
     }
-    println!("{}", report.join("\n"));
+    let table = report.join("\n");
+    println!("{table}");
     assert!(
         failures.is_empty(),
         "{} of {} cases differ:\n{}",
@@ -402,4 +403,28 @@ async fn flux_receiver_handler_cases() {
         cases.len(),
         failures.join("\n")
     );
+    check_published_table(&table);
+}
+
+/// The table in `docs/answers.md` is this test's output: rewritten with `FLUXGATE_BLESS=1`,
+/// else it must be what the test just found.
+fn check_published_table(table: &str) {
+    const BEGIN: &str = "<!-- BEGIN conformance table";
+    const END: &str = "<!-- END conformance table -->";
+    let path = fluxgate_tests::repository_root().join("docs/answers.md");
+    let page = std::fs::read_to_string(&path).expect("read docs/answers.md");
+    let start = page.find(BEGIN).expect("the table's BEGIN marker");
+    let start = start + page[start..].find('\n').expect("marker line") + 1;
+    let end = page.find(END).expect("the table's END marker");
+    let published = page[start..end].trim_end();
+    if std::env::var_os("FLUXGATE_BLESS").is_some() {
+        let updated = format!("{}{table}\n{}", &page[..start], &page[end..]);
+        std::fs::write(&path, updated).expect("write docs/answers.md");
+    } else {
+        assert!(
+            published == table,
+            "docs/answers.md's conformance table is not what the test found; \
+             run it with FLUXGATE_BLESS=1 and commit the result"
+        );
+    }
 }
