@@ -29,6 +29,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         )
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .fallback(|| async {
+            let body = json!({ "error": "not_found", "reason": "the admin port serves /healthz, /readyz and /metrics" });
+            (StatusCode::NOT_FOUND, axum::Json(body))
+        })
         .with_state(state)
 }
 

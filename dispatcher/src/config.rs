@@ -7,7 +7,9 @@ use std::time::Duration;
 #[command(
     name = "fluxgate-dispatcher",
     version,
-    about = "Consume stored Flux webhooks and request reconciles"
+    about = "Consume stored Flux webhooks and request reconciles",
+    after_help = "Logging: RUST_LOG (e.g. info,fluxgate=debug). Kubernetes: KUBECONFIG, else the \
+                  in-cluster service account. Every flag also reads the environment variable shown."
 )]
 pub struct Config {
     #[command(flatten)]
@@ -98,4 +100,16 @@ pub struct Config {
     /// Time in-flight patches get to finish after SIGTERM.
     #[arg(long, env = "FLUXGATE_SHUTDOWN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_flag_has_a_description() {
+        use clap::CommandFactory as _;
+        assert_eq!(
+            fluxgate_shared::undescribed_flags(&super::Config::command()),
+            Vec::<String>::new()
+        );
+    }
 }

@@ -20,6 +20,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .fallback(|| async {
+            let body = json!({ "error": "not_found", "reason": "the admin port serves /healthz, /readyz and /metrics" });
+            (StatusCode::NOT_FOUND, axum::Json(body))
+        })
         .with_state(state)
 }
 

@@ -8,7 +8,9 @@ use std::time::Duration;
 #[command(
     name = "fluxgate-ingest",
     version,
-    about = "Verify Flux webhooks and store them durably in NATS JetStream"
+    about = "Verify Flux webhooks and store them durably in NATS JetStream",
+    after_help = "Logging: RUST_LOG (e.g. info,fluxgate=debug). Kubernetes: KUBECONFIG, else the \
+                  in-cluster service account. Every flag also reads the environment variable shown."
 )]
 pub struct Config {
     #[command(flatten)]
@@ -70,4 +72,16 @@ pub struct Config {
     /// Time in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "FLUXGATE_SHUTDOWN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_flag_has_a_description() {
+        use clap::CommandFactory as _;
+        assert_eq!(
+            fluxgate_shared::undescribed_flags(&super::Config::command()),
+            Vec::<String>::new()
+        );
+    }
 }

@@ -29,3 +29,22 @@ pub struct CommonConfig {
     #[arg(long, env = "FLUXGATE_LOG_FORMAT", default_value = "json")]
     pub log_format: LogFormat,
 }
+
+/// Flags and arguments of `command` (and its subcommands) without a description, as
+/// `path --flag`: every one should say what it is for in `--help`.
+pub fn undescribed_flags(command: &clap::Command) -> Vec<String> {
+    let mut missing = Vec::new();
+    let mut pending = vec![(command.get_name().to_owned(), command)];
+    while let Some((path, command)) = pending.pop() {
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id != "help" && id != "version" && arg.get_help().is_none() {
+                missing.push(format!("{path} --{id}"));
+            }
+        }
+        for sub in command.get_subcommands() {
+            pending.push((format!("{path} {}", sub.get_name()), sub));
+        }
+    }
+    missing
+}

@@ -517,13 +517,25 @@ async fn a_missing_target_fails_at_once_without_a_retry_storm() {
 #[tokio::test]
 async fn dry_run_records_what_it_would_patch_and_patches_nothing() {
     let p = Pipeline::start().await;
-    let _dispatcher = p.dispatcher(&["--dry-run"]).await;
+    let dispatcher = p.dispatcher(&["--dry-run"]).await;
     p.trigger("labels").await;
     let events = p
         .wait_outcomes("two would_patch", |e| of_type(e, "would_patch").len() == 2)
         .await;
     assert!(of_type(&events, "patched").is_empty());
     assert!(p.cluster.requests().iter().all(|r| r.method != "PATCH"));
+    // Both admin ports answer a path they do not serve with a JSON 404 that says what they do.
+    for url in [dispatcher.admin_url("/nope"), p.ingest.admin_url("/nope")] {
+        let answer = http::get(&url).await.expect("admin answers");
+        assert_eq!(answer.status, 404, "{url}");
+        assert!(
+            answer.json()["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("/readyz")),
+            "{url}: {:?}",
+            answer.body
+        );
+    }
     let _ = &p.dir;
 }
 

@@ -58,6 +58,9 @@ pub fn start(
             reload_interval,
         } => {
             let loaded = Catalog::load_file(&path)?;
+            if loaded.is_empty() {
+                tracing::warn!(file = %path.display(), "the receivers file holds no Receiver: every webhook will be answered 404");
+            }
             tracing::info!(receivers = loaded.len(), file = %path.display(), "receivers loaded");
             on_reload(Ok(&loaded));
             let catalog = SharedCatalog::new(loaded);
