@@ -4,6 +4,7 @@
 //! increasing per target.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,54 +12,72 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::inflight::InFlight;
-use crate::patch::Patcher;
 use crate::targets::Target;
 
-enum Command {
-    Submit(Target, Arc<InFlight>),
+/// What patches a batch: the [`Patcher`](crate::patch::Patcher), or a recorder in the tests.
+pub trait RunBatch<T>: Send + Sync + 'static {
+    /// Patches `target` once with `requested_at` for every delivery of `batch`.
+    fn run_batch(
+        &self,
+        target: &Target,
+        requested_at: &str,
+        batch: Vec<T>,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+enum Command<T> {
+    Submit(Target, T),
     /// The window of the target's pending batch may have closed.
     Flush(Target),
     /// The target's patch finished.
     Done(Target),
 }
 
-#[derive(Default)]
-struct Slot {
-    pending: Vec<Arc<InFlight>>,
+struct Slot<T> {
+    pending: Vec<T>,
     opened: Option<Instant>,
     in_flight: bool,
     last_value: Option<DateTime<Utc>>,
 }
 
-/// Handle for submitting deliveries to the coalescer task.
-#[derive(Clone)]
-pub struct Coalescer {
-    tx: mpsc::UnboundedSender<Command>,
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Self {
+            pending: Vec::new(),
+            opened: None,
+            in_flight: false,
+            last_value: None,
+        }
+    }
 }
 
-impl Coalescer {
+/// Handle for submitting deliveries to the coalescer task.
+pub struct Coalescer<T> {
+    tx: mpsc::UnboundedSender<Command<T>>,
+}
+
+impl<T: Send + 'static> Coalescer<T> {
     /// Starts the coalescer task; patches go through `patcher`.
-    pub fn spawn(window: Duration, patcher: Arc<Patcher>) -> Self {
+    pub fn spawn(window: Duration, patcher: Arc<impl RunBatch<T>>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(window, patcher, tx.clone(), rx));
         Self { tx }
     }
 
     /// Adds a delivery's target to the target's next patch.
-    pub fn submit(&self, target: Target, delivery: Arc<InFlight>) {
+    pub fn submit(&self, target: Target, delivery: T) {
         // The task lives as long as any handle; a send can only fail at exit.
         let _ = self.tx.send(Command::Submit(target, delivery));
     }
 }
 
-async fn run(
+async fn run<T: Send + 'static>(
     window: Duration,
-    patcher: Arc<Patcher>,
-    tx: mpsc::UnboundedSender<Command>,
-    mut rx: mpsc::UnboundedReceiver<Command>,
+    patcher: Arc<impl RunBatch<T>>,
+    tx: mpsc::UnboundedSender<Command<T>>,
+    mut rx: mpsc::UnboundedReceiver<Command<T>>,
 ) {
-    let mut slots: HashMap<Target, Slot> = HashMap::new();
+    let mut slots: HashMap<Target, Slot<T>> = HashMap::new();
     let schedule_flush = |target: Target, at: Instant| {
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -106,11 +125,11 @@ async fn run(
     }
 }
 
-fn start_batch(
+fn start_batch<T: Send + 'static>(
     target: &Target,
-    slot: &mut Slot,
-    patcher: &Arc<Patcher>,
-    tx: &mpsc::UnboundedSender<Command>,
+    slot: &mut Slot<T>,
+    patcher: &Arc<impl RunBatch<T>>,
+    tx: &mpsc::UnboundedSender<Command<T>>,
 ) {
     let batch = std::mem::take(&mut slot.pending);
     slot.opened = None;
@@ -136,6 +155,101 @@ fn next_value(previous: Option<DateTime<Utc>>, now: DateTime<Utc>) -> DateTime<U
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    /// Records each patch as (target name, requestedAt, the batch), taking `takes` to patch.
+    #[derive(Default)]
+    struct Recorded {
+        takes: Duration,
+        patches: Mutex<Vec<(String, String, Vec<u32>)>>,
+    }
+
+    impl RunBatch<u32> for Recorded {
+        async fn run_batch(&self, target: &Target, requested_at: &str, batch: Vec<u32>) {
+            tokio::time::sleep(self.takes).await;
+            if let Ok(mut patches) = self.patches.lock() {
+                patches.push((target.name.clone(), requested_at.to_owned(), batch));
+            }
+        }
+    }
+
+    impl Recorded {
+        fn patches(&self) -> Vec<(String, String, Vec<u32>)> {
+            self.patches.lock().map(|p| p.clone()).unwrap_or_default()
+        }
+    }
+
+    fn target(name: &str) -> Target {
+        Target {
+            api_version: "source.toolkit.fluxcd.io/v1".into(),
+            kind: "GitRepository".into(),
+            namespace: "flux-system".into(),
+            name: name.into(),
+        }
+    }
+
+    const WINDOW: Duration = Duration::from_secs(1);
+    const MS: Duration = Duration::from_millis(1);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_is_one_patch_per_target_once_the_window_closes() {
+        let recorded = Arc::new(Recorded::default());
+        let coalescer = Coalescer::spawn(WINDOW, recorded.clone());
+        for delivery in 0..5 {
+            coalescer.submit(target("a"), delivery);
+        }
+        for delivery in 10..13 {
+            coalescer.submit(target("b"), delivery);
+        }
+        tokio::time::sleep(WINDOW - MS).await;
+        assert!(
+            recorded.patches().is_empty(),
+            "nothing before the window closes"
+        );
+        tokio::time::sleep(2 * MS).await;
+        let mut patches = recorded.patches();
+        patches.sort();
+        let batches: Vec<(&str, &[u32])> = patches
+            .iter()
+            .map(|(name, _, batch)| (name.as_str(), batch.as_slice()))
+            .collect();
+        assert_eq!(
+            batches,
+            [("a", &[0, 1, 2, 3, 4][..]), ("b", &[10, 11, 12][..])]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deliveries_during_a_patch_go_into_the_next_one() {
+        let recorded = Arc::new(Recorded {
+            takes: Duration::from_millis(500),
+            ..Default::default()
+        });
+        let coalescer = Coalescer::spawn(WINDOW, recorded.clone());
+        coalescer.submit(target("a"), 1);
+        // The first patch runs from 1 s to 1.5 s; these arrive while it does.
+        tokio::time::sleep(WINDOW + Duration::from_millis(100)).await;
+        coalescer.submit(target("a"), 2);
+        coalescer.submit(target("a"), 3);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            recorded.patches().len(),
+            1,
+            "the second waits for its window"
+        );
+        // Their window opened at 1.1 s: the patch starts at 2.1 s and ends at 2.6 s; look at 2.7 s.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let patches = recorded.patches();
+        let batches: Vec<&[u32]> = patches.iter().map(|(_, _, b)| b.as_slice()).collect();
+        assert_eq!(batches, [&[1][..], &[2, 3][..]]);
+        assert!(patches[0].1 < patches[1].1, "requestedAt increases");
+        tokio::time::sleep(10 * WINDOW).await;
+        assert_eq!(
+            recorded.patches().len(),
+            2,
+            "nothing more without deliveries"
+        );
+    }
 
     #[test]
     fn values_strictly_increase_even_when_the_clock_does_not() {

@@ -17,7 +17,7 @@ use crate::coalesce::Coalescer;
 use crate::dedup::{Claim, Dedup};
 use crate::delivery::Delivery;
 use crate::error::Error;
-use crate::inflight::{Registry, acknowledge};
+use crate::inflight::{InFlight, Registry, acknowledge};
 use crate::metrics::Metrics;
 use crate::outcome::Recorder;
 use crate::request::Inputs;
@@ -33,7 +33,7 @@ pub struct Dispatcher {
     pub dedup: Dedup,
     pub resolver: Arc<Resolver>,
     pub recorder: Recorder,
-    pub coalescer: Coalescer,
+    pub coalescer: Coalescer<Arc<InFlight>>,
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
     pub dry_run: bool,

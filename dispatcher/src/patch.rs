@@ -9,6 +9,7 @@ use std::time::Duration;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use tokio::time::Instant;
 
+use crate::coalesce::RunBatch;
 use crate::confirm::Confirmer;
 use crate::inflight::InFlight;
 use crate::metrics::Metrics;
@@ -38,10 +39,10 @@ enum Attempt {
     Transient(String),
 }
 
-impl Patcher {
+impl RunBatch<Arc<InFlight>> for Patcher {
     /// Patches `target` once for the whole batch, retrying as needed, records the outcome for
     /// every delivery and marks the target done for each.
-    pub async fn run_batch(&self, target: &Target, requested_at: &str, batch: Vec<Arc<InFlight>>) {
+    async fn run_batch(&self, target: &Target, requested_at: &str, batch: Vec<Arc<InFlight>>) {
         let batch_id = uuid::Uuid::now_v7().to_string();
         if batch.len() > 1 {
             self.metrics.coalesced(batch.len() - 1);
@@ -117,7 +118,9 @@ impl Patcher {
         }
         futures::future::join_all(batch.iter().map(|d| d.target_done())).await;
     }
+}
 
+impl Patcher {
     /// Records one event for every delivery of a batch, concurrently.
     async fn record_all(&self, batch: &[Arc<InFlight>], event: &Event) {
         futures::future::join_all(
