@@ -15,6 +15,30 @@ use std::time::Duration;
 
 /// How long a harness waits for a process to become ready before failing the test.
 pub const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
+/// How long [`eventually`] waits for something that should happen.
+pub const EVENTUALLY_DEADLINE: Duration = Duration::from_secs(90);
+
+/// Polls `probe` until it answers `Ok`, and returns that; its `Err` says what it saw instead,
+/// and is in the panic when `what` has not happened within [`EVENTUALLY_DEADLINE`]. The one
+/// poll loop of the end-to-end tests: they wait for processes and streams, which notify no one.
+pub async fn eventually<T, E, F, Fut>(what: &str, mut probe: F) -> T
+where
+    E: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + EVENTUALLY_DEADLINE;
+    loop {
+        match probe().await {
+            Ok(done) => return done,
+            Err(seen) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}; last seen: {seen:#?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// A binary of this workspace, next to the running test or tool (`target/<profile>/`).
 /// `cargo test --workspace` and `cargo nextest run --workspace` build every binary first.

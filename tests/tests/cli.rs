@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use fluxgate_tests::apiserver::ApiServer;
 use fluxgate_tests::dispatcher::{Dispatcher, outcomes};
+use fluxgate_tests::eventually;
 use fluxgate_tests::ingest::Ingest;
 use fluxgate_tests::nats::NatsServer;
 use fluxgate_tests::webhook::{
@@ -99,18 +100,15 @@ impl Setup {
 
     async fn wait_outcomes(&self, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         let client = self.nats.client().await;
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
+        eventually("the outcomes", || async {
             let events = outcomes(&client).await;
             if done(&events) {
-                return events;
+                Ok(events)
+            } else {
+                Err(events)
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out: {events:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 
     async fn stored_count(&self) -> u64 {

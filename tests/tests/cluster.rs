@@ -1,10 +1,10 @@
 //! End-to-end tests of receivers taken from the cluster (no receivers file): the real binaries
 //! watch Flux `Receiver` objects in the Kubernetes API stand-in and read their token Secrets.
 
-use std::time::Duration;
 
 use fluxgate_tests::apiserver::{ApiServer, ObjectRef};
 use fluxgate_tests::dispatcher::{Dispatcher, outcomes};
+use fluxgate_tests::eventually;
 use fluxgate_tests::http::{self, Response};
 use fluxgate_tests::ingest::Ingest;
 use fluxgate_tests::nats::NatsServer;
@@ -13,7 +13,6 @@ use serde_json::{Value, json};
 
 const NS: &str = "flux-system";
 const RECEIVER: &str = "notification.toolkit.fluxcd.io/v1";
-const DEADLINE: Duration = Duration::from_secs(30);
 
 fn secret(name: &str, data: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS}, "stringData": data})
@@ -80,25 +79,23 @@ async fn generic(ingest: &Ingest, token: &str, name: &str) -> Response {
 }
 
 /// Polls `probe` until it answers `status`.
-async fn eventually<F, Fut>(what: &str, status: u16, probe: F)
+async fn answers<F, Fut>(what: &str, status: u16, probe: F)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Response>,
 {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
+    eventually(what, || async {
         let response = probe().await;
         if response.status == status {
-            return;
+            Ok(())
+        } else {
+            Err((
+                response.status,
+                String::from_utf8_lossy(&response.body).into_owned(),
+            ))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: still {} {:?}",
-            response.status,
-            response.body
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -123,18 +120,18 @@ async fn receivers_are_served_from_the_cluster_and_follow_its_changes() {
         "gh-token",
         json!({"suspend": true}),
     ));
-    eventually("suspended", 503, || push(&ingest, "first", "d-2")).await;
+    answers("suspended", 503, || push(&ingest, "first", "d-2")).await;
     c.api.apply(receiver("gh", "github", "gh-token", json!({})));
-    eventually("resumed", 202, || push(&ingest, "first", "d-3")).await;
+    answers("resumed", 202, || push(&ingest, "first", "d-3")).await;
 
     // A rotated token moves the hook path (Flux's digest includes it) within seconds.
     c.api.apply(secret("gh-token", json!({"token": "second"})));
-    eventually("rotated", 202, || push(&ingest, "second", "d-4")).await;
+    answers("rotated", 202, || push(&ingest, "second", "d-4")).await;
     assert_eq!(push(&ingest, "first", "d-5").await.status, 404);
 
     c.api
         .delete(&ObjectRef::new(RECEIVER, "Receiver", NS, "gh"));
-    eventually("deleted", 404, || push(&ingest, "second", "d-6")).await;
+    answers("deleted", 404, || push(&ingest, "second", "d-6")).await;
 
     // Least privilege: Secrets are read one by one by name, never listed or watched.
     let secret_requests: Vec<_> = c
@@ -204,18 +201,15 @@ async fn the_dispatcher_takes_receivers_from_the_cluster_without_reading_secrets
     assert_eq!(generic(&ingest, "plain-token", "trigger").await.status, 202);
 
     let client = c.nats.client().await;
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
+    eventually("a patch", || async {
         let events = outcomes(&client).await;
         if events.iter().any(|e| e["type"] == "patched") {
-            break;
+            Ok(())
+        } else {
+            Err(events)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no patch: {events:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     let app = c
         .api
         .get(&ObjectRef::new(

@@ -9,6 +9,7 @@ use async_nats::jetstream;
 use fluxgate_shared::contract::{self, header};
 use fluxgate_tests::apiserver::{ApiServer, Fault, ObjectRef};
 use fluxgate_tests::dispatcher::{Dispatcher, outcomes};
+use fluxgate_tests::eventually;
 use fluxgate_tests::http;
 use fluxgate_tests::ingest::Ingest;
 use fluxgate_tests::nats::NatsServer;
@@ -19,7 +20,6 @@ const NS: &str = "flux-system";
 const SOURCE: &str = "source.toolkit.fluxcd.io/v1";
 const GH_TOKEN: &str = "gh-secret";
 const TOKEN: &str = "plain-token";
-const DEADLINE: Duration = Duration::from_secs(60);
 
 fn receiver(name: &str, kind: &str, secret: &str, resources: &str) -> String {
     format!(
@@ -218,18 +218,15 @@ impl Pipeline {
 
     /// Waits until `done` holds for the recorded outcomes, and returns them.
     async fn wait_outcomes(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
+        eventually(what, || async {
             let events = self.outcomes().await;
             if done(&events) {
-                return events;
+                Ok(events)
+            } else {
+                Err(events)
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}; outcomes: {events:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -542,16 +539,17 @@ async fn dry_run_records_what_it_would_patch_and_patches_nothing() {
 /// Polls a dispatcher's `/metrics` until `line` appears; returns how long that took.
 async fn wait_metric(dispatcher: &Dispatcher, line: &str) -> Duration {
     let started = tokio::time::Instant::now();
-    loop {
+    eventually(line, || async {
         let metrics = http::get(&dispatcher.admin_url("/metrics"))
             .await
             .map(|r| String::from_utf8_lossy(&r.body).into_owned());
-        if metrics.is_ok_and(|m| m.lines().any(|l| l == line)) {
-            return started.elapsed();
+        match metrics {
+            Ok(m) if m.lines().any(|l| l == line) => Ok(()),
+            other => Err(other.map_err(|e| e.to_string())),
         }
-        assert!(started.elapsed() < DEADLINE, "{line} never appeared");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    started.elapsed()
 }
 
 fn patched_deliveries(events: &[Value]) -> HashSet<String> {

@@ -4,10 +4,10 @@
 //! alert.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use fluxgate_tests::apiserver::ApiServer;
 use fluxgate_tests::dispatcher::Dispatcher;
+use fluxgate_tests::eventually;
 use fluxgate_tests::http;
 use fluxgate_tests::ingest::Ingest;
 use fluxgate_tests::nats::NatsServer;
@@ -69,25 +69,22 @@ async fn alerts_and_dashboard_name_metrics_the_binaries_export() {
     let url = ingest.hook_url(&hook_path(token, "github-receiver", "flux-system"));
     let accepted = post_github_push(&url, token, "metrics-1", github_push_body(64)).await;
     assert_eq!(accepted.status, 202, "{:?}", accepted.body);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let exported = loop {
+    let exported = eventually("a patch in the metrics", || async {
         let mut text = String::new();
         for url in [
             ingest.admin_url("/metrics"),
             dispatcher.admin_url("/metrics"),
         ] {
-            let scrape = http::get(&url).await.expect("scrape");
+            let scrape = http::get(&url).await.map_err(|e| e.to_string())?;
             text.push_str(&String::from_utf8_lossy(&scrape.body));
         }
         if text.contains("fluxgate_dispatcher_patches_total{result=\"patched\"}") {
-            break text;
+            Ok(text)
+        } else {
+            Err(text)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no patch recorded: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     let exported: BTreeSet<String> = exported
         .lines()
         .filter_map(|line| line.strip_prefix("# TYPE "))
