@@ -8,8 +8,7 @@ use std::time::Duration;
     name = "fluxgate-dispatcher",
     version,
     about = "Consume stored Flux webhooks and request reconciles",
-    after_help = "Logging: RUST_LOG (e.g. info,fluxgate=debug). Kubernetes: KUBECONFIG, else the \
-                  in-cluster service account. Every flag also reads the environment variable shown."
+    after_help = fluxgate_shared::SERVICE_HELP
 )]
 pub struct Config {
     #[command(flatten)]

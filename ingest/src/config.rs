@@ -9,8 +9,7 @@ use std::time::Duration;
     name = "fluxgate-ingest",
     version,
     about = "Verify Flux webhooks and store them durably in NATS JetStream",
-    after_help = "Logging: RUST_LOG (e.g. info,fluxgate=debug). Kubernetes: KUBECONFIG, else the \
-                  in-cluster service account. Every flag also reads the environment variable shown."
+    after_help = fluxgate_shared::SERVICE_HELP
 )]
 pub struct Config {
     #[command(flatten)]

@@ -30,6 +30,11 @@ pub struct CommonConfig {
     pub log_format: LogFormat,
 }
 
+/// The end of each service's `--help`: what it reads besides its flags.
+pub const SERVICE_HELP: &str = "Logging: RUST_LOG (e.g. info,fluxgate=debug). Kubernetes: \
+    KUBECONFIG, else the in-cluster service account. Every flag also reads the environment \
+    variable shown.";
+
 /// Flags and arguments of `command` (and its subcommands) without a description, as
 /// `path --flag`: every one should say what it is for in `--help`.
 pub fn undescribed_flags(command: &clap::Command) -> Vec<String> {

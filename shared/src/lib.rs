@@ -12,7 +12,7 @@ pub mod receivers;
 mod shutdown;
 mod telemetry;
 
-pub use config::{CommonConfig, undescribed_flags};
+pub use config::{CommonConfig, SERVICE_HELP, undescribed_flags};
 pub use error::Error;
 pub use shutdown::signal as shutdown_signal;
 pub use telemetry::{LogFormat, init_telemetry};

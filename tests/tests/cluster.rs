@@ -1,7 +1,6 @@
 //! End-to-end tests of receivers taken from the cluster (no receivers file): the real binaries
 //! watch Flux `Receiver` objects in the Kubernetes API stand-in and read their token Secrets.
 
-
 use fluxgate_tests::apiserver::{ApiServer, ObjectRef};
 use fluxgate_tests::dispatcher::{Dispatcher, outcomes};
 use fluxgate_tests::eventually;

@@ -83,28 +83,9 @@ mod tests {
     use super::*;
     use crate::receivers::hook_digest;
 
-    const FILE: &str = r#"
-apiVersion: v1
-kind: Secret
-metadata:
-  name: webhook-token
-  namespace: flux-system
-stringData:
-  token: s3cret
----
-apiVersion: notification.toolkit.fluxcd.io/v1
-kind: Receiver
-metadata:
-  name: github-receiver
-  namespace: flux-system
-spec:
-  type: github
-  secretRef:
-    name: webhook-token
-  resources:
-    - kind: GitRepository
-      name: webapp
-"#;
+    /// The quick start's receivers: two, both with the token below.
+    const FILE: &str = include_str!("../../../deploy/examples/receivers.yaml");
+    const TOKEN: &[u8] = b"quickstart-secret-change-me";
 
     #[tokio::test]
     async fn watcher_reloads_changes_and_keeps_old_catalog_on_bad_file() {
@@ -125,7 +106,7 @@ spec:
                 let _ = stopped.await;
             },
         ));
-        let old_digest = hook_digest(b"s3cret", "github-receiver", "flux-system");
+        let old_digest = hook_digest(TOKEN, "github-receiver", "flux-system");
 
         std::fs::write(&path, "kind: [").expect("write bad");
         let failed = events.recv().await.expect("reload event");
@@ -136,12 +117,12 @@ spec:
         );
 
         std::fs::write(&path, FILE.replace("github-receiver", "renamed")).expect("write good");
-        assert_eq!(events.recv().await.expect("reload event"), Ok(1));
+        assert_eq!(events.recv().await.expect("reload event"), Ok(2));
         assert!(shared.current().get(&old_digest).is_none());
         assert!(
             shared
                 .current()
-                .get(&hook_digest(b"s3cret", "renamed", "flux-system"))
+                .get(&hook_digest(TOKEN, "renamed", "flux-system"))
                 .is_some()
         );
 
