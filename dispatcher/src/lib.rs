@@ -80,12 +80,11 @@ impl Service {
         stop: watch::Receiver<bool>,
     ) -> Result<Self, Error> {
         let metrics = Arc::new(Metrics::default());
-        let nats = async_nats::ConnectOptions::new()
-            .name("fluxgate-dispatcher")
-            .retry_on_initial_connect()
-            .connect(&config.common.nats_url)
-            .await
-            .map_err(Error::nats)?;
+        let nats =
+            fluxgate_shared::nats_connect_options("fluxgate-dispatcher", &config.common.nats_url)
+                .connect(&config.common.nats_url)
+                .await
+                .map_err(Error::nats)?;
         let jetstream = jetstream::new(nats.clone());
         let kube = kube::Client::try_default().await?;
         let origin = match &config.common.receivers_file {

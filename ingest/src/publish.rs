@@ -65,9 +65,7 @@ impl Publisher {
         settings: StreamSettings,
         publish_timeout: Duration,
     ) -> Result<Arc<Self>, Error> {
-        let client = async_nats::ConnectOptions::new()
-            .name("fluxgate-ingest")
-            .retry_on_initial_connect()
+        let client = fluxgate_shared::nats_connect_options("fluxgate-ingest", url)
             .connect(url)
             .await
             .map_err(|e| Error::Unavailable(format!("cannot connect to NATS at {url}: {e}")))?;

@@ -7,6 +7,7 @@ pub mod contract;
 mod error;
 pub mod filter;
 pub mod gojson;
+mod nats;
 pub mod pubsub;
 pub mod receivers;
 mod shutdown;
@@ -14,5 +15,6 @@ mod telemetry;
 
 pub use config::{CommonConfig, SERVICE_HELP, undescribed_flags};
 pub use error::Error;
+pub use nats::connect_options as nats_connect_options;
 pub use shutdown::signal as shutdown_signal;
 pub use telemetry::{LogFormat, init_telemetry};

@@ -25,9 +25,12 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
-/// Installs the global subscriber; `RUST_LOG` overrides the default `info` level.
+/// Installs the global subscriber; `RUST_LOG` overrides the default: `info`, and the NATS
+/// client's own lines from `warn` (its connection events are logged, with the server and the
+/// cause, by [`crate::nats_connect_options`]).
 pub fn init_telemetry(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
