@@ -203,7 +203,7 @@ async fn replay(streams: &Streams, seq: u64, actor: &str) -> Result<Replayed, Er
         actor: actor.to_owned(),
     };
     Outcome::now(&original, seq, replayed)
-        .publish(&streams.jetstream, &original)
+        .publish(&streams.jetstream)
         .await?;
     Ok(Replayed {
         delivery: original.id,

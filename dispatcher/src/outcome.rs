@@ -53,7 +53,7 @@ impl Recorder {
     pub async fn record(&self, delivery: &Delivery, event: Event) {
         self.metrics.outcome(event.label());
         let outcome = Outcome::now(&delivery.meta, delivery.sequence, event);
-        if let Err(error) = outcome.publish(&self.jetstream, &delivery.meta).await {
+        if let Err(error) = outcome.publish(&self.jetstream).await {
             tracing::error!(%error, delivery = %delivery.meta.id, outcome = outcome.event.label(), "cannot record an outcome");
         }
     }

@@ -176,13 +176,11 @@ impl Outcome {
 
     /// Stores the event and waits for the stream's ack, so that history is never behind what
     /// it describes.
-    pub async fn publish(
-        &self,
-        jetstream: &async_nats::jetstream::Context,
-        delivery: &DeliveryMeta,
-    ) -> Result<u64, Error> {
+    pub async fn publish(&self, jetstream: &async_nats::jetstream::Context) -> Result<u64, Error> {
         let payload = serde_json::to_vec(self).map_err(|e| Error::Encode(e.to_string()))?;
-        let subject = outcome_subject(&delivery.namespace, &delivery.receiver, self.event.label());
+        // `receiver` is `namespace/name`; neither part may hold a `/`.
+        let (namespace, name) = self.receiver.split_once('/').unwrap_or_default();
+        let subject = outcome_subject(namespace, name, self.event.label());
         let ack = jetstream
             .publish(subject, payload.into())
             .await
