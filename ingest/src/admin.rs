@@ -34,7 +34,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     };
     if !*state.catalog_synced.borrow() {
         not_ready("the cluster's Receivers are not listed yet")
-    } else if state.publisher.is_ready() {
+    } else if state.store.is_ready() {
         (
             StatusCode::OK,
             axum::Json(json!({ "status": "ready", "receivers": state.catalog.current().len() })),

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use crate::error::Error;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
-use crate::publish::Publisher;
+use crate::publish::Store;
 use crate::{delivery, verify};
 
 /// Everything a request needs, shared by all of them.
@@ -29,7 +29,7 @@ pub struct AppState {
     pub catalog: SharedCatalog,
     /// False until every receiver is known (the first full list of the cluster's).
     pub catalog_synced: watch::Receiver<bool>,
-    pub publisher: Arc<Publisher>,
+    pub store: Arc<dyn Store>,
     pub identity: Identity,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
@@ -166,7 +166,7 @@ async fn accept(
     }
     let (delivery_id, delivery) = delivery::build(receiver, verified, headers, body);
     let publishing = Instant::now();
-    let stored = state.publisher.publish(delivery).await?;
+    let stored = state.store.publish(delivery).await?;
     state.metrics.published(publishing.elapsed());
     Ok(Accepted::Stored {
         delivery_id,
@@ -243,3 +243,6 @@ async fn method_not_allowed(State(state): State<Arc<AppState>>, method: Method) 
 async fn not_found(State(state): State<Arc<AppState>>) -> Response {
     reject(&state, NO_RECEIVER, None, Error::NotFound, Instant::now())
 }
+
+#[cfg(test)]
+mod tests;

@@ -72,7 +72,7 @@ pub async fn run(
     let state = Arc::new(AppState {
         catalog: receivers.catalog,
         catalog_synced: receivers.synced,
-        publisher: publisher.clone(),
+        store: publisher.clone(),
         identity: Identity::new(config.google_certs_url.clone())?,
         metrics,
         max_body_bytes: config.max_body_bytes,

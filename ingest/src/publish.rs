@@ -2,6 +2,8 @@
 //! store, publishes each delivery with its `Nats-Msg-Id`, and waits for the stream's ack under a
 //! deadline, so that a 2xx always means "stored".
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -48,6 +50,19 @@ pub struct Stored {
     pub duplicate: bool,
 }
 
+/// A store's answer to [`Store::publish`], boxed so the store can sit behind `dyn`.
+pub type Storing<'a> = Pin<Box<dyn Future<Output = Result<Stored, Error>> + Send + 'a>>;
+
+/// Where accepted deliveries go: JetStream ([`Publisher`]) in the service. The router depends
+/// on this seam only, so its tests put an in-memory store in its place and run the whole accept
+/// path -- every answer and rejection -- without a server.
+pub trait Store: Send + Sync {
+    /// Connected and ready to store: what `/readyz` reports.
+    fn is_ready(&self) -> bool;
+    /// Stores a delivery; `Ok` only once it is durably stored.
+    fn publish(&self, delivery: Delivery) -> Storing<'_>;
+}
+
 pub struct Publisher {
     client: async_nats::Client,
     jetstream: jetstream::Context,
@@ -79,12 +94,6 @@ impl Publisher {
             provisioned: AtomicBool::new(false),
             reprovision: Notify::new(),
         }))
-    }
-
-    /// Connected to NATS and the stream exists: what `/readyz` reports.
-    pub fn is_ready(&self) -> bool {
-        self.provisioned.load(Ordering::Acquire)
-            && self.client.connection_state() == State::Connected
     }
 
     /// Keeps the stream and object store provisioned: creates or updates them now (retrying
@@ -151,16 +160,6 @@ impl Publisher {
             .await?)
     }
 
-    /// Stores a delivery and waits for the stream's ack, within the publish deadline.
-    pub async fn publish(&self, delivery: Delivery) -> Result<Stored, Error> {
-        if !self.is_ready() {
-            return Err(Error::Unavailable("not connected to NATS JetStream".into()));
-        }
-        tokio::time::timeout(self.publish_timeout, self.store(delivery))
-            .await
-            .map_err(|_| Error::Unavailable("JetStream did not acknowledge in time".into()))?
-    }
-
     async fn store(&self, mut delivery: Delivery) -> Result<Stored, Error> {
         let max_payload = self.client.max_payload();
         if delivery.body.len() + HEADER_ALLOWANCE > max_payload {
@@ -217,5 +216,25 @@ impl Publisher {
             self.reprovision.notify_one();
         }
         Error::Unavailable(error.to_string())
+    }
+}
+
+impl Store for Publisher {
+    /// Connected to NATS and the stream exists.
+    fn is_ready(&self) -> bool {
+        self.provisioned.load(Ordering::Acquire)
+            && self.client.connection_state() == State::Connected
+    }
+
+    /// Stores a delivery and waits for the stream's ack, within the publish deadline.
+    fn publish(&self, delivery: Delivery) -> Storing<'_> {
+        Box::pin(async move {
+            if !self.is_ready() {
+                return Err(Error::Unavailable("not connected to NATS JetStream".into()));
+            }
+            tokio::time::timeout(self.publish_timeout, self.store(delivery))
+                .await
+                .map_err(|_| Error::Unavailable("JetStream did not acknowledge in time".into()))?
+        })
     }
 }
