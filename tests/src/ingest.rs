@@ -1,10 +1,8 @@
 //! Runs the real `fluxgate-ingest` binary and waits until it is ready.
 
-use std::path::Path;
-use std::time::Duration;
-
 use crate::process::Service;
-use crate::{STARTUP_DEADLINE, http};
+use crate::{eventually, http};
+use std::path::Path;
 
 pub struct Ingest {
     pub port: u16,
@@ -71,19 +69,21 @@ impl Ingest {
 
     /// Polls `/readyz` until it answers 200.
     pub async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + STARTUP_DEADLINE;
-        loop {
-            if let Ok(response) = http::get(&self.admin_url("/readyz")).await
-                && response.status == 200
-            {
-                return;
+        eventually("fluxgate-ingest ready", || async {
+            match http::get(&self.admin_url("/readyz")).await {
+                Ok(response) if response.status == 200 => Ok(()),
+                other => Err(other.map(|r| r.status)),
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "fluxgate-ingest did not become ready"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
+    }
+
+    /// The metrics page, as text.
+    pub async fn metrics(&self) -> String {
+        let response = http::get(&self.admin_url("/metrics"))
+            .await
+            .expect("metrics");
+        String::from_utf8_lossy(&response.body).into_owned()
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited successfully.

@@ -8,6 +8,7 @@ pub mod ingest;
 pub mod nats;
 pub mod oidc;
 pub mod process;
+pub mod stack;
 pub mod webhook;
 
 use std::path::PathBuf;

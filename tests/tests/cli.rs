@@ -1,14 +1,10 @@
 //! End-to-end tests of the `fluxgate` CLI: real webhooks through ingest and the dispatcher into
 //! a real nats-server, then the CLI binary reading the history back.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use fluxgate_tests::apiserver::ApiServer;
-use fluxgate_tests::dispatcher::{Dispatcher, outcomes};
 use fluxgate_tests::eventually;
-use fluxgate_tests::ingest::Ingest;
-use fluxgate_tests::nats::NatsServer;
+use fluxgate_tests::stack::Stack;
 use fluxgate_tests::webhook::{
     github_push_body, hook_path, post_github_push, receiver_manifest, secret_manifest,
 };
@@ -19,127 +15,75 @@ const NS: &str = "flux-system";
 const GH_TOKEN: &str = "gh-secret";
 const DEADLINE: Duration = Duration::from_secs(60);
 
-struct Setup {
-    nats: NatsServer,
-    cluster: ApiServer,
-    kubeconfig: PathBuf,
-    ingest: Ingest,
-    dispatcher: Dispatcher,
-    receivers: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Setup {
-    async fn start() -> Self {
-        Self::start_with(&[]).await
-    }
-
-    /// With extra dispatcher flags.
-    async fn start_with(dispatcher_args: &[&str]) -> Self {
-        let nats = NatsServer::start().await;
-        let cluster = ApiServer::start_local().await;
-        cluster.apply(json!({
+/// NATS, the stand-in with the `app` repository, and ingest and a dispatcher (with extra
+/// flags) serving a GitHub receiver and one whose target's namespace does not exist.
+async fn start_with(dispatcher_args: &[&str]) -> Stack {
+    let manifests = [
+        secret_manifest("gh-token", NS, GH_TOKEN),
+        receiver_manifest("gh", NS, "github", "gh-token", ""),
+        secret_manifest("plain", NS, "plain-token"),
+        // Targets GitRepository `app` in its own namespace `elsewhere`, which does not exist.
+        receiver_manifest("missing", "elsewhere", "generic", "plain", ""),
+        secret_manifest("plain", "elsewhere", "plain-token"),
+    ];
+    let mut args = vec!["--leader-election", "false", "--coalesce-window", "20ms"];
+    args.extend_from_slice(dispatcher_args);
+    Stack::builder()
+        .cluster([json!({
             "apiVersion": "source.toolkit.fluxcd.io/v1",
             "kind": "GitRepository",
             "metadata": {"name": "app", "namespace": NS},
             "spec": {"url": "https://example.org/repo", "interval": "10m"},
-        }));
-        let dir = tempfile::tempdir().expect("tempdir");
-        let receivers = dir.path().join("receivers.yaml");
-        let manifests = [
-            secret_manifest("gh-token", NS, GH_TOKEN),
-            receiver_manifest("gh", NS, "github", "gh-token", ""),
-            secret_manifest("plain", NS, "plain-token"),
-            // Targets GitRepository `app` in its own namespace `elsewhere`, which does not exist.
-            receiver_manifest("missing", "elsewhere", "generic", "plain", ""),
-            secret_manifest("plain", "elsewhere", "plain-token"),
-        ];
-        std::fs::write(&receivers, manifests.join("---\n")).expect("write receivers");
-        let kubeconfig = cluster.write_kubeconfig(dir.path()).expect("kubeconfig");
-        let ingest = Ingest::start(&nats.url(), &receivers, &[]).await;
-        let mut args = vec!["--leader-election", "false", "--coalesce-window", "20ms"];
-        args.extend_from_slice(dispatcher_args);
-        let dispatcher = Dispatcher::start(&nats.url(), Some(&receivers), &kubeconfig, &args).await;
-        Self {
-            nats,
-            cluster,
-            kubeconfig,
-            ingest,
-            dispatcher,
-            receivers,
-            _dir: dir,
-        }
-    }
-
-    async fn push(&self, delivery: &str, body: Vec<u8>) {
-        let url = self.ingest.hook_url(&hook_path(GH_TOKEN, "gh", NS));
-        let response = post_github_push(&url, GH_TOKEN, delivery, body).await;
-        assert_eq!(response.status, 202, "{:?}", response.body);
-    }
-
-    async fn trigger_missing(&self) -> String {
-        let url = self
-            .ingest
-            .hook_url(&hook_path("plain-token", "missing", "elsewhere"));
-        let response = http::post(&url, &[], "").await.expect("post");
-        assert_eq!(response.status, 202);
-        response.json()["delivery"].as_str().expect("id").to_owned()
-    }
-
-    /// Waits until `count` deliveries have a final outcome (patched or failed).
-    async fn settle(&self, count: usize) -> Vec<Value> {
-        self.wait_outcomes(|events| {
-            events
-                .iter()
-                .filter(|e| e["type"] == "patched" || e["type"] == "failed")
-                .count()
-                >= count
-        })
+        })])
+        .receivers(manifests.join("---\n"))
+        .ingest(&[])
+        .dispatcher(&args)
+        .start()
         .await
-    }
+}
 
-    async fn wait_outcomes(&self, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        let client = self.nats.client().await;
-        eventually("the outcomes", || async {
-            let events = outcomes(&client).await;
-            if done(&events) {
-                Ok(events)
-            } else {
-                Err(events)
-            }
-        })
-        .await
-    }
+async fn start() -> Stack {
+    start_with(&[]).await
+}
 
-    async fn stored_count(&self) -> u64 {
-        async_nats::jetstream::new(self.nats.client().await)
-            .get_stream(fluxgate_shared::contract::DELIVERIES_STREAM)
-            .await
-            .expect("stream")
-            .info()
-            .await
-            .expect("info")
-            .state
-            .messages
-    }
+async fn push(s: &Stack, delivery: &str, body: Vec<u8>) {
+    let url = s.hook_url(GH_TOKEN, "gh", NS);
+    let response = post_github_push(&url, GH_TOKEN, delivery, body).await;
+    assert_eq!(response.status, 202, "{:?}", response.body);
+}
 
-    fn cli(&self, args: &[&str]) -> String {
-        let kubeconfig = self.kubeconfig.display().to_string();
-        let (ok, stdout, stderr) = fluxgate_cli(
-            &self.nats.url(),
-            args,
-            &[("KUBECONFIG", kubeconfig.as_str())],
-        );
-        assert!(ok, "fluxgate {args:?} failed: {stderr}");
-        stdout
-    }
+async fn trigger_missing(s: &Stack) -> String {
+    let url = s.hook_url("plain-token", "missing", "elsewhere");
+    let response = http::post(&url, &[], "").await.expect("post");
+    assert_eq!(response.status, 202);
+    response.json()["delivery"].as_str().expect("id").to_owned()
+}
 
-    fn cli_json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["-o", "json"];
-        all.extend_from_slice(args);
-        let stdout = self.cli(&all);
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
-    }
+/// Waits until `count` deliveries have a final outcome (patched or failed).
+async fn settle(s: &Stack, count: usize) -> Vec<Value> {
+    s.outcomes_until("final outcomes", |events| {
+        events
+            .iter()
+            .filter(|e| e["type"] == "patched" || e["type"] == "failed")
+            .count()
+            >= count
+    })
+    .await
+}
+
+fn cli(s: &Stack, args: &[&str]) -> String {
+    let kubeconfig = s.kubeconfig().display().to_string();
+    let (ok, stdout, stderr) =
+        fluxgate_cli(&s.nats.url(), args, &[("KUBECONFIG", kubeconfig.as_str())]);
+    assert!(ok, "fluxgate {args:?} failed: {stderr}");
+    stdout
+}
+
+fn cli_json(s: &Stack, args: &[&str]) -> Value {
+    let mut all = vec!["-o", "json"];
+    all.extend_from_slice(args);
+    let stdout = cli(s, &all);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
 }
 
 fn ids(rows: &Value) -> Vec<&str> {
@@ -152,14 +96,14 @@ fn ids(rows: &Value) -> Vec<&str> {
 
 #[tokio::test]
 async fn deliveries_list_filters_and_shows_status() {
-    let s = Setup::start().await;
+    let s = start().await;
     for id in ["d-1", "d-2", "d-3"] {
-        s.push(id, github_push_body(300)).await;
+        push(&s, id, github_push_body(300)).await;
     }
-    let missing = s.trigger_missing().await;
-    s.settle(4).await;
+    let missing = trigger_missing(&s).await;
+    settle(&s, 4).await;
 
-    let all = s.cli_json(&["deliveries", "list"]);
+    let all = cli_json(&s, &["deliveries", "list"]);
     assert_eq!(
         ids(&all),
         [missing.as_str(), "d-3", "d-2", "d-1"],
@@ -179,23 +123,29 @@ async fn deliveries_list_filters_and_shows_status() {
     );
     assert_eq!(all[0]["status"], "failed");
 
-    let failed = s.cli_json(&["deliveries", "list", "--status", "failed"]);
+    let failed = cli_json(&s, &["deliveries", "list", "--status", "failed"]);
     assert_eq!(ids(&failed), [missing.as_str()]);
-    let two = s.cli_json(&[
-        "deliveries",
-        "list",
-        "--receiver",
-        "flux-system/gh",
-        "--limit",
-        "2",
-    ]);
+    let two = cli_json(
+        &s,
+        &[
+            "deliveries",
+            "list",
+            "--receiver",
+            "flux-system/gh",
+            "--limit",
+            "2",
+        ],
+    );
     assert_eq!(ids(&two), ["d-3", "d-2"]);
-    let pushes = s.cli_json(&["deliveries", "list", "--event", "PUSH", "--since", "1h"]);
+    let pushes = cli_json(
+        &s,
+        &["deliveries", "list", "--event", "PUSH", "--since", "1h"],
+    );
     assert_eq!(ids(&pushes), ["d-3", "d-2", "d-1"]);
-    let none = s.cli_json(&["deliveries", "list", "--until", "1h"]);
+    let none = cli_json(&s, &["deliveries", "list", "--until", "1h"]);
     assert_eq!(ids(&none), Vec::<&str>::new());
 
-    let table = s.cli(&["deliveries", "list"]);
+    let table = cli(&s, &["deliveries", "list"]);
     let header = table.lines().next().expect("header");
     assert!(
         header.starts_with("TIME") && header.contains("STATUS"),
@@ -210,12 +160,12 @@ async fn deliveries_list_filters_and_shows_status() {
 
 #[tokio::test]
 async fn deliveries_show_gives_headers_body_and_timeline() {
-    let s = Setup::start().await;
+    let s = start().await;
     let body = github_push_body(400);
-    s.push("d-1", body.clone()).await;
-    s.settle(1).await;
+    push(&s, "d-1", body.clone()).await;
+    settle(&s, 1).await;
 
-    let shown = s.cli_json(&["deliveries", "show", "d-1"]);
+    let shown = cli_json(&s, &["deliveries", "show", "d-1"]);
     assert_eq!(shown["id"], "d-1");
     assert_eq!(shown["status"], "patched");
     assert_eq!(shown["headers"]["x-github-event"], "push");
@@ -237,17 +187,20 @@ async fn deliveries_show_gives_headers_body_and_timeline() {
         body.as_slice(),
         "--raw prints the body byte for byte"
     );
-    let file = s._dir.path().join("body.json");
-    s.cli(&[
-        "deliveries",
-        "show",
-        "d-1",
-        "--output-file",
-        file.to_str().expect("path"),
-    ]);
+    let file = s.dir().join("body.json");
+    cli(
+        &s,
+        &[
+            "deliveries",
+            "show",
+            "d-1",
+            "--output-file",
+            file.to_str().expect("path"),
+        ],
+    );
     assert_eq!(std::fs::read(&file).expect("written"), body);
 
-    let page = s.cli(&["deliveries", "show", "d-1"]);
+    let page = cli(&s, &["deliveries", "show", "d-1"]);
     assert!(
         page.contains("Delivery d-1 (#1)") && page.contains("Timeline:"),
         "{page}"
@@ -264,16 +217,19 @@ async fn deliveries_show_gives_headers_body_and_timeline() {
 
 #[tokio::test]
 async fn receivers_list_gives_urls_and_whether_served() {
-    let s = Setup::start().await;
-    let file = s.receivers.to_str().expect("path");
-    let rows = s.cli_json(&[
-        "receivers",
-        "list",
-        "--receivers-file",
-        file,
-        "--base-url",
-        "https://hooks.example.org/",
-    ]);
+    let s = start().await;
+    let file = s.receivers_file().to_str().expect("path");
+    let rows = cli_json(
+        &s,
+        &[
+            "receivers",
+            "list",
+            "--receivers-file",
+            file,
+            "--base-url",
+            "https://hooks.example.org/",
+        ],
+    );
     let gh = rows
         .as_array()
         .expect("rows")
@@ -292,23 +248,25 @@ async fn receivers_list_gives_urls_and_whether_served() {
 
 #[tokio::test]
 async fn a_failed_delivery_replayed_after_its_target_exists_is_patched() {
-    let s = Setup::start().await;
-    let missing = s.trigger_missing().await;
-    s.settle(1).await;
-    assert_eq!(s.cli_json(&["deliveries", "list"])[0]["status"], "failed");
+    let s = start().await;
+    let missing = trigger_missing(&s).await;
+    settle(&s, 1).await;
+    assert_eq!(cli_json(&s, &["deliveries", "list"])[0]["status"], "failed");
 
-    s.cluster.apply(json!({
+    s.api().apply(json!({
         "apiVersion": "source.toolkit.fluxcd.io/v1",
         "kind": "GitRepository",
         "metadata": {"name": "app", "namespace": "elsewhere"},
         "spec": {"url": "https://example.org/repo", "interval": "10m"},
     }));
-    let replayed = s.cli_json(&["replay", &missing, "--actor", "oncall"]);
+    let replayed = cli_json(&s, &["replay", &missing, "--actor", "oncall"]);
     assert_eq!(replayed[0]["seq"], 1);
     assert_eq!(replayed[0]["replay_seq"], 2);
 
     let events = s
-        .wait_outcomes(|e| e.iter().any(|e| e["type"] == "patched" && e["seq"] == 2))
+        .outcomes_until("the outcomes", |e| {
+            e.iter().any(|e| e["type"] == "patched" && e["seq"] == 2)
+        })
         .await;
     let replayed_event = events
         .iter()
@@ -322,7 +280,7 @@ async fn a_failed_delivery_replayed_after_its_target_exists_is_patched() {
         ),
         (&json!(1), &json!(2), &json!("oncall"))
     );
-    let rows = s.cli_json(&["deliveries", "list"]);
+    let rows = cli_json(&s, &["deliveries", "list"]);
     assert_eq!(rows[0]["seq"], 2);
     assert_eq!(rows[0]["replay_of"], 1);
     assert_eq!(
@@ -335,7 +293,7 @@ async fn a_failed_delivery_replayed_after_its_target_exists_is_patched() {
         rows[1]["status"], "failed",
         "the original keeps its own trail"
     );
-    let original = s.cli_json(&["deliveries", "show", "#1"]);
+    let original = cli_json(&s, &["deliveries", "show", "#1"]);
     let types: Vec<&str> = original["outcomes"]
         .as_array()
         .expect("trail")
@@ -347,32 +305,33 @@ async fn a_failed_delivery_replayed_after_its_target_exists_is_patched() {
 
 #[tokio::test]
 async fn a_replay_bypasses_deduplication_and_a_dry_run_changes_nothing() {
-    let s = Setup::start().await;
-    s.push("d-1", github_push_body(200)).await;
-    s.settle(1).await;
+    let s = start().await;
+    push(&s, "d-1", github_push_body(200)).await;
+    settle(&s, 1).await;
 
-    let stored = s.stored_count().await;
-    let file = s.receivers.to_str().expect("path");
-    let plan = s.cli_json(&["replay", "d-1", "--dry-run", "--receivers-file", file]);
+    let stored = s.stored().await;
+    let file = s.receivers_file().to_str().expect("path");
+    let plan = cli_json(
+        &s,
+        &["replay", "d-1", "--dry-run", "--receivers-file", file],
+    );
     assert_eq!(plan[0]["delivery"], "d-1");
     assert_eq!(
         plan[0]["targets"],
         json!([{"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository", "namespace": NS, "name": "app"}])
     );
-    assert_eq!(
-        s.stored_count().await,
-        stored,
-        "a dry run publishes nothing"
-    );
-    let events = outcomes(&s.nats.client().await).await;
+    assert_eq!(s.stored().await, stored, "a dry run publishes nothing");
+    let events = s.outcomes().await;
     assert!(
         events.iter().all(|e| e["type"] != "replayed"),
         "and records nothing"
     );
 
-    s.cli(&["replay", "d-1"]);
+    cli(&s, &["replay", "d-1"]);
     let events = s
-        .wait_outcomes(|e| e.iter().filter(|e| e["type"] == "patched").count() == 2)
+        .outcomes_until("the outcomes", |e| {
+            e.iter().filter(|e| e["type"] == "patched").count() == 2
+        })
         .await;
     assert!(
         events.iter().all(|e| e["type"] != "duplicate"),
@@ -382,11 +341,11 @@ async fn a_replay_bypasses_deduplication_and_a_dry_run_changes_nothing() {
 
 #[tokio::test]
 async fn replaying_by_filter_asks_before_many_and_paces() {
-    let s = Setup::start().await;
+    let s = start().await;
     for id in ["d-1", "d-2", "d-3"] {
-        s.push(id, github_push_body(200)).await;
+        push(&s, id, github_push_body(200)).await;
     }
-    s.settle(3).await;
+    settle(&s, 3).await;
     let by_receiver = [
         "replay",
         "--receiver",
@@ -400,11 +359,11 @@ async fn replaying_by_filter_asks_before_many_and_paces() {
         error.contains("would replay 3 deliveries") && error.contains("--yes"),
         "{error}"
     );
-    assert_eq!(s.stored_count().await, 3);
+    assert_eq!(s.stored().await, 3);
 
     let mut with_yes = by_receiver.to_vec();
     with_yes.extend(["--yes", "--rate", "50"]);
-    let replayed = s.cli_json(&with_yes);
+    let replayed = cli_json(&s, &with_yes);
     let originals: Vec<u64> = replayed
         .as_array()
         .expect("rows")
@@ -412,7 +371,7 @@ async fn replaying_by_filter_asks_before_many_and_paces() {
         .filter_map(|r| r["seq"].as_u64())
         .collect();
     assert_eq!(originals, [1, 2, 3], "oldest first");
-    assert_eq!(s.stored_count().await, 6);
+    assert_eq!(s.stored().await, 6);
     let (ok, _, error) = fluxgate_cli(&s.nats.url(), &["replay"], &[]);
     assert!(!ok && error.contains("--receiver"), "{error}");
 }
@@ -422,7 +381,7 @@ async fn tail_follows_deliveries_and_outcomes_live() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
-    let s = Setup::start().await;
+    let s = start().await;
     let mut child = Command::new(fluxgate_tests::workspace_binary("fluxgate"))
         .env("NATS_URL", s.nats.url())
         .args(["-o", "json", "tail", "--receiver", "flux-system/gh"])
@@ -445,8 +404,8 @@ async fn tail_follows_deliveries_and_outcomes_live() {
             }
         }
     });
-    s.push("live-1", github_push_body(200)).await;
-    s.trigger_missing().await; // another receiver: not followed
+    push(&s, "live-1", github_push_body(200)).await;
+    trigger_missing(&s).await; // another receiver: not followed
 
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -479,11 +438,11 @@ async fn tail_follows_deliveries_and_outcomes_live() {
 
 #[tokio::test]
 async fn a_patch_is_confirmed_handled_when_flux_reconciles_it() {
-    let s = Setup::start().await;
-    s.cluster.play_flux_controllers(Duration::from_millis(50));
-    s.push("d-1", github_push_body(200)).await;
+    let s = start().await;
+    s.api().play_flux_controllers(Duration::from_millis(50));
+    push(&s, "d-1", github_push_body(200)).await;
     let events = s
-        .wait_outcomes(|e| e.iter().any(|e| e["type"] == "handled"))
+        .outcomes_until("the outcomes", |e| e.iter().any(|e| e["type"] == "handled"))
         .await;
     let patched = events
         .iter()
@@ -499,8 +458,11 @@ async fn a_patch_is_confirmed_handled_when_flux_reconciles_it() {
         handled["latency_ms"].as_i64().is_some_and(|ms| ms >= 50),
         "{handled}"
     );
-    assert_eq!(s.cli_json(&["deliveries", "list"])[0]["status"], "handled");
-    let metrics = http::get(&s.dispatcher.admin_url("/metrics"))
+    assert_eq!(
+        cli_json(&s, &["deliveries", "list"])[0]["status"],
+        "handled"
+    );
+    let metrics = http::get(&s.dispatcher().admin_url("/metrics"))
         .await
         .expect("metrics");
     let text = String::from_utf8_lossy(&metrics.body);
@@ -512,17 +474,19 @@ async fn a_patch_is_confirmed_handled_when_flux_reconciles_it() {
 
 #[tokio::test]
 async fn a_suspended_target_is_recorded_not_handled() {
-    let s = Setup::start_with(&["--confirm-timeout", "500ms"]).await;
-    s.cluster.play_flux_controllers(Duration::from_millis(10));
-    s.cluster.apply(json!({
+    let s = start_with(&["--confirm-timeout", "500ms"]).await;
+    s.api().play_flux_controllers(Duration::from_millis(10));
+    s.api().apply(json!({
         "apiVersion": "source.toolkit.fluxcd.io/v1",
         "kind": "GitRepository",
         "metadata": {"name": "app", "namespace": NS},
         "spec": {"url": "https://example.org/repo", "interval": "10m", "suspend": true},
     }));
-    s.push("d-1", github_push_body(200)).await;
+    push(&s, "d-1", github_push_body(200)).await;
     let events = s
-        .wait_outcomes(|e| e.iter().any(|e| e["type"] == "not_handled"))
+        .outcomes_until("the outcomes", |e| {
+            e.iter().any(|e| e["type"] == "not_handled")
+        })
         .await;
     let not_handled = events
         .iter()
@@ -534,7 +498,7 @@ async fn a_suspended_target_is_recorded_not_handled() {
         "{reason}"
     );
     assert!(events.iter().all(|e| e["type"] != "handled"));
-    let listed = s.cli_json(&["deliveries", "list"]);
+    let listed = cli_json(&s, &["deliveries", "list"]);
     assert_eq!(
         listed[0]["status"], "not_handled",
         "{listed:#?} {events:#?}"
@@ -543,17 +507,16 @@ async fn a_suspended_target_is_recorded_not_handled() {
 
 #[tokio::test]
 async fn an_aged_out_delivery_is_reported_as_such() {
-    let nats = NatsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let receivers = dir.path().join("receivers.yaml");
     let manifests = [
         secret_manifest("gh-token", NS, GH_TOKEN),
         receiver_manifest("gh", NS, "github", "gh-token", ""),
     ];
-    std::fs::write(&receivers, manifests.join("---\n")).expect("write receivers");
-    let retention = ["--stream-max-age", "1s", "--stream-duplicate-window", "1s"];
-    let ingest = Ingest::start(&nats.url(), &receivers, &retention).await;
-    let url = ingest.hook_url(&hook_path(GH_TOKEN, "gh", NS));
+    let s = Stack::builder()
+        .receivers(manifests.join("---\n"))
+        .ingest(&["--stream-max-age", "1s", "--stream-duplicate-window", "1s"])
+        .start()
+        .await;
+    let url = s.hook_url(GH_TOKEN, "gh", NS);
     assert_eq!(
         post_github_push(&url, GH_TOKEN, "old-1", github_push_body(100))
             .await
@@ -562,21 +525,19 @@ async fn an_aged_out_delivery_is_reported_as_such() {
     );
 
     let (ok, shown, _) = fluxgate_cli(
-        &nats.url(),
+        &s.nats.url(),
         &["-o", "json", "deliveries", "show", "#1"],
         &[],
     );
     assert!(ok, "there while it is kept: {shown}");
     // JetStream removes it once older than the stream's max age.
-    let mut stream = async_nats::jetstream::new(nats.client().await)
-        .get_stream(fluxgate_shared::contract::DELIVERIES_STREAM)
-        .await
-        .expect("stream");
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while stream.info().await.expect("info").state.messages > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "never expired");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the delivery aged out", || async {
+        match s.stored().await {
+            0 => Ok(()),
+            kept => Err(kept),
+        }
+    })
+    .await;
     // A newer delivery, so that the stream's first sequence is past the old one.
     assert_eq!(
         post_github_push(&url, GH_TOKEN, "new-1", github_push_body(100))
@@ -584,13 +545,13 @@ async fn an_aged_out_delivery_is_reported_as_such() {
             .status,
         202
     );
-    let (ok, _, error) = fluxgate_cli(&nats.url(), &["deliveries", "show", "#1"], &[]);
+    let (ok, _, error) = fluxgate_cli(&s.nats.url(), &["deliveries", "show", "#1"], &[]);
     assert!(!ok);
     assert!(
         error.contains("delivery #1 has aged out of FLUXGATE_DELIVERIES"),
         "{error}"
     );
-    let (ok, _, error) = fluxgate_cli(&nats.url(), &["deliveries", "show", "old-1"], &[]);
+    let (ok, _, error) = fluxgate_cli(&s.nats.url(), &["deliveries", "show", "old-1"], &[]);
     assert!(!ok);
     assert!(error.contains("aged out"), "{error}");
 }

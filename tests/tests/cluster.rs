@@ -1,12 +1,12 @@
 //! End-to-end tests of receivers taken from the cluster (no receivers file): the real binaries
 //! watch Flux `Receiver` objects in the Kubernetes API stand-in and read their token Secrets.
 
-use fluxgate_tests::apiserver::{ApiServer, ObjectRef};
-use fluxgate_tests::dispatcher::{Dispatcher, outcomes};
+use fluxgate_tests::apiserver::ObjectRef;
+use fluxgate_tests::dispatcher::Dispatcher;
 use fluxgate_tests::eventually;
 use fluxgate_tests::http::{self, Response};
 use fluxgate_tests::ingest::Ingest;
-use fluxgate_tests::nats::NatsServer;
+use fluxgate_tests::stack::Stack;
 use fluxgate_tests::webhook::{github_push_body, hook_path, post_github_push};
 use serde_json::{Value, json};
 
@@ -29,41 +29,25 @@ fn receiver(name: &str, kind: &str, secret: &str, extra: Value) -> Value {
     json!({"apiVersion": RECEIVER, "kind": "Receiver", "metadata": {"name": name, "namespace": NS}, "spec": spec})
 }
 
-struct Cluster {
-    nats: NatsServer,
-    api: ApiServer,
-    dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    async fn start() -> Self {
-        let nats = NatsServer::start().await;
-        let api = ApiServer::start_local().await;
-        api.apply(secret("gh-token", json!({"token": "first"})));
-        api.apply(receiver("gh", "github", "gh-token", json!({})));
-        api.apply(receiver("orphan", "generic", "nope", json!({})));
-        api.apply(secret("no-token", json!({"other": "x"})));
-        api.apply(receiver("tokenless", "generic", "no-token", json!({})));
-        api.apply(json!({
-            "apiVersion": "source.toolkit.fluxcd.io/v1",
-            "kind": "GitRepository",
-            "metadata": {"name": "app", "namespace": NS},
-            "spec": {"url": "https://example.org/repo", "interval": "10m"},
-        }));
-        Self {
-            nats,
-            api,
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-
-    async fn ingest(&self, args: &[&str]) -> Ingest {
-        let kubeconfig = self
-            .api
-            .write_kubeconfig(self.dir.path())
-            .expect("kubeconfig");
-        Ingest::start_in_cluster(&self.nats.url(), &kubeconfig, args).await
-    }
+/// NATS and the stand-in holding a GitHub Receiver with its Secret, two that cannot be served
+/// (no Secret, no token in it) and their target; the tests start the binaries.
+async fn start() -> Stack {
+    Stack::builder()
+        .cluster([
+            secret("gh-token", json!({"token": "first"})),
+            receiver("gh", "github", "gh-token", json!({})),
+            receiver("orphan", "generic", "nope", json!({})),
+            secret("no-token", json!({"other": "x"})),
+            receiver("tokenless", "generic", "no-token", json!({})),
+            json!({
+                "apiVersion": "source.toolkit.fluxcd.io/v1",
+                "kind": "GitRepository",
+                "metadata": {"name": "app", "namespace": NS},
+                "spec": {"url": "https://example.org/repo", "interval": "10m"},
+            }),
+        ])
+        .start()
+        .await
 }
 
 async fn push(ingest: &Ingest, token: &str, delivery: &str) -> Response {
@@ -99,9 +83,9 @@ where
 
 #[tokio::test]
 async fn receivers_are_served_from_the_cluster_and_follow_its_changes() {
-    let c = Cluster::start().await;
+    let c = start().await;
     // Ingest::start waits for /readyz, which waits for the first full list.
-    let ingest = c.ingest(&["--secret-refresh", "200ms"]).await;
+    let ingest = c.start_ingest(&["--secret-refresh", "200ms"]).await;
     let ready = http::get(&ingest.admin_url("/readyz"))
         .await
         .expect("readyz");
@@ -113,28 +97,30 @@ async fn receivers_are_served_from_the_cluster_and_follow_its_changes() {
     assert_eq!(generic(&ingest, "", "orphan").await.status, 404);
     assert_eq!(generic(&ingest, "x", "tokenless").await.status, 404);
 
-    c.api.apply(receiver(
+    c.api().apply(receiver(
         "gh",
         "github",
         "gh-token",
         json!({"suspend": true}),
     ));
     answers("suspended", 503, || push(&ingest, "first", "d-2")).await;
-    c.api.apply(receiver("gh", "github", "gh-token", json!({})));
+    c.api()
+        .apply(receiver("gh", "github", "gh-token", json!({})));
     answers("resumed", 202, || push(&ingest, "first", "d-3")).await;
 
     // A rotated token moves the hook path (Flux's digest includes it) within seconds.
-    c.api.apply(secret("gh-token", json!({"token": "second"})));
+    c.api()
+        .apply(secret("gh-token", json!({"token": "second"})));
     answers("rotated", 202, || push(&ingest, "second", "d-4")).await;
     assert_eq!(push(&ingest, "first", "d-5").await.status, 404);
 
-    c.api
+    c.api()
         .delete(&ObjectRef::new(RECEIVER, "Receiver", NS, "gh"));
     answers("deleted", 404, || push(&ingest, "second", "d-6")).await;
 
     // Least privilege: Secrets are read one by one by name, never listed or watched.
     let secret_requests: Vec<_> = c
-        .api
+        .api()
         .requests()
         .into_iter()
         .filter(|r| r.path.contains("/secrets"))
@@ -153,11 +139,11 @@ async fn receivers_are_served_from_the_cluster_and_follow_its_changes() {
 
 #[tokio::test]
 async fn watch_namespace_limits_the_receivers_served() {
-    let c = Cluster::start().await;
-    let ingest = c.ingest(&["--watch-namespace", "elsewhere"]).await;
+    let c = start().await;
+    let ingest = c.start_ingest(&["--watch-namespace", "elsewhere"]).await;
     assert_eq!(push(&ingest, "first", "d-1").await.status, 404);
     assert!(
-        c.api
+        c.api()
             .requests()
             .iter()
             .filter(|r| r.path.contains("/receivers"))
@@ -170,13 +156,13 @@ async fn watch_namespace_limits_the_receivers_served() {
 
 #[tokio::test]
 async fn the_dispatcher_takes_receivers_from_the_cluster_without_reading_secrets() {
-    let c = Cluster::start().await;
-    c.api
+    let c = start().await;
+    c.api()
         .apply(secret("plain", json!({"token": "plain-token"})));
-    c.api
+    c.api()
         .apply(receiver("trigger", "generic", "plain", json!({})));
     // Ingest from a file, so that every Secret request would be the dispatcher's.
-    let file = c.dir.path().join("receivers.yaml");
+    let file = c.dir().join("receivers.yaml");
     std::fs::write(
         &file,
         format!(
@@ -189,28 +175,21 @@ async fn the_dispatcher_takes_receivers_from_the_cluster_without_reading_secrets
     )
     .expect("write");
     let ingest = Ingest::start(&c.nats.url(), &file, &[]).await;
-    let kubeconfig = c.api.write_kubeconfig(c.dir.path()).expect("kubeconfig");
     let _dispatcher = Dispatcher::start(
         &c.nats.url(),
         None,
-        &kubeconfig,
+        c.kubeconfig(),
         &["--coalesce-window", "50ms", "--leader-election", "false"],
     )
     .await;
     assert_eq!(generic(&ingest, "plain-token", "trigger").await.status, 202);
 
-    let client = c.nats.client().await;
-    eventually("a patch", || async {
-        let events = outcomes(&client).await;
-        if events.iter().any(|e| e["type"] == "patched") {
-            Ok(())
-        } else {
-            Err(events)
-        }
+    c.outcomes_until("a patch", |events| {
+        events.iter().any(|e| e["type"] == "patched")
     })
     .await;
     let app = c
-        .api
+        .api()
         .get(&ObjectRef::new(
             "source.toolkit.fluxcd.io/v1",
             "GitRepository",
@@ -220,7 +199,10 @@ async fn the_dispatcher_takes_receivers_from_the_cluster_without_reading_secrets
         .expect("app");
     assert!(app["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"].is_string());
     assert!(
-        !c.api.requests().iter().any(|r| r.path.contains("/secrets")),
+        !c.api()
+            .requests()
+            .iter()
+            .any(|r| r.path.contains("/secrets")),
         "the dispatcher never reads Secrets"
     );
 }

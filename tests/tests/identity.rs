@@ -1,14 +1,12 @@
 //! End-to-end tests of the ID-token receiver types, `generic-oidc` and `gcr`: the real ingest
 //! binary and nats-server, and a local OpenID Connect issuer minting real RS256 tokens.
 
-use async_nats::jetstream;
-use fluxgate_shared::contract::{self, header};
+use fluxgate_shared::contract::header;
 use fluxgate_shared::pubsub;
 use fluxgate_tests::http::{self, Response};
-use fluxgate_tests::ingest::Ingest;
-use fluxgate_tests::nats::NatsServer;
 use fluxgate_tests::oidc::{self, Issuer, KEY_ID};
-use fluxgate_tests::webhook::{hook_path, secret_manifest};
+use fluxgate_tests::stack::Stack;
+use fluxgate_tests::webhook::secret_manifest;
 use serde_json::{Value, json};
 
 const NS: &str = "apps";
@@ -52,82 +50,57 @@ fn receivers_yaml(issuer: &str) -> String {
     .join("---\n")
 }
 
-struct Fixture {
-    nats: NatsServer,
-    issuer: Issuer,
-    ingest: Ingest,
-    _dir: tempfile::TempDir,
+/// NATS, a local issuer, and ingest serving the receivers above with the issuer's keys as
+/// Google's.
+async fn start() -> (Stack, Issuer) {
+    let issuer = Issuer::start().await;
+    let keys = issuer.keys_url();
+    let stack = Stack::builder()
+        .receivers(receivers_yaml(issuer.url()))
+        .ingest(&["--google-certs-url", &keys])
+        .start()
+        .await;
+    (stack, issuer)
 }
 
-impl Fixture {
-    async fn start() -> Self {
-        let nats = NatsServer::start().await;
-        let issuer = Issuer::start().await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("receivers.yaml");
-        std::fs::write(&file, receivers_yaml(issuer.url())).expect("write receivers");
-        let keys = issuer.keys_url();
-        let ingest = Ingest::start(&nats.url(), &file, &["--google-certs-url", &keys]).await;
-        Self {
-            nats,
-            issuer,
-            ingest,
-            _dir: dir,
-        }
+/// POSTs to a generic-oidc receiver (their hook path has an empty token).
+async fn oidc(stack: &Stack, receiver: &str, authorization: Option<&str>) -> Response {
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(value) = authorization {
+        headers.push(("authorization", value));
     }
-
-    /// POSTs to a generic-oidc receiver (their hook path has an empty token).
-    async fn oidc(&self, receiver: &str, authorization: Option<&str>) -> Response {
-        let mut headers = vec![("content-type", "application/json")];
-        if let Some(value) = authorization {
-            headers.push(("authorization", value));
-        }
-        http::post(
-            &self.ingest.hook_url(&hook_path("", receiver, NS)),
-            &headers,
-            "{}",
-        )
+    http::post(&stack.hook_url("", receiver, NS), &headers, "{}")
         .await
         .expect("post")
-    }
+}
 
-    async fn oidc_token(&self, receiver: &str, claims: &Value) -> Response {
-        let bearer = format!("Bearer {}", oidc::sign(claims, KEY_ID));
-        self.oidc(receiver, Some(&bearer)).await
-    }
+async fn oidc_token(stack: &Stack, receiver: &str, claims: &Value) -> Response {
+    let bearer = format!("Bearer {}", oidc::sign(claims, KEY_ID));
+    oidc(stack, receiver, Some(&bearer)).await
+}
 
-    async fn gcr(&self, receiver: &str, claims: &Value, message_id: &str) -> Response {
-        let event = json!({"action": "INSERT", "digest": "gcr.io/p/app@sha256:1", "tag": "gcr.io/p/app:1.0"});
-        let bearer = format!("Bearer {}", oidc::sign(claims, KEY_ID));
-        http::post(
-            &self.ingest.hook_url(&hook_path(GCR_TOKEN, receiver, NS)),
-            &[
-                ("content-type", "application/json"),
-                ("authorization", &bearer),
-            ],
-            pubsub::envelope(&event, message_id).to_string(),
-        )
-        .await
-        .expect("post")
-    }
+async fn gcr(stack: &Stack, receiver: &str, claims: &Value, message_id: &str) -> Response {
+    let event =
+        json!({"action": "INSERT", "digest": "gcr.io/p/app@sha256:1", "tag": "gcr.io/p/app:1.0"});
+    let bearer = format!("Bearer {}", oidc::sign(claims, KEY_ID));
+    http::post(
+        &stack.hook_url(GCR_TOKEN, receiver, NS),
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &bearer),
+        ],
+        pubsub::envelope(&event, message_id).to_string(),
+    )
+    .await
+    .expect("post")
+}
 
-    fn google_claims(&self) -> Value {
-        let mut claims = self.issuer.claims(GCR_AUDIENCE);
-        claims["iss"] = json!("https://accounts.google.com");
-        claims["email"] = json!(GCR_EMAIL);
-        claims["email_verified"] = json!(true);
-        claims
-    }
-
-    async fn last_stored(&self, receiver: &str) -> jetstream::message::StreamMessage {
-        jetstream::new(self.nats.client().await)
-            .get_stream(contract::DELIVERIES_STREAM)
-            .await
-            .expect("stream")
-            .get_last_raw_message_by_subject(&contract::delivery_subject(NS, receiver))
-            .await
-            .expect("stored delivery")
-    }
+fn google_claims(issuer: &Issuer) -> Value {
+    let mut claims = issuer.claims(GCR_AUDIENCE);
+    claims["iss"] = json!("https://accounts.google.com");
+    claims["email"] = json!(GCR_EMAIL);
+    claims["email_verified"] = json!(true);
+    claims
 }
 
 fn error_of(response: &Response) -> String {
@@ -145,13 +118,13 @@ fn assert_unauthorized(response: &Response, says: &str) {
 
 #[tokio::test]
 async fn a_valid_oidc_token_is_stored_with_its_claims_and_keys_are_cached() {
-    let f = Fixture::start().await;
-    let claims = f.issuer.claims("notification-controller");
+    let (stack, issuer) = start().await;
+    let claims = issuer.claims("notification-controller");
     for _ in 0..3 {
-        let response = f.oidc_token("ci", &claims).await;
+        let response = oidc_token(&stack, "ci", &claims).await;
         assert_eq!(response.status, 202, "{:?}", response.body);
     }
-    let stored = f.last_stored("ci").await;
+    let stored = stack.last_delivery(NS, "ci").await;
     let kept: Value = serde_json::from_str(
         stored
             .headers
@@ -165,64 +138,69 @@ async fn a_valid_oidc_token_is_stored_with_its_claims_and_keys_are_cached() {
         stored.headers.get("authorization").is_none(),
         "the token is a credential"
     );
-    assert_eq!(
-        f.issuer.key_fetches(),
-        1,
-        "keys are fetched once and cached"
-    );
+    assert_eq!(issuer.key_fetches(), 1, "keys are fetched once and cached");
 }
 
 #[tokio::test]
 async fn oidc_rejections_say_why() {
-    let f = Fixture::start().await;
-    assert_unauthorized(&f.oidc("ci", None).await, "missing Authorization header");
+    let (stack, issuer) = start().await;
     assert_unauthorized(
-        &f.oidc("ci", Some("Bearer")).await,
+        &oidc(&stack, "ci", None).await,
+        "missing Authorization header",
+    );
+    assert_unauthorized(
+        &oidc(&stack, "ci", Some("Bearer")).await,
         "malformed Authorization header",
     );
     assert_unauthorized(
-        &f.oidc("ci", Some("Bearer abc.def")).await,
+        &oidc(&stack, "ci", Some("Bearer abc.def")).await,
         "malformed bearer token",
     );
 
-    let mut unknown = f.issuer.claims("notification-controller");
+    let mut unknown = issuer.claims("notification-controller");
     unknown["iss"] = json!("https://elsewhere.example");
-    assert_unauthorized(&f.oidc_token("ci", &unknown).await, "no OIDC provider");
-
-    let wrong_audience = f.issuer.claims("someone-else");
     assert_unauthorized(
-        &f.oidc_token("ci", &wrong_audience).await,
+        &oidc_token(&stack, "ci", &unknown).await,
+        "no OIDC provider",
+    );
+
+    let wrong_audience = issuer.claims("someone-else");
+    assert_unauthorized(
+        &oidc_token(&stack, "ci", &wrong_audience).await,
         "InvalidAudience",
     );
 
-    let mut expired = f.issuer.claims("notification-controller");
+    let mut expired = issuer.claims("notification-controller");
     expired["exp"] = json!(chrono::Utc::now().timestamp() - 3600);
-    assert_unauthorized(&f.oidc_token("ci", &expired).await, "ExpiredSignature");
+    assert_unauthorized(
+        &oidc_token(&stack, "ci", &expired).await,
+        "ExpiredSignature",
+    );
 
-    let mut stranger = f.issuer.claims("notification-controller");
+    let mut stranger = issuer.claims("notification-controller");
     stranger["sub"] = json!("stranger");
     assert_unauthorized(
-        &f.oidc_token("ci", &stranger).await,
+        &oidc_token(&stack, "ci", &stranger).await,
         "only the tester may deploy",
     );
 
-    let unknown_key = oidc::sign(&f.issuer.claims("notification-controller"), "rotated-away");
-    let response = f.oidc("ci", Some(&format!("Bearer {unknown_key}"))).await;
+    let unknown_key = oidc::sign(&issuer.claims("notification-controller"), "rotated-away");
+    let response = oidc(&stack, "ci", Some(&format!("Bearer {unknown_key}"))).await;
     assert_unauthorized(&response, "no key rotated-away");
 }
 
 #[tokio::test]
 async fn oidc_variables_come_before_validations_and_failures_are_joined() {
-    let f = Fixture::start().await;
-    let mut claims = f.issuer.claims("fluxgate");
+    let (stack, issuer) = start().await;
+    let mut claims = issuer.claims("fluxgate");
     claims["repository"] = json!("org/web-shop");
     claims["ref"] = json!("refs/heads/main");
-    let accepted = f.oidc_token("repos", &claims).await;
+    let accepted = oidc_token(&stack, "repos", &claims).await;
     assert_eq!(accepted.status, 202, "{:?}", accepted.body);
 
     claims["repository"] = json!("org/api-gateway");
     claims["ref"] = json!("refs/heads/dev");
-    let response = f.oidc_token("repos", &claims).await;
+    let response = oidc_token(&stack, "repos", &claims).await;
     assert_eq!(response.status, 401, "{:?}", response.body);
     assert_eq!(
         error_of(&response),
@@ -232,12 +210,12 @@ async fn oidc_variables_come_before_validations_and_failures_are_joined() {
 
 #[tokio::test]
 async fn gcr_pushes_are_verified_and_keyed_by_message_id() {
-    let f = Fixture::start().await;
-    let claims = f.google_claims();
-    let response = f.gcr("gcr", &claims, "pubsub-42").await;
+    let (stack, issuer) = start().await;
+    let claims = google_claims(&issuer);
+    let response = gcr(&stack, "gcr", &claims, "pubsub-42").await;
     assert_eq!(response.status, 202, "{:?}", response.body);
     assert_eq!(response.json()["delivery"], "pubsub-42");
-    let again = f.gcr("gcr", &claims, "pubsub-42").await;
+    let again = gcr(&stack, "gcr", &claims, "pubsub-42").await;
     assert_eq!(
         again.json()["duplicate"],
         true,
@@ -247,26 +225,32 @@ async fn gcr_pushes_are_verified_and_keyed_by_message_id() {
     let mut other_email = claims.clone();
     other_email["email"] = json!("intruder@example.org");
     assert_unauthorized(
-        &f.gcr("gcr", &other_email, "m").await,
+        &gcr(&stack, "gcr", &other_email, "m").await,
         "email is not the receiver's",
     );
     let mut unverified = claims.clone();
     unverified["email_verified"] = json!(false);
-    assert_unauthorized(&f.gcr("gcr", &unverified, "m").await, "not verified");
+    assert_unauthorized(&gcr(&stack, "gcr", &unverified, "m").await, "not verified");
     let mut wrong_issuer = claims.clone();
-    wrong_issuer["iss"] = json!(f.issuer.url());
-    assert_unauthorized(&f.gcr("gcr", &wrong_issuer, "m").await, "InvalidIssuer");
+    wrong_issuer["iss"] = json!(issuer.url());
+    assert_unauthorized(
+        &gcr(&stack, "gcr", &wrong_issuer, "m").await,
+        "InvalidIssuer",
+    );
     let mut wrong_audience = claims.clone();
     wrong_audience["aud"] = json!("https://other.example");
-    assert_unauthorized(&f.gcr("gcr", &wrong_audience, "m").await, "InvalidAudience");
+    assert_unauthorized(
+        &gcr(&stack, "gcr", &wrong_audience, "m").await,
+        "InvalidAudience",
+    );
 }
 
 #[tokio::test]
 async fn a_gcr_receiver_whose_secret_lacks_email_or_audience_is_not_ready() {
     // Flux answers 400 to every request then; the receiver can never serve, so fluxgate says
     // 503 "not ready", as for any misconfigured receiver.
-    let f = Fixture::start().await;
-    let response = f.gcr("gcr-incomplete", &f.google_claims(), "m").await;
+    let (stack, issuer) = start().await;
+    let response = gcr(&stack, "gcr-incomplete", &google_claims(&issuer), "m").await;
     assert_eq!(response.status, 503, "{:?}", response.body);
     assert!(error_of(&response).contains("not ready"));
 }

@@ -2,25 +2,23 @@
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use fluxgate_shared::contract::{self, header};
 use fluxgate_tests::http::{self, Response};
-use fluxgate_tests::ingest::Ingest;
-use fluxgate_tests::nats::NatsServer;
+use fluxgate_tests::stack::Stack;
 use fluxgate_tests::webhook::{
     github_push_body, github_signature, hook_path, receiver_manifest, secret_manifest,
 };
-use fluxgate_tests::workspace_binary;
+use fluxgate_tests::{eventually, workspace_binary};
 use sha2::Digest;
 use tokio::io::AsyncReadExt;
 
 const NS: &str = "flux-system";
 const GH_TOKEN: &str = "gh-secret";
 
-/// A receivers file with one receiver of each kind the tests need.
+/// A receivers file with the receivers these tests need.
 fn receivers_yaml() -> String {
     [
         secret_manifest("gh-token", NS, GH_TOKEN),
@@ -33,87 +31,35 @@ fn receivers_yaml() -> String {
         ),
         secret_manifest("plain", NS, "plain-token"),
         receiver_manifest("quay", NS, "quay", "plain", ""),
-        receiver_manifest("paused", NS, "generic", "plain", "  suspend: true\n"),
-        receiver_manifest("trigger", NS, "generic", "plain", ""),
     ]
     .join("---\n")
 }
 
-struct Fixture {
-    nats: NatsServer,
-    ingest: Ingest,
-    _dir: tempfile::TempDir,
-    receivers_file: PathBuf,
+/// NATS (with extra configuration lines) and ingest (with extra flags) serving the file above.
+async fn start(nats_config: &str, ingest_args: &[&str]) -> Stack {
+    Stack::builder()
+        .nats_config(nats_config)
+        .receivers(receivers_yaml())
+        .ingest(ingest_args)
+        .start()
+        .await
 }
 
-impl Fixture {
-    async fn start(nats_config: &str, ingest_args: &[&str]) -> Self {
-        let nats = NatsServer::start_with_config(nats_config).await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let receivers_file = dir.path().join("receivers.yaml");
-        std::fs::write(&receivers_file, receivers_yaml()).expect("write receivers");
-        let ingest = Ingest::start(&nats.url(), &receivers_file, ingest_args).await;
-        Self {
-            nats,
-            ingest,
-            _dir: dir,
-            receivers_file,
-        }
-    }
-
-    fn url(&self, name: &str, token: &str) -> String {
-        self.ingest.hook_url(&hook_path(token, name, NS))
-    }
-
-    async fn github_push(&self, delivery: &str, body: &[u8]) -> Response {
-        let signature = github_signature(GH_TOKEN, body);
-        http::post(
-            &self.url("gh", GH_TOKEN),
-            &[
-                ("content-type", "application/json"),
-                ("x-github-event", "push"),
-                ("x-github-delivery", delivery),
-                ("x-hub-signature-256", &signature),
-                ("user-agent", "GitHub-Hookshot/test"),
-            ],
-            body.to_vec(),
-        )
-        .await
-        .expect("request")
-    }
-
-    async fn stream(&self) -> jetstream::stream::Stream {
-        jetstream::new(self.nats.client().await)
-            .get_stream(contract::DELIVERIES_STREAM)
-            .await
-            .expect("deliveries stream")
-    }
-
-    /// The last delivery stored for the `gh` receiver.
-    async fn last_github_delivery(&self) -> jetstream::message::StreamMessage {
-        self.stream()
-            .await
-            .get_last_raw_message_by_subject(&contract::delivery_subject(NS, "gh"))
-            .await
-            .expect("stored delivery")
-    }
-
-    async fn stored_count(&self) -> u64 {
-        self.stream()
-            .await
-            .info()
-            .await
-            .expect("stream info")
-            .state
-            .messages
-    }
-
-    async fn metrics(&self) -> String {
-        let response = http::get(&self.ingest.admin_url("/metrics"))
-            .await
-            .expect("metrics");
-        String::from_utf8_lossy(&response.body).into_owned()
-    }
+async fn github_push(stack: &Stack, delivery: &str, body: &[u8]) -> Response {
+    let signature = github_signature(GH_TOKEN, body);
+    http::post(
+        &stack.hook_url(GH_TOKEN, "gh", NS),
+        &[
+            ("content-type", "application/json"),
+            ("x-github-event", "push"),
+            ("x-github-delivery", delivery),
+            ("x-hub-signature-256", &signature),
+            ("user-agent", "GitHub-Hookshot/test"),
+        ],
+        body.to_vec(),
+    )
+    .await
+    .expect("request")
 }
 
 fn stored_header<'a>(
@@ -125,16 +71,16 @@ fn stored_header<'a>(
 
 #[tokio::test]
 async fn signed_github_push_is_stored_byte_exact() {
-    let fx = Fixture::start("", &[]).await;
+    let stack = start("", &[]).await;
     let body = github_push_body(1024);
-    let response = fx.github_push("d-0001", &body).await;
+    let response = github_push(&stack, "d-0001", &body).await;
     assert_eq!(response.status, 202, "{:?}", response.body);
     assert_eq!(
         response.json(),
         serde_json::json!({"delivery": "d-0001", "duplicate": false})
     );
 
-    let stored = fx.last_github_delivery().await;
+    let stored = stack.last_delivery(NS, "gh").await;
     assert_eq!(
         stored.payload.as_ref(),
         body.as_slice(),
@@ -165,15 +111,15 @@ async fn signed_github_push_is_stored_byte_exact() {
 
 #[tokio::test]
 async fn redelivery_is_stored_once() {
-    let fx = Fixture::start("", &[]).await;
+    let stack = start("", &[]).await;
     let body = github_push_body(512);
-    let first = fx.github_push("same-guid", &body).await;
-    let second = fx.github_push("same-guid", &body).await;
+    let first = github_push(&stack, "same-guid", &body).await;
+    let second = github_push(&stack, "same-guid", &body).await;
     assert_eq!((first.status, second.status), (202, 202));
     assert_eq!(first.json()["duplicate"], false);
     assert_eq!(second.json()["duplicate"], true);
-    assert_eq!(fx.stored_count().await, 1);
-    assert!(fx.metrics().await.contains(
+    assert_eq!(stack.stored().await, 1);
+    assert!(stack.ingest().metrics().await.contains(
         r#"fluxgate_ingest_requests_total{receiver_type="github",outcome="duplicate"} 1"#
     ));
 }
@@ -182,12 +128,12 @@ async fn redelivery_is_stored_once() {
 async fn an_oversized_body_gets_a_clean_413_not_a_reset_connection() {
     // Had ingest answered and closed with most of the body unread, the kernel would reset the
     // connection and the client would, more often than not, see that instead of the answer.
-    let fx = Fixture::start("", &["--max-body-bytes", "65536"]).await;
+    let stack = start("", &["--max-body-bytes", "65536"]).await;
     let big = github_push_body(96 * 1024);
     let signature = github_signature(GH_TOKEN, &big);
     for _ in 0..20 {
         let response = http::post(
-            &fx.url("gh", GH_TOKEN),
+            &stack.hook_url(GH_TOKEN, "gh", NS),
             &[
                 ("content-type", "application/json"),
                 ("x-github-event", "push"),
@@ -199,17 +145,17 @@ async fn an_oversized_body_gets_a_clean_413_not_a_reset_connection() {
         .expect("an answer, not a reset");
         assert_eq!(response.status, 413);
     }
-    assert_eq!(fx.stored_count().await, 0);
+    assert_eq!(stack.stored().await, 0);
 }
 
 #[tokio::test]
 async fn nats_outage_answers_503_then_recovers_by_itself() {
-    let mut fx = Fixture::start("", &["--publish-timeout", "2s"]).await;
+    let mut stack = start("", &["--publish-timeout", "2s"]).await;
     let body = github_push_body(256);
-    assert_eq!(fx.github_push("before", &body).await.status, 202);
+    assert_eq!(github_push(&stack, "before", &body).await.status, 202);
 
-    fx.nats.kill();
-    let during = fx.github_push("during", &body).await;
+    stack.nats.kill();
+    let during = github_push(&stack, "during", &body).await;
     assert_eq!(during.status, 503, "{:?}", during.body);
     assert!(
         during.header("retry-after").is_some(),
@@ -220,16 +166,16 @@ async fn nats_outage_answers_503_then_recovers_by_itself() {
             .as_str()
             .is_some_and(|e| !e.is_empty())
     );
-    let readyz = http::get(&fx.ingest.admin_url("/readyz"))
+    let readyz = http::get(&stack.ingest().admin_url("/readyz"))
         .await
         .expect("readyz");
     assert_eq!(readyz.status, 503);
 
-    fx.nats.restart().await;
-    fx.ingest.wait_ready().await;
-    let after = fx.github_push("after", &body).await;
+    stack.nats.restart().await;
+    stack.ingest().wait_ready().await;
+    let after = github_push(&stack, "after", &body).await;
     assert_eq!(after.status, 202, "{:?}", after.body);
-    let subject_messages = fx.stored_count().await;
+    let subject_messages = stack.stored().await;
     assert!(
         subject_messages >= 2,
         "before and after must both be stored"
@@ -238,40 +184,36 @@ async fn nats_outage_answers_503_then_recovers_by_itself() {
 
 #[tokio::test]
 async fn a_deleted_stream_is_provisioned_again() {
-    let fx = Fixture::start("", &[]).await;
+    let stack = start("", &[]).await;
     let body = github_push_body(256);
-    jetstream::new(fx.nats.client().await)
+    jetstream::new(stack.nats.client().await)
         .delete_stream(contract::DELIVERIES_STREAM)
         .await
         .expect("delete the stream");
-    let lost = fx.github_push("while-gone", &body).await;
+    let lost = github_push(&stack, "while-gone", &body).await;
     assert_eq!(lost.status, 503, "no stream, no 2xx: {:?}", lost.body);
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let response = fx.github_push("after", &body).await;
-        if response.status == 202 {
-            break;
+    eventually("the stream provisioned again", || async {
+        let response = github_push(&stack, "after", &body).await;
+        match response.status {
+            202 => Ok(()),
+            503 => Err(response.body),
+            other => panic!("only 503 until the stream is back, got {other}: {response:?}"),
         }
-        assert_eq!(response.status, 503, "{:?}", response.body);
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the stream was never re-created"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(fx.stored_count().await, 1);
+    })
+    .await;
+    assert_eq!(stack.stored().await, 1);
 }
 
 #[tokio::test]
 async fn concurrent_deliveries_are_stored_exactly_once_each() {
-    let fx = Fixture::start("", &[]).await;
+    let stack = start("", &[]).await;
     let body = github_push_body(1024);
     // 200 deliveries, each sent twice at the same time, as a retrying sender might.
     let requests = (0..400).map(|i| {
-        let fx = &fx;
+        let stack = &stack;
         let body = &body;
-        async move { fx.github_push(&format!("burst-{}", i % 200), body).await }
+        async move { github_push(stack, &format!("burst-{}", i % 200), body).await }
     });
     let responses = futures::future::join_all(requests).await;
     assert!(
@@ -284,8 +226,8 @@ async fn concurrent_deliveries_are_stored_exactly_once_each() {
         .count();
     assert_eq!(fresh, 200, "exactly one of each pair is new");
 
-    let stream = fx.stream().await;
-    assert_eq!(fx.stored_count().await, 200);
+    let stream = stack.deliveries().await;
+    assert_eq!(stack.stored().await, 200);
     let mut ids = HashSet::new();
     for seq in 1..=200 {
         let message = stream.get_raw_message(seq).await.expect("stored message");
@@ -300,19 +242,19 @@ async fn concurrent_deliveries_are_stored_exactly_once_each() {
 
 #[tokio::test]
 async fn body_above_max_payload_is_stored_intact_in_the_object_store() {
-    let fx = Fixture::start("max_payload: 65536\n", &[]).await;
+    let stack = start("max_payload: 65536\n", &[]).await;
     let body = github_push_body(300 * 1024);
-    let response = fx.github_push("large-1", &body).await;
+    let response = github_push(&stack, "large-1", &body).await;
     assert_eq!(response.status, 202, "{:?}", response.body);
 
-    let stored = fx.last_github_delivery().await;
+    let stored = stack.last_delivery(NS, "gh").await;
     assert!(stored.payload.is_empty(), "the body must not be inline");
     let object = stored_header(&stored, header::BODY_OBJECT).expect("object reference");
     assert_eq!(
         stored_header(&stored, header::BODY_SIZE),
         Some(body.len().to_string().as_str())
     );
-    let store = jetstream::new(fx.nats.client().await)
+    let store = jetstream::new(stack.nats.client().await)
         .get_object_store(contract::BODIES_OBJECT_STORE)
         .await
         .expect("object store");
@@ -329,8 +271,8 @@ async fn body_above_max_payload_is_stored_intact_in_the_object_store() {
 
 #[tokio::test]
 async fn receivers_file_is_reloaded_and_a_bad_version_keeps_the_old_catalog() {
-    let fx = Fixture::start("", &[]).await;
-    let added_url = fx.url("added", "plain-token");
+    let stack = start("", &[]).await;
+    let added_url = stack.hook_url("plain-token", "added", NS);
     assert_eq!(
         http::post(&added_url, &[], "").await.expect("req").status,
         404
@@ -341,25 +283,24 @@ async fn receivers_file_is_reloaded_and_a_bad_version_keeps_the_old_catalog() {
         receivers_yaml(),
         receiver_manifest("added", NS, "generic", "plain", "")
     );
-    std::fs::write(&fx.receivers_file, extended).expect("rewrite");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while http::post(&added_url, &[], "").await.expect("req").status != 202 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the new receiver was never served"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    std::fs::write(stack.receivers_file(), extended).expect("rewrite");
+    eventually("the new receiver served", || async {
+        let status = http::post(&added_url, &[], "").await.expect("req").status;
+        if status == 202 { Ok(()) } else { Err(status) }
+    })
+    .await;
 
-    std::fs::write(&fx.receivers_file, "kind: [broken").expect("rewrite");
+    std::fs::write(stack.receivers_file(), "kind: [broken").expect("rewrite");
     let invalid = r#"fluxgate_ingest_catalog_reloads_total{result="invalid"} 1"#;
-    while !fx.metrics().await.contains(invalid) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the bad file was never noticed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the bad file noticed", || async {
+        let metrics = stack.ingest().metrics().await;
+        if metrics.contains(invalid) {
+            Ok(())
+        } else {
+            Err(metrics)
+        }
+    })
+    .await;
     assert_eq!(
         http::post(&added_url, &[], "").await.expect("req").status,
         202,
@@ -399,11 +340,11 @@ fn invalid_receivers_file_fails_at_startup_naming_document_and_field() {
 
 #[tokio::test]
 async fn sigterm_finishes_in_flight_requests_then_exits() {
-    let mut fx = Fixture::start("", &[]).await;
+    let mut stack = start("", &[]).await;
     let body = github_push_body(1024);
     let signature = github_signature(GH_TOKEN, &body);
     let path = hook_path(GH_TOKEN, "gh", NS);
-    let port = fx.ingest.port;
+    let port = stack.ingest().port;
 
     // Send the headers and half the body; `Expect: 100-continue` makes ingest say when its
     // handler has started reading the body, so the request is surely in flight before SIGTERM.
@@ -425,32 +366,34 @@ async fn sigterm_finishes_in_flight_requests_then_exits() {
         String::from_utf8_lossy(&interim)
     );
     conn.write_all(&body[..512]).expect("write half");
-    let pid = fx.ingest.pid();
+    let pid = stack.ingest().pid();
     std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
         .expect("kill");
 
     // Once the listener refuses new connections, shutdown has begun; then finish the request.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "ingest kept accepting after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the listener closed after SIGTERM", || async {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(_) => Err("still accepting"),
+            Err(_) => Ok(()),
+        }
+    })
+    .await;
     conn.write_all(&body[512..]).expect("write rest");
     let mut response = String::new();
     conn.read_to_string(&mut response).expect("read response");
     assert!(response.starts_with("HTTP/1.1 202"), "{response}");
-    assert!(fx.ingest.terminate().await, "ingest must exit successfully");
-    assert_eq!(fx.stored_count().await, 1);
+    assert!(
+        stack.ingest_mut().terminate().await,
+        "ingest must exit successfully"
+    );
+    assert_eq!(stack.stored().await, 1);
 }
 
 #[tokio::test]
 async fn slow_clients_are_cut_off() {
-    let fx = Fixture::start(
+    let stack = start(
         "",
         &["--header-timeout", "300ms", "--body-timeout", "300ms"],
     )
@@ -458,7 +401,7 @@ async fn slow_clients_are_cut_off() {
     let path = hook_path(GH_TOKEN, "gh", NS);
 
     // Headers never finished: the connection is closed without a response.
-    let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", fx.ingest.port))
+    let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", stack.ingest().port))
         .await
         .expect("connect");
     tokio::io::AsyncWriteExt::write_all(
@@ -477,7 +420,7 @@ async fn slow_clients_are_cut_off() {
     assert!(!String::from_utf8_lossy(&received).contains("202"));
 
     // Body never finished: 408 with a reason.
-    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", fx.ingest.port))
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", stack.ingest().port))
         .await
         .expect("connect");
     let head = format!(
@@ -494,5 +437,5 @@ async fn slow_clients_are_cut_off() {
     let response = String::from_utf8_lossy(&response);
     assert!(response.starts_with("HTTP/1.1 408"), "{response}");
     assert!(response.contains("not received in time"), "{response}");
-    assert_eq!(fx.stored_count().await, 0);
+    assert_eq!(stack.stored().await, 0);
 }

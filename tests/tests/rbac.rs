@@ -10,19 +10,19 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use fluxgate_tests::apiserver::{ApiServer, Attributes, Authorizer, VERBS, service_account_user};
-use fluxgate_tests::dispatcher::{Dispatcher, outcomes};
+use fluxgate_tests::apiserver::{Attributes, Authorizer, VERBS, service_account_user};
+use fluxgate_tests::dispatcher::Dispatcher;
+use fluxgate_tests::eventually;
 use fluxgate_tests::ingest::Ingest;
 use fluxgate_tests::kustomize;
-use fluxgate_tests::nats::NatsServer;
-use fluxgate_tests::webhook::{github_push_body, hook_path, post_github_push, secret_manifest};
+use fluxgate_tests::stack::Stack;
+use fluxgate_tests::webhook::{github_push_body, hook_path, post_github_push};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 
 const NS: &str = "flux-system";
-const DEADLINE: Duration = Duration::from_secs(30);
 
 fn git_repository(name: &str, namespace: &str, labels: Value) -> Value {
     json!({
@@ -33,120 +33,102 @@ fn git_repository(name: &str, namespace: &str, labels: Value) -> Value {
     })
 }
 
-/// A cluster with one GitHub Receiver whose targets make the dispatcher use every call it has:
-/// a named target with a filter (GET), a wildcard (LIST), and, when `other_namespace` is given,
-/// a target there (the ClusterRole's reach).
-struct Cluster {
-    nats: NatsServer,
-    api: ApiServer,
-    dir: tempfile::TempDir,
-    targets: usize,
+/// A cluster enforcing the RBAC of `manifests`, with one GitHub Receiver whose targets make the
+/// dispatcher use every call it has: a named target with a filter (GET), a wildcard (LIST),
+/// and, when `other_namespace` is given, a target there (the ClusterRole's reach). Returns the
+/// stack and how many targets the Receiver has.
+async fn start(manifests: &str, other_namespace: Option<&str>) -> (Stack, usize) {
+    let mut resources = vec![
+        json!({"kind": "GitRepository", "name": "app"}),
+        json!({"kind": "GitRepository", "name": "*", "matchLabels": {"tier": "web"}}),
+    ];
+    let mut objects = vec![
+        git_repository("app", NS, json!({})),
+        git_repository("web-1", NS, json!({"tier": "web"})),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gh-token", "namespace": NS}, "stringData": {"token": "s3cret"}}),
+    ];
+    if let Some(other) = other_namespace {
+        resources.push(json!({"kind": "GitRepository", "name": "other", "namespace": other}));
+        objects.push(git_repository("other", other, json!({})));
+    }
+    let targets = resources.len();
+    objects.push(json!({
+        "apiVersion": "notification.toolkit.fluxcd.io/v1",
+        "kind": "Receiver",
+        "metadata": {"name": "gh", "namespace": NS},
+        "spec": {
+            "type": "github",
+            "secretRef": {"name": "gh-token"},
+            // A filter makes the dispatcher read the named targets' metadata.
+            "resourceFilter": "res.metadata.name != ''",
+            "resources": resources,
+        },
+    }));
+    let stack = Stack::builder()
+        .cluster(objects)
+        .rbac(manifests)
+        .start()
+        .await;
+    stack.api().play_flux_controllers(Duration::from_millis(50));
+    (stack, targets)
 }
 
-impl Cluster {
-    async fn start(manifests: &str, other_namespace: Option<&str>) -> Self {
-        let nats = NatsServer::start().await;
-        let api = ApiServer::start_local().await;
-        api.enforce_rbac(manifests).expect("RBAC of the manifests");
-        let mut resources = vec![
-            json!({"kind": "GitRepository", "name": "app"}),
-            json!({"kind": "GitRepository", "name": "*", "matchLabels": {"tier": "web"}}),
-        ];
-        api.apply(git_repository("app", NS, json!({})));
-        api.apply(git_repository("web-1", NS, json!({"tier": "web"})));
-        if let Some(other) = other_namespace {
-            resources.push(json!({"kind": "GitRepository", "name": "other", "namespace": other}));
-            api.apply(git_repository("other", other, json!({})));
+fn kubeconfig(stack: &Stack, service_account: &str) -> PathBuf {
+    stack
+        .api()
+        .write_service_account_kubeconfig(stack.dir(), NS, service_account)
+        .expect("kubeconfig")
+}
+
+/// Runs a webhook through ingest and the dispatcher as their ServiceAccounts until every
+/// target is reported handled, then stops the dispatcher (releasing its Lease).
+async fn run_a_webhook(stack: &Stack, targets: usize, extra_args: &[&str]) {
+    let nats_url = stack.nats.url();
+    let ingest =
+        Ingest::start_in_cluster(&nats_url, &kubeconfig(stack, "fluxgate-ingest"), extra_args)
+            .await;
+    let mut args = vec!["--coalesce-window", "50ms", "--lease-namespace", NS];
+    args.extend_from_slice(extra_args);
+    let dispatcher_kubeconfig = kubeconfig(stack, "fluxgate-dispatcher");
+    let mut dispatcher = Dispatcher::start(&nats_url, None, &dispatcher_kubeconfig, &args).await;
+    let url = ingest.hook_url(&hook_path("s3cret", "gh", NS));
+    let response = post_github_push(&url, "s3cret", "rbac-1", github_push_body(128)).await;
+    assert_eq!(response.status, 202, "{:?}", response.body);
+
+    eventually("every target handled", || async {
+        let events = stack.outcomes().await;
+        let handled = events.iter().filter(|e| e["type"] == "handled").count();
+        if handled == targets {
+            Ok(())
+        } else {
+            Err((events, denied(stack)))
         }
-        api.apply_yaml(&secret_manifest("gh-token", NS, "s3cret"))
-            .expect("the token Secret");
-        api.apply(json!({
-            "apiVersion": "notification.toolkit.fluxcd.io/v1",
-            "kind": "Receiver",
-            "metadata": {"name": "gh", "namespace": NS},
-            "spec": {
-                "type": "github",
-                "secretRef": {"name": "gh-token"},
-                // A filter makes the dispatcher read the named targets' metadata.
-                "resourceFilter": "res.metadata.name != ''",
-                "resources": resources,
-            },
-        }));
-        api.play_flux_controllers(Duration::from_millis(50));
-        Self {
-            nats,
-            api,
-            dir: tempfile::tempdir().expect("tempdir"),
-            targets: resources.len(),
-        }
-    }
+    })
+    .await;
+    assert!(dispatcher.service.terminate().await, "dispatcher exits 0");
+}
 
-    fn kubeconfig(&self, service_account: &str) -> PathBuf {
-        self.api
-            .write_service_account_kubeconfig(self.dir.path(), NS, service_account)
-            .expect("kubeconfig")
-    }
+/// Requests refused by authentication or authorization.
+fn denied(stack: &Stack) -> Vec<String> {
+    stack
+        .api()
+        .requests()
+        .into_iter()
+        .filter(|r| r.status == 401 || r.status == 403)
+        .map(|r| format!("{:?} {} {} {}", r.user, r.method, r.path, r.query))
+        .collect()
+}
 
-    /// Runs a webhook through ingest and the dispatcher as their ServiceAccounts until every
-    /// target is reported handled, then stops the dispatcher (releasing its Lease).
-    async fn run_a_webhook(&self, extra_args: &[&str]) {
-        let ingest = Ingest::start_in_cluster(
-            &self.nats.url(),
-            &self.kubeconfig("fluxgate-ingest"),
-            extra_args,
-        )
-        .await;
-        let mut args = vec!["--coalesce-window", "50ms", "--lease-namespace", NS];
-        args.extend_from_slice(extra_args);
-        let mut dispatcher = Dispatcher::start(
-            &self.nats.url(),
-            None,
-            &self.kubeconfig("fluxgate-dispatcher"),
-            &args,
-        )
-        .await;
-        let url = ingest.hook_url(&hook_path("s3cret", "gh", NS));
-        let response = post_github_push(&url, "s3cret", "rbac-1", github_push_body(128)).await;
-        assert_eq!(response.status, 202, "{:?}", response.body);
-
-        let client = self.nats.client().await;
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let events = outcomes(&client).await;
-            let handled = events.iter().filter(|e| e["type"] == "handled").count();
-            if handled == self.targets {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "not every target was handled: {events:#?}\nrequests denied: {:#?}",
-                self.denied()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(dispatcher.service.terminate().await, "dispatcher exits 0");
-    }
-
-    /// Requests refused by authentication or authorization.
-    fn denied(&self) -> Vec<String> {
-        self.api
-            .requests()
-            .into_iter()
-            .filter(|r| r.status == 401 || r.status == 403)
-            .map(|r| format!("{:?} {} {} {}", r.user, r.method, r.path, r.query))
-            .collect()
-    }
-
-    /// What every resource request of `service_account` asked, as RBAC sees it.
-    fn asked(&self, service_account: &str) -> BTreeSet<Attributes> {
-        let user = service_account_user(NS, service_account);
-        self.api
-            .requests()
-            .into_iter()
-            .filter(|r| r.user.as_deref() == Some(user.as_str()))
-            .filter_map(|r| r.attributes)
-            .collect()
-    }
+/// What every resource request of `service_account` asked, as RBAC sees it.
+fn asked(stack: &Stack, service_account: &str) -> BTreeSet<Attributes> {
+    let user = service_account_user(NS, service_account);
+    stack
+        .api()
+        .requests()
+        .into_iter()
+        .filter(|r| r.user.as_deref() == Some(user.as_str()))
+        .filter_map(|r| r.attributes)
+        .collect()
 }
 
 /// `(verb, group/resource)` of each request asked.
@@ -218,11 +200,11 @@ fn expected_dispatcher() -> BTreeSet<(String, String)> {
 
 async fn check_least_privilege(overlay: &str, other_namespace: Option<&str>, args: &[&str]) {
     let manifests = kustomize(overlay);
-    let cluster = Cluster::start(&manifests, other_namespace).await;
-    cluster.run_a_webhook(args).await;
+    let (stack, targets) = start(&manifests, other_namespace).await;
+    run_a_webhook(&stack, targets, args).await;
 
     assert_eq!(
-        cluster.denied(),
+        denied(&stack),
         Vec::<String>::new(),
         "every call is granted"
     );
@@ -230,7 +212,7 @@ async fn check_least_privilege(overlay: &str, other_namespace: Option<&str>, arg
         ("fluxgate-ingest", expected_ingest()),
         ("fluxgate-dispatcher", expected_dispatcher()),
     ] {
-        let asked = cluster.asked(account);
+        let asked = asked(&stack, account);
         assert_eq!(used(&asked), expected, "what {account} calls");
         assert_eq!(
             granted_on_used(&manifests, &asked, account),
@@ -258,9 +240,9 @@ async fn the_namespaced_rbac_works_with_watch_namespace() {
 #[tokio::test]
 async fn ingest_cannot_list_secrets_or_patch_anything() {
     let manifests = kustomize("deploy/base");
-    let cluster = Cluster::start(&manifests, None).await;
+    let (stack, _) = start(&manifests, None).await;
     let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(cluster.kubeconfig("fluxgate-ingest"))
+        kube::config::Kubeconfig::read_from(kubeconfig(&stack, "fluxgate-ingest"))
             .expect("kubeconfig"),
         &Default::default(),
     )
@@ -317,14 +299,14 @@ async fn ingest_cannot_list_secrets_or_patch_anything() {
     // Without a token, nothing at all: 401, as an API server with anonymous access off.
     let anonymous = fluxgate_tests::http::get(&format!(
         "{}/api/v1/namespaces/{NS}/secrets/gh-token",
-        cluster.api.url()
+        stack.api().url()
     ))
     .await
     .expect("get");
     assert_eq!(anonymous.status, 401);
 
-    let untouched = cluster
-        .api
+    let untouched = stack
+        .api()
         .get(&fluxgate_tests::apiserver::ObjectRef::new(
             "source.toolkit.fluxcd.io/v1",
             "GitRepository",
