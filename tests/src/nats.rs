@@ -2,11 +2,9 @@
 //! store, so tests never share state with the machine's server (or race each other for ports);
 //! it can be killed and restarted in place.
 
+use crate::eventually;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
-use crate::STARTUP_DEADLINE;
 
 /// `FLUXGATE_NATS_SERVER`, else `nats-server` on PATH, else Debian's `/usr/sbin/nats-server`.
 pub fn server_binary() -> PathBuf {
@@ -87,21 +85,7 @@ impl NatsServer {
 
     /// The client port from the `<name>_<pid>.ports` file nats-server writes once it listens.
     async fn reported_port(&mut self, dir: &std::path::Path) -> u16 {
-        let deadline = tokio::time::Instant::now() + STARTUP_DEADLINE;
-        loop {
-            let report = std::fs::read_dir(dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .find_map(|entry| std::fs::read_to_string(entry.path()).ok())
-                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
-            let url = report.as_ref().and_then(|r| r["nats"][0].as_str());
-            if let Some(port) = url
-                .and_then(|u| u.rsplit(':').next())
-                .and_then(|p| p.parse().ok())
-            {
-                return port;
-            }
+        eventually("nats-server to report its port", || {
             if let Some(status) = self
                 .child
                 .as_mut()
@@ -109,29 +93,30 @@ impl NatsServer {
             {
                 panic!("nats-server exited at start-up: {status}");
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "nats-server did not report its port"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            let report = std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .find_map(|entry| std::fs::read_to_string(entry.path()).ok())
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+            let port = report
+                .as_ref()
+                .and_then(|r| r["nats"][0].as_str())
+                .and_then(|u| u.rsplit(':').next())
+                .and_then(|p| p.parse::<u16>().ok());
+            async move { port.ok_or(report) }
+        })
+        .await
     }
 
     /// Waits until the server accepts a client connection.
     async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + STARTUP_DEADLINE;
-        loop {
-            // nats-server starts JetStream (and recovers its streams) before it listens, so
-            // an accepted connection means JetStream is ready.
-            if async_nats::connect(self.url()).await.is_ok() {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "nats-server did not become ready"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // nats-server starts JetStream (and recovers its streams) before it listens, so an
+        // accepted connection means JetStream is ready.
+        eventually("nats-server to accept clients", || async {
+            async_nats::connect(self.url()).await.map(drop)
+        })
+        .await
     }
 
     /// SIGKILLs the server, as a crash would.

@@ -5,7 +5,7 @@
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 
-use crate::{STARTUP_DEADLINE, workspace_binary};
+use crate::{STARTUP_DEADLINE, eventually, workspace_binary};
 
 pub struct Service {
     child: Child,
@@ -58,16 +58,18 @@ impl Service {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let deadline = tokio::time::Instant::now() + STARTUP_DEADLINE;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return status.success(),
-                Ok(None) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let exited = eventually("the process to exit after SIGTERM", || {
+            let polled = self.child.try_wait();
+            async move {
+                match polled {
+                    Ok(Some(status)) => Ok(status.success()),
+                    Ok(None) => Err("still running"),
+                    // Cannot learn how it ended: not a successful exit.
+                    Err(_) => Ok(false),
                 }
-                _ => return false,
             }
-        }
+        });
+        exited.await
     }
 
     /// SIGKILLs the process, as a crash would.

@@ -11,15 +11,13 @@
 #[path = "conformance/cases.rs"]
 mod cases;
 
-use std::time::Duration;
-
 use base64::Engine as _;
 use fluxgate_tests::apiserver::{ApiServer, ObjectRef};
-use fluxgate_tests::dispatcher::{Dispatcher, outcomes};
+use fluxgate_tests::eventually;
 use fluxgate_tests::http;
 use fluxgate_tests::ingest::Ingest;
-use fluxgate_tests::nats::NatsServer;
 use fluxgate_tests::oidc::{self, Issuer, KEY_ID};
+use fluxgate_tests::stack::Stack;
 use fluxgate_tests::webhook::{github_signature, hook_path};
 use hmac::{KeyInit, Mac};
 use jsonwebtoken::Algorithm;
@@ -31,7 +29,6 @@ const SOURCE: &str = "source.toolkit.fluxcd.io/v1";
 const MAX_BODY: usize = 64 * 1024;
 const GCR_EMAIL: &str = "push@p.iam.gserviceaccount.com";
 const GCR_AUDIENCE: &str = "https://hooks.example.org";
-const DEADLINE: Duration = Duration::from_secs(90);
 
 /// An ID token a case sends.
 #[derive(Clone, Copy)]
@@ -288,8 +285,8 @@ fn annotated(api: &ApiServer, namespace: &str, case: &Case) -> usize {
 
 #[tokio::test]
 async fn flux_receiver_handler_cases() {
-    let nats = NatsServer::start().await;
-    let api = ApiServer::start_local().await;
+    let stack = Stack::builder().cluster([]).start().await;
+    let api = stack.api();
     let issuer = Issuer::start().await;
     let other = Issuer::start().await;
     let cases = cases::all(&cases::Issuers {
@@ -305,41 +302,30 @@ async fn flux_receiver_handler_cases() {
             "case {:?} must say why it differs from Flux, and only then",
             case.name
         );
-        install(&api, &format!("case-{i}"), case);
+        install(api, &format!("case-{i}"), case);
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = api.write_kubeconfig(dir.path()).expect("kubeconfig");
     let max_body = MAX_BODY.to_string();
     let keys = issuer.keys_url();
-    let ingest = Ingest::start_in_cluster(
-        &nats.url(),
-        &kubeconfig,
-        &["--max-body-bytes", &max_body, "--google-certs-url", &keys],
-    )
-    .await;
-    let _dispatcher = Dispatcher::start(
-        &nats.url(),
-        None,
-        &kubeconfig,
-        &[
+    let ingest = stack
+        .start_ingest(&["--max-body-bytes", &max_body, "--google-certs-url", &keys])
+        .await;
+    let _dispatcher = stack
+        .start_dispatcher(&[
             "--no-cross-namespace-refs",
             "--leader-election",
             "false",
             "--coalesce-window",
             "50ms",
-        ],
-    )
-    .await;
+        ])
+        .await;
 
     let mut answers = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         answers.push(send(&ingest, [&issuer, &other], &format!("case-{i}"), case).await);
     }
 
-    let client = nats.client().await;
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let events = outcomes(&client).await;
+    eventually("every accepted case settled", || async {
+        let events = stack.outcomes().await;
         let pending: Vec<&str> = cases
             .iter()
             .zip(&answers)
@@ -355,14 +341,12 @@ async fn flux_receiver_handler_cases() {
             .map(|(_, (case, _))| case.name)
             .collect();
         if pending.is_empty() {
-            break;
+            Ok(())
+        } else {
+            Err(pending)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not settled: {pending:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 
     let mut report = vec![
         "| Flux test | case | Flux | fluxgate | why fluxgate differs |\n|---|---|---|---|---|"

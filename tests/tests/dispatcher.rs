@@ -263,7 +263,7 @@ async fn a_burst_to_one_target_becomes_one_or_two_patches() {
     let _dispatcher = p.start_dispatcher(&["--coalesce-window", "1s"]).await;
     futures::future::join_all((0..50).map(|i| {
         let p = &p;
-        async move { push(&p, &format!("burst-{i}")).await }
+        async move { push(p, &format!("burst-{i}")).await }
     }))
     .await;
     let events = p
