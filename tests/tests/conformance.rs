@@ -354,7 +354,7 @@ async fn flux_receiver_handler_cases() {
     ];
     let mut failures = Vec::new();
     for (i, (case, answer)) in cases.iter().zip(&answers).enumerate() {
-        let got = (answer.status, annotated(&api, &format!("case-{i}"), case));
+        let got = (answer.status, annotated(api, &format!("case-{i}"), case));
         report.push(format!(
             "| {} | {} | {} / {} | {} / {} | {} |",
             case.from,
