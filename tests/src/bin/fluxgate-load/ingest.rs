@@ -63,6 +63,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::write(&receivers, manifests.join("---\n"))?;
     let ingest = Ingest::start(&nats.url(), &receivers, &[]).await;
     let url = ingest.hook_url(&hook_path(TOKEN, "github", "bench"));
+    let (idle_rss, _) = memory_kib(ingest.pid())?;
     let body = Bytes::from(github_push_body(args.body_bytes));
 
     // Warm up connections, the stream and the allocator before measuring.
@@ -132,7 +133,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "CPU seconds (ingest, nats-server, load tool): ingest phase {during_ingest:.2?}, raw phase {during_raw:.2?}"
     );
     println!(
-        "ingest RSS after the run: {:.1} MiB (peak {:.1} MiB)",
+        "ingest RSS: {:.1} MiB idle before the run, {:.1} MiB after it (peak {:.1} MiB)",
+        idle_rss as f64 / 1024.0,
         rss as f64 / 1024.0,
         peak as f64 / 1024.0
     );
