@@ -95,10 +95,10 @@ async fn list(args: ListArgs, format: Format) -> Result<(), Error> {
             vec![
                 render::time(d.received_at.unwrap_or(d.stored_at)),
                 d.receiver.clone(),
-                d.event.clone().unwrap_or_else(|| "-".into()),
+                render::inert(d.event.as_deref().unwrap_or("-")).into_owned(),
                 match d.replay_of {
-                    Some(of) => format!("{} (replay of #{of})", d.id),
-                    None => d.id.clone(),
+                    Some(of) => format!("{} (replay of #{of})", render::inert(&d.id)),
+                    None => render::inert(&d.id).into_owned(),
                 },
                 format!("#{}", d.seq),
                 render::status(s.status, colour),
@@ -195,9 +195,10 @@ fn headers_json(summary: &Summary) -> Value {
 fn page(summary: &Summary, body: &[u8], colour: bool) -> String {
     let d = &summary.delivery;
     let mut out = String::new();
-    let _ = writeln!(out, "Delivery {} (#{})", d.id, d.seq);
+    let _ = writeln!(out, "Delivery {} (#{})", render::inert(&d.id), d.seq);
     let _ = writeln!(out, "  Receiver:  {} ({})", d.receiver, d.receiver_type);
-    let _ = writeln!(out, "  Event:     {}", d.event.as_deref().unwrap_or("-"));
+    let event = d.event.as_deref().unwrap_or("-");
+    let _ = writeln!(out, "  Event:     {}", render::inert(event));
     if let Some(received) = d.received_at {
         let _ = writeln!(out, "  Received:  {}", render::time(received));
     }
@@ -217,13 +218,14 @@ fn page(summary: &Summary, body: &[u8], colour: bool) -> String {
     let _ = writeln!(out, "Headers:");
     if let Some(headers) = headers_json(summary).as_object() {
         for (name, value) in headers {
-            let _ = writeln!(out, "  {name}: {}", value.as_str().unwrap_or_default());
+            let value = render::inert(value.as_str().unwrap_or_default());
+            let _ = writeln!(out, "  {name}: {value}");
         }
     }
     let _ = writeln!(out, "Body ({} bytes):", body.len());
     let text = match serde_json::from_slice::<Value>(body) {
         Ok(json) => serde_json::to_string_pretty(&json).unwrap_or_default(),
-        Err(_) => String::from_utf8_lossy(body).into_owned(),
+        Err(_) => render::inert_text(&String::from_utf8_lossy(body)).into_owned(),
     };
     for line in text.lines() {
         let _ = writeln!(out, "  {line}");

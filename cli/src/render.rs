@@ -1,6 +1,7 @@
 //! Output, in one place: tables (colour on a terminal only), JSON and YAML, times, statuses and
 //! an outcome event as one line of a timeline.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -83,6 +84,36 @@ fn visible_width(s: &str) -> usize {
     n
 }
 
+/// A value from a sender (a delivery id, an event name, a header), made inert for a terminal:
+/// every control character is shown as an escape (`\u{1b}`), so an id holding an escape
+/// sequence cannot retitle, recolour or rewrite the operator's terminal, nor a line break fake
+/// a line of output.
+pub fn inert(value: &str) -> Cow<'_, str> {
+    escape_controls(value, false)
+}
+
+/// A sender's text (a body that is not JSON), made inert: as [`inert`], keeping line breaks
+/// and tabs.
+pub fn inert_text(text: &str) -> Cow<'_, str> {
+    escape_controls(text, true)
+}
+
+fn escape_controls(value: &str, keep_layout: bool) -> Cow<'_, str> {
+    let harmful = |c: char| c.is_control() && !(keep_layout && matches!(c, '\n' | '\t'));
+    if !value.chars().any(harmful) {
+        return Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        if harmful(c) {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 pub fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
@@ -162,11 +193,26 @@ pub fn event_details(event: &Event) -> String {
         }
         Event::WouldPatch { .. } | Event::FilteredOut { .. } | Event::Unknown => {}
     }
-    line
+    // Error texts and names in outcomes can carry what a sender wrote.
+    inert(&line).into_owned()
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn control_characters_from_senders_are_shown_escaped() {
+        let title = "\u{1b}]0;pwned\u{7}\u{1b}[31mred\r\nfake line\u{9b}";
+        assert_eq!(
+            inert(title),
+            "\\u{1b}]0;pwned\\u{7}\\u{1b}[31mred\\u{d}\\u{a}fake line\\u{9b}"
+        );
+        assert!(matches!(inert("d-0001 ok"), Cow::Borrowed(_)));
+        assert_eq!(
+            inert_text("line 1\n\tline 2\u{1b}[2J"),
+            "line 1\n\tline 2\\u{1b}[2J"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -104,7 +104,9 @@ pub async fn run(args: Args, format: Format) -> Result<(), Error> {
             progress.suspend(|| {
                 println!(
                     "replayed {} (#{}) as #{}",
-                    replayed.delivery, replayed.seq, replayed.replay_seq
+                    render::inert(&replayed.delivery),
+                    replayed.seq,
+                    replayed.replay_seq
                 )
             });
         }
@@ -304,7 +306,8 @@ async fn plan(streams: &Streams, format: Format, args: &Args, seqs: &[u64]) -> R
     for p in &plans {
         println!(
             "would replay {} (#{}): nothing is published (--dry-run)",
-            p.delivery, p.seq
+            render::inert(&p.delivery),
+            p.seq
         );
         for t in &p.targets {
             println!("  would annotate  {t}");
@@ -313,7 +316,7 @@ async fn plan(streams: &Streams, format: Format, args: &Args, seqs: &[u64]) -> R
             println!("  filtered out    {t}");
         }
         for r in &p.refused {
-            println!("  would fail      {r}");
+            println!("  would fail      {}", render::inert(r));
         }
     }
     Ok(())

@@ -42,8 +42,8 @@ pub async fn run(args: Args, format: Format) -> Result<(), Error> {
                         render::time(delivery.stored_at),
                         "stored",
                         delivery.receiver,
-                        delivery.event.as_deref().unwrap_or("-"),
-                        delivery.id,
+                        render::inert(delivery.event.as_deref().unwrap_or("-")),
+                        render::inert(&delivery.id),
                         delivery.seq
                     ),
                     _ => render::line(format, &json!({"kind": "delivery", "delivery": delivery}))?,
@@ -64,7 +64,7 @@ pub async fn run(args: Args, format: Format) -> Result<(), Error> {
                             render::outcome_time(&outcome),
                             shown,
                             outcome.receiver,
-                            outcome.delivery,
+                            render::inert(&outcome.delivery),
                             outcome.seq,
                             render::event_details(&outcome.event)
                         )

@@ -8,16 +8,29 @@ use fluxgate_shared::contract::{self, DeliveryMeta, IdSource, header};
 use fluxgate_shared::receivers::Receiver;
 use sha2::{Digest, Sha256};
 
+use crate::error::Error;
 use crate::publish::Delivery;
 use crate::verify::Verified;
 
-/// The delivery message for an authentic webhook, and its delivery id.
+/// Longest value taken from a sender that ingest puts in a NATS header or message id.
+pub const MAX_HEADER_VALUE: usize = 256;
+
+/// The delivery message for an authentic webhook, and its delivery id; a `BadRequest` naming the
+/// value when one that would reach a NATS header (the delivery id, the event name, a kept request
+/// header) is not header-safe.
 pub fn build(
     receiver: &Receiver,
     verified: Verified,
     request: &RequestHeaders,
     body: Bytes,
-) -> (String, Delivery) {
+) -> Result<(String, Delivery), Error> {
+    if let Some(id) = &verified.delivery_id {
+        header_safe("the delivery id", id)?;
+    }
+    if let Some(event) = &verified.event {
+        header_safe("the event name", event)?;
+    }
+    let content_type = kept_value(request, "content-type")?;
     let (id, id_source) = match verified.delivery_id {
         Some(id) => (id, IdSource::Sender),
         // A fresh id: such a delivery is never deduplicated (two bare triggers reconcile twice).
@@ -31,10 +44,7 @@ pub fn build(
         receiver_type: receiver.kind.as_str().into(),
         event: verified.event.filter(|e| !e.is_empty()),
         received_at: Some(Utc::now()),
-        content_type: request
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
+        content_type: content_type.map(str::to_owned),
         body_sha256: Some(hex::encode(Sha256::digest(&body))),
         body_size: body.len() as u64,
         body_object: None,
@@ -45,9 +55,9 @@ pub fn build(
     };
     let mut headers = meta.to_headers();
     // Walk the request's few headers rather than look up every kept name: this is the hot path.
-    for (name, value) in request {
+    for name in request.keys() {
         if contract::is_kept_request_header(name.as_str())
-            && let Ok(value) = value.to_str()
+            && let Some(value) = kept_value(request, name.as_str())?
         {
             headers.insert(name.as_str(), value);
         }
@@ -58,7 +68,36 @@ pub fn build(
         headers,
         body,
     };
-    (meta.id, delivery)
+    Ok((meta.id, delivery))
+}
+
+/// A request header's value, refused unless it is header-safe.
+fn kept_value<'a>(request: &'a RequestHeaders, name: &str) -> Result<Option<&'a str>, Error> {
+    let Some(value) = request.get(name) else {
+        return Ok(None);
+    };
+    let refused = || Error::BadRequest(format!("header {name} is not printable ASCII"));
+    let value = value.to_str().map_err(|_| refused())?;
+    header_safe(&format!("header {name}"), value)?;
+    Ok(Some(value))
+}
+
+/// A sender's value bound for a NATS header: printable ASCII, at most [`MAX_HEADER_VALUE`]
+/// bytes. A line break would end the header block (async-nats refuses it with a panic), other
+/// control characters reach operators' terminals, and the length of each is stored with every
+/// message.
+fn header_safe(what: &str, value: &str) -> Result<(), Error> {
+    if value.len() > MAX_HEADER_VALUE {
+        return Err(Error::BadRequest(format!(
+            "{what} is longer than {MAX_HEADER_VALUE} bytes"
+        )));
+    }
+    if !value.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return Err(Error::BadRequest(format!(
+            "{what} holds a character that is not printable ASCII"
+        )));
+    }
+    Ok(())
 }
 
 /// The sender's W3C `traceparent` when it is well formed, else the root of a new trace.
@@ -139,7 +178,7 @@ mod tests {
             ("authorization", "Bearer secret"),
             ("x-gitlab-token", "secret"),
         ]);
-        let (id, d) = build(&receiver(), verified, &req, Bytes::from_static(b"{}"));
+        let (id, d) = build(&receiver(), verified, &req, Bytes::from_static(b"{}")).expect("built");
         assert_eq!(id, "d-1");
         assert_eq!(d.msg_id, "flux-system/app.github/d-1");
         assert_eq!(d.subject, "fluxgate.deliveries.flux-system.app_github");
@@ -163,13 +202,15 @@ mod tests {
             Verified::default(),
             &request(&[]),
             Bytes::new(),
-        );
+        )
+        .expect("built");
         let (b, _) = build(
             &receiver(),
             Verified::default(),
             &request(&[]),
             Bytes::new(),
-        );
+        )
+        .expect("built");
         assert_ne!(a, b);
         assert_eq!(get(&da, header::DELIVERY_ID_SOURCE), Some("generated"));
         assert!(get(&da, header::EVENT).is_none());
@@ -183,16 +224,86 @@ mod tests {
             Verified::default(),
             &request(&[("traceparent", tp)]),
             Bytes::new(),
-        );
+        )
+        .expect("built");
         assert_eq!(get(&kept, header::TRACEPARENT), Some(tp));
         let (_, made) = build(
             &receiver(),
             Verified::default(),
             &request(&[("traceparent", "junk")]),
             Bytes::new(),
-        );
+        )
+        .expect("built");
         assert!(is_traceparent(
             get(&made, header::TRACEPARENT).expect("traceparent")
         ));
+    }
+
+    /// Each value a sender controls that reaches a header is refused, by name, when it could
+    /// break the header block, reach a terminal, or bloat every message.
+    #[test]
+    fn values_that_are_not_header_safe_are_refused_naming_the_value() {
+        let long = "x".repeat(MAX_HEADER_VALUE + 1);
+        let with = |delivery_id: Option<&str>, event: Option<&str>| Verified {
+            event: event.map(str::to_owned),
+            delivery_id: delivery_id.map(str::to_owned),
+            claims: None,
+        };
+        let cases = [
+            (
+                with(Some("a\nb"), None),
+                vec![],
+                "the delivery id holds a character",
+            ),
+            (
+                with(Some("a\rX-Evil: 1"), None),
+                vec![],
+                "the delivery id holds",
+            ),
+            (
+                with(Some(&long), None),
+                vec![],
+                "the delivery id is longer than 256",
+            ),
+            (
+                with(None, Some("push\u{1b}]0;owned\u{7}")),
+                vec![],
+                "the event name holds",
+            ),
+            (with(Some("café"), None), vec![], "the delivery id holds"),
+            (
+                with(None, None),
+                vec![("user-agent", long.as_str())],
+                "header user-agent is longer",
+            ),
+            (
+                with(None, None),
+                vec![("x-request-id", "a\tb")],
+                "header x-request-id holds",
+            ),
+            (
+                with(None, None),
+                vec![("content-type", long.as_str())],
+                "header content-type is longer",
+            ),
+        ];
+        for (verified, pairs, says) in cases {
+            match build(&receiver(), verified, &request(&pairs), Bytes::new()) {
+                Err(Error::BadRequest(reason)) => assert!(reason.starts_with(says), "{reason}"),
+                other => panic!(
+                    "{says}: expected a bad request, got {:?}",
+                    other.map(|(id, _)| id)
+                ),
+            }
+        }
+        let at_limit = "x".repeat(MAX_HEADER_VALUE);
+        let (id, _) = build(
+            &receiver(),
+            with(Some(&at_limit), Some("push")),
+            &request(&[("user-agent", "GitHub-Hookshot/1 (~ok)")]),
+            Bytes::new(),
+        )
+        .expect("printable ASCII up to the limit is kept");
+        assert_eq!(id, at_limit);
     }
 }

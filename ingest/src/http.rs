@@ -164,7 +164,7 @@ async fn accept(
             event: event.clone(),
         });
     }
-    let (delivery_id, delivery) = delivery::build(receiver, verified, headers, body);
+    let (delivery_id, delivery) = delivery::build(receiver, verified, headers, body)?;
     let publishing = Instant::now();
     let stored = state.store.publish(delivery).await?;
     state.metrics.published(publishing.elapsed());

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use fluxgate_shared::contract::{DeliveryMeta, IdSource};
 use fluxgate_tests::eventually;
 use fluxgate_tests::stack::Stack;
 use fluxgate_tests::webhook::{
@@ -554,4 +555,58 @@ async fn an_aged_out_delivery_is_reported_as_such() {
     let (ok, _, error) = fluxgate_cli(&s.nats.url(), &["deliveries", "show", "old-1"], &[]);
     assert!(!ok);
     assert!(error.contains("aged out"), "{error}");
+}
+
+/// A delivery whose id, event and body hold escape sequences -- one a hostile publisher put on
+/// the stream, since ingest refuses such ids -- is printed with them escaped: nothing that
+/// would retitle, recolour or clear the operator's terminal.
+#[tokio::test]
+async fn cli_output_shows_control_characters_escaped() {
+    let manifests = [
+        secret_manifest("gh-token", NS, GH_TOKEN),
+        receiver_manifest("gh", NS, "github", "gh-token", ""),
+    ];
+    let s = Stack::builder()
+        .receivers(manifests.join("---\n"))
+        .ingest(&[])
+        .start()
+        .await;
+    let meta = DeliveryMeta {
+        id: "\u{1b}]0;pwned\u{7}\u{1b}[31mred".into(),
+        id_source: IdSource::Sender,
+        namespace: NS.into(),
+        receiver: "gh".into(),
+        receiver_type: "github".into(),
+        event: Some("push\u{1b}[2J".into()),
+        ..Default::default()
+    };
+    async_nats::jetstream::new(s.client().await)
+        .publish_with_headers(
+            meta.subject(),
+            meta.to_headers(),
+            "\u{1b}[2Jplain text".into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+
+    for args in [
+        &["deliveries", "list"][..],
+        &["deliveries", "show", "#1"][..],
+    ] {
+        let (ok, stdout, stderr) = fluxgate_cli(&s.nats.url(), args, &[]);
+        assert!(ok, "{args:?}: {stderr}");
+        assert!(
+            !stdout.contains('\u{1b}') && !stdout.contains('\u{7}'),
+            "{args:?}: {stdout:?}"
+        );
+        assert!(
+            stdout.contains(r"\u{1b}]0;pwned\u{7}\u{1b}[31mred"),
+            "{args:?}: {stdout}"
+        );
+        assert!(stdout.contains(r"push\u{1b}[2J"), "{args:?}: {stdout}");
+    }
+    let (_, shown, _) = fluxgate_cli(&s.nats.url(), &["deliveries", "show", "#1"], &[]);
+    assert!(shown.contains(r"\u{1b}[2Jplain text"), "{shown}");
 }

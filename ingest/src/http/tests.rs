@@ -69,6 +69,7 @@ impl App {
             receiver_manifest("gh", NS, "github", "gh-token", "  events: [push]\n"),
             secret_manifest("plain", NS, TOKEN),
             receiver_manifest("quay", NS, "quay", "plain", ""),
+            receiver_manifest("acr", NS, "acr", "plain", ""),
             receiver_manifest("trigger", NS, "generic", "plain", ""),
             receiver_manifest("paused", NS, "generic", "plain", "  suspend: true\n"),
             receiver_manifest(
@@ -440,4 +441,55 @@ async fn a_body_that_never_arrives_is_408_after_the_deadline() {
     assert_eq!(answer.status, 408, "{}", answer.json);
     assert_eq!(app.count("generic", "bad_request"), 1);
     assert_eq!(app.stored(), 0);
+}
+
+/// Values a sender controls that would reach a NATS header: refused with a 400 naming the value
+/// (an ACR `id` holding a newline used to panic the request task and reset the connection).
+#[tokio::test]
+async fn hostile_ids_and_headers_are_400_naming_the_value_never_a_panic() {
+    let app = App::new();
+    let acr = hook_path(TOKEN, "acr", NS);
+    let json = ("content-type", "application/json");
+    let acr_body = |id: &str| {
+        serde_json::json!({"id": id, "action": "push", "target": {"repository": "app", "tag": "v1"}})
+            .to_string()
+    };
+    let long = "k".repeat(300);
+    let cases = [
+        (
+            app.post(&acr, &[json], acr_body("e-1\nX-Injected: yes"))
+                .await,
+            "the delivery id holds a character that is not printable ASCII",
+        ),
+        (
+            app.post(&acr, &[json], acr_body("\u{1b}]0;pwned\u{7}"))
+                .await,
+            "the delivery id holds a character that is not printable ASCII",
+        ),
+        (
+            app.post(&acr, &[json, ("idempotency-key", &long)], acr_body("e-1"))
+                .await,
+            "the delivery id is longer than 256 bytes",
+        ),
+        (
+            app.post(
+                &hook_path(TOKEN, "trigger", NS),
+                &[("user-agent", &long)],
+                "",
+            )
+            .await,
+            "header user-agent is longer than 256 bytes",
+        ),
+    ];
+    for (answer, says) in &cases {
+        assert_eq!(answer.status, 400, "{says}: {}", answer.json);
+        assert_eq!(answer.reason(), *says);
+    }
+    assert_eq!(app.count("acr", "bad_request"), 3);
+    assert_eq!(app.stored(), 0);
+    let fine = app.post(&acr, &[json], acr_body("e-1")).await;
+    assert_eq!(
+        (fine.status, fine.json["delivery"].as_str()),
+        (202, Some("e-1"))
+    );
 }

@@ -264,6 +264,25 @@ impl fmt::Display for Invalid {
     }
 }
 
+const NAME_RULE: &str = "must be a Kubernetes name: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters";
+
+/// A DNS-1123 subdomain of at most `max` characters (a label when it holds no `.`).
+fn is_kubernetes_name(name: &str, max: usize) -> bool {
+    let alphanumeric = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = name.as_bytes();
+    match (bytes.first(), bytes.last()) {
+        (Some(&first), Some(&last)) => {
+            bytes.len() <= max
+                && alphanumeric(first)
+                && alphanumeric(last)
+                && bytes
+                    .iter()
+                    .all(|&b| alphanumeric(b) || b == b'-' || b == b'.')
+        }
+        _ => false,
+    }
+}
+
 impl ReceiverManifest {
     /// `namespace/name`.
     fn object(&self) -> String {
@@ -281,6 +300,17 @@ impl ReceiverManifest {
 
     pub fn into_receiver(self, secret: SecretLookup<'_>) -> Result<Receiver, Invalid> {
         let namespace = self.metadata.namespace();
+        // The API server guarantees both; a receivers file does not, and they become NATS
+        // subject tokens and header values.
+        if !is_kubernetes_name(&self.metadata.name, 253) {
+            return Err(Invalid::new("metadata.name", NAME_RULE));
+        }
+        if !is_kubernetes_name(&namespace, 63) || namespace.contains('.') {
+            return Err(Invalid::new(
+                "metadata.namespace",
+                "must be a Kubernetes namespace: lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters",
+            ));
+        }
         let empty = BTreeMap::new();
         let secret_data = match (self.secret_name(), self.spec.kind, secret) {
             (Some(_), ReceiverType::GenericOidc, _) => {
@@ -648,6 +678,26 @@ metadata:
             msg.contains("spec.secretRef.name") && msg.contains("flux-system/nope"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn names_that_are_not_kubernetes_names_are_refused() {
+        for (name, field) in [
+            ("\"github\\nreceiver\"", "metadata.name"),
+            ("\"github receiver\"", "metadata.name"),
+            ("GitHub", "metadata.name"),
+            ("\"github>\"", "metadata.name"),
+            ("-github", "metadata.name"),
+        ] {
+            let bad = FILE.replace("name: github-receiver", &format!("name: {name}"));
+            let msg = error_of(&bad);
+            assert!(
+                msg.contains(&format!("{field}: must be a Kubernetes name")),
+                "{name}: {msg}"
+            );
+        }
+        let dotted = FILE.replace("name: github-receiver", "name: github.receiver-1");
+        assert!(Catalog::parse(&dotted).is_ok(), "dots are allowed in names");
     }
 
     #[test]
