@@ -11,6 +11,9 @@ pub struct NatsArgs {
     /// NATS server URL(s), comma-separated.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+
+    #[command(flatten)]
+    pub auth: fluxgate_shared::NatsAuth,
 }
 
 /// JetStream on the server the user named.
@@ -22,11 +25,16 @@ pub struct Streams {
 
 impl NatsArgs {
     pub async fn connect(&self) -> Result<Streams, Error> {
-        let client = async_nats::connect(&self.nats_url)
+        let options = self
+            .auth
+            .apply(async_nats::ConnectOptions::new().name("fluxgate"))
+            .await?;
+        let client = options
+            .connect(&self.nats_url)
             .await
             .map_err(|error| Error::Connect {
                 url: self.nats_url.clone(),
-                reason: error.to_string(),
+                reason: fluxgate_shared::nats_refusal_reason(&error),
             })?;
         Ok(Streams {
             jetstream: jetstream::new(client),

@@ -48,7 +48,8 @@ pub struct Args {
     /// Ask before replaying more deliveries than this.
     #[arg(long, default_value_t = 10)]
     confirm_above: usize,
-    /// Who replays, recorded on the original (default: the OS user).
+    /// Who replays, recorded on the original (default: the OS user); the NATS user of the
+    /// credentials is recorded with it.
     #[arg(long)]
     actor: Option<String>,
     /// For `--dry-run`: receivers from this file instead of the cluster.
@@ -87,7 +88,10 @@ pub async fn run(args: Args, format: Format) -> Result<(), Error> {
     if seqs.len() > args.confirm_above && !args.yes && !confirm(seqs.len())? {
         return Err(Error::Usage("nothing replayed".into()));
     }
-    let actor = args.actor.clone().unwrap_or_else(os_user);
+    let actor = recorded_actor(
+        args.actor.clone().unwrap_or_else(os_user),
+        args.nats.auth.identity(),
+    );
     let progress = indicatif::ProgressBar::new(seqs.len() as u64);
     let mut pace = args
         .rate
@@ -228,6 +232,15 @@ fn confirm(count: usize) -> Result<bool, Error> {
 }
 
 /// `$USER`, else the name of the account the process runs as.
+/// The actor as recorded: who the operator says they are, and the NATS user whose credentials
+/// published the replay (which NATS, not the operator, vouches for).
+fn recorded_actor(actor: String, nats_user: Option<String>) -> String {
+    match nats_user {
+        Some(user) => format!("{actor} (NATS user {user})"),
+        None => actor,
+    }
+}
+
 fn os_user() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("USERNAME"))

@@ -80,11 +80,12 @@ impl Service {
         stop: watch::Receiver<bool>,
     ) -> Result<Self, Error> {
         let metrics = Arc::new(Metrics::default());
-        let nats =
-            fluxgate_shared::nats_connect_options("fluxgate-dispatcher", &config.common.nats_url)
-                .connect(&config.common.nats_url)
-                .await
-                .map_err(Error::nats)?;
+        let nats = fluxgate_shared::nats_connect(
+            "fluxgate-dispatcher",
+            &config.common.nats_url,
+            &config.common.nats_auth,
+        )
+        .await?;
         let jetstream = jetstream::new(nats.clone());
         let kube = kube::Client::try_default().await?;
         let origin = match &config.common.receivers_file {

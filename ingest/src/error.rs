@@ -30,7 +30,10 @@ pub enum Error {
     #[error("event store unavailable, retry later: {0}")]
     Unavailable(String),
     #[error("cannot load receivers: {0}")]
-    Catalog(#[from] fluxgate_shared::Error),
+    Receivers(fluxgate_shared::Error),
+    /// NATS credentials unreadable or refused.
+    #[error(transparent)]
+    Shared(#[from] fluxgate_shared::Error),
     #[error("cannot listen: {0}")]
     Listen(#[from] std::io::Error),
     #[error("Kubernetes client: {0}")]
@@ -49,7 +52,9 @@ impl Error {
             Self::Suspended(_) | Self::NotReady(_) | Self::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::Catalog(_) | Self::Listen(_) | Self::Kube(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Receivers(_) | Self::Shared(_) | Self::Listen(_) | Self::Kube(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -62,7 +67,7 @@ impl Error {
             Self::BodyTimeout | Self::BodyRead(_) | Self::BadRequest(_) => "bad_request",
             Self::Unauthorized(_) => "unauthorized",
             Self::Suspended(_) | Self::NotReady(_) | Self::Unavailable(_) => "unavailable",
-            Self::Catalog(_) | Self::Listen(_) | Self::Kube(_) => "internal",
+            Self::Receivers(_) | Self::Shared(_) | Self::Listen(_) | Self::Kube(_) => "internal",
         }
     }
 }

@@ -56,7 +56,8 @@ pub async fn run(
         let mut stop = stop_rx.clone();
         receivers::start(origin, move |result| metrics.reload(result), async move {
             let _ = stop.wait_for(|s| *s).await;
-        })?
+        })
+        .map_err(Error::Receivers)?
     };
 
     let settings = StreamSettings {
@@ -65,8 +66,13 @@ pub async fn run(
         max_bytes: config.stream_max_bytes,
         duplicate_window: config.stream_duplicate_window,
     };
-    let publisher =
-        Publisher::connect(&config.common.nats_url, settings, config.publish_timeout).await?;
+    let publisher = Publisher::connect(
+        &config.common.nats_url,
+        &config.common.nats_auth,
+        settings,
+        config.publish_timeout,
+    )
+    .await?;
     let provisioning = tokio::spawn(publisher.clone().keep_provisioned());
 
     let state = Arc::new(AppState {

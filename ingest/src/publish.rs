@@ -77,13 +77,11 @@ impl Publisher {
     /// answers 503) even while NATS is down, and recovers by itself when it comes back.
     pub async fn connect(
         url: &str,
+        auth: &fluxgate_shared::NatsAuth,
         settings: StreamSettings,
         publish_timeout: Duration,
     ) -> Result<Arc<Self>, Error> {
-        let client = fluxgate_shared::nats_connect_options("fluxgate-ingest", url)
-            .connect(url)
-            .await
-            .map_err(|e| Error::Unavailable(format!("cannot connect to NATS at {url}: {e}")))?;
+        let client = fluxgate_shared::nats_connect("fluxgate-ingest", url, auth).await?;
         let mut jetstream = jetstream::new(client.clone());
         jetstream.set_timeout(publish_timeout);
         Ok(Arc::new(Self {

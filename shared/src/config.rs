@@ -12,6 +12,9 @@ pub struct CommonConfig {
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
 
+    #[command(flatten)]
+    pub nats_auth: crate::NatsAuth,
+
     /// Multi-document YAML file of Flux `Receiver` and `Secret` manifests; reloaded on change.
     /// Without it, Receivers are watched in the cluster.
     #[arg(long, env = "FLUXGATE_RECEIVERS_FILE")]

@@ -30,6 +30,18 @@ pub enum Error {
     NotADelivery(String),
     #[error("cannot encode an outcome: {0}")]
     Encode(String),
+    #[error("cannot read the NATS {what} {path}: {source}")]
+    NatsFile {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// NATS options that cannot work together.
+    #[error("{0}")]
+    NatsConfig(String),
+    /// Credentials refused, or a TLS handshake that failed: retrying cannot help.
+    #[error("NATS at {url} refused the connection: {reason}")]
+    NatsRefused { url: String, reason: String },
     /// Kept whole, so that callers can tell transient failures from permanent ones.
     #[error("NATS: {0}")]
     Nats(#[source] async_nats::Error),

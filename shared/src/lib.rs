@@ -8,6 +8,7 @@ mod error;
 pub mod filter;
 pub mod gojson;
 mod nats;
+mod nats_auth;
 pub mod pubsub;
 pub mod receivers;
 mod shutdown;
@@ -15,6 +16,7 @@ mod telemetry;
 
 pub use config::{CommonConfig, SERVICE_HELP, undescribed_flags};
 pub use error::Error;
-pub use nats::connect_options as nats_connect_options;
+pub use nats::{connect as nats_connect, refusal_reason as nats_refusal_reason};
+pub use nats_auth::NatsAuth;
 pub use shutdown::signal as shutdown_signal;
 pub use telemetry::{LogFormat, init_telemetry};

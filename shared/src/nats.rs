@@ -4,14 +4,63 @@
 
 use std::time::Duration;
 
-use async_nats::{ConnectOptions, Event};
+use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event};
+
+use crate::error::Error;
+use crate::nats_auth::NatsAuth;
+
+/// Connects a service to NATS at `url` with `auth`. Credentials that cannot be read or that the
+/// server refuses, and a failed TLS handshake, stop start-up with the reason: retrying cannot
+/// fix them. A server that cannot be reached yet is retried in the background, so the service
+/// starts (and reports itself not ready) while NATS is away.
+pub async fn connect(name: &str, url: &str, auth: &NatsAuth) -> Result<Client, Error> {
+    let options = auth.apply(options(name, url)).await?;
+    match options.clone().connect(url).await {
+        Ok(client) => Ok(client),
+        Err(error) if is_refusal(error.kind()) => Err(Error::NatsRefused {
+            url: url.to_owned(),
+            reason: refusal_reason(&error),
+        }),
+        Err(error) => {
+            tracing::warn!(nats = %url, %error, "NATS is not reachable yet; retrying in the background");
+            options
+                .retry_on_initial_connect()
+                .connect(url)
+                .await
+                .map_err(Error::nats)
+        }
+    }
+}
+
+/// Errors that the same credentials and certificates will meet again.
+fn is_refusal(kind: ConnectErrorKind) -> bool {
+    matches!(
+        kind,
+        ConnectErrorKind::AuthorizationViolation
+            | ConnectErrorKind::Authentication
+            | ConnectErrorKind::Tls
+    )
+}
+
+/// The error with its causes, which name what TLS or the server objected to.
+pub fn refusal_reason(error: &async_nats::ConnectError) -> String {
+    let mut reason = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !reason.contains(&text) {
+            reason = format!("{reason}: {text}");
+        }
+        source = cause.source();
+    }
+    reason
+}
 
 /// The options both services connect with.
-pub fn connect_options(name: &str, url: &str) -> ConnectOptions {
+fn options(name: &str, url: &str) -> ConnectOptions {
     let url = url.to_owned();
     ConnectOptions::new()
         .name(name)
-        .retry_on_initial_connect()
         .event_callback(move |event| {
             let url = url.clone();
             async move {
