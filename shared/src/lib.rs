@@ -16,7 +16,9 @@ mod telemetry;
 
 pub use config::{CommonConfig, SERVICE_HELP, undescribed_flags};
 pub use error::Error;
-pub use nats::{connect as nats_connect, refusal_reason as nats_refusal_reason};
+pub use nats::{
+    connect as nats_connect, is_refusal as nats_is_refusal, refusal_reason as nats_refusal_reason,
+};
 pub use nats_auth::NatsAuth;
 pub use shutdown::signal as shutdown_signal;
 pub use telemetry::{LogFormat, init_telemetry};

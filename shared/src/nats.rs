@@ -17,7 +17,7 @@ pub async fn connect(name: &str, url: &str, auth: &NatsAuth) -> Result<Client, E
     let options = auth.apply(options(name, url)).await?;
     match options.clone().connect(url).await {
         Ok(client) => Ok(client),
-        Err(error) if is_refusal(error.kind()) => Err(Error::NatsRefused {
+        Err(error) if is_refusal(&error) => Err(Error::NatsRefused {
             url: url.to_owned(),
             reason: refusal_reason(&error),
         }),
@@ -32,14 +32,20 @@ pub async fn connect(name: &str, url: &str, auth: &NatsAuth) -> Result<Client, E
     }
 }
 
-/// Errors that the same credentials and certificates will meet again.
-fn is_refusal(kind: ConnectErrorKind) -> bool {
-    matches!(
-        kind,
-        ConnectErrorKind::AuthorizationViolation
-            | ConnectErrorKind::Authentication
-            | ConnectErrorKind::Tls
-    )
+/// Errors that the same credentials and certificates will meet again: the server refused them,
+/// or TLS failed (rustls' handshake errors reach async-nats as I/O errors of kind
+/// `InvalidData`).
+pub fn is_refusal(error: &async_nats::ConnectError) -> bool {
+    let tls_failed = std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData);
+    tls_failed
+        || matches!(
+            error.kind(),
+            ConnectErrorKind::AuthorizationViolation
+                | ConnectErrorKind::Authentication
+                | ConnectErrorKind::Tls
+        )
 }
 
 /// The error with its causes, which name what TLS or the server objected to.

@@ -9,6 +9,7 @@ pub mod nats;
 pub mod oidc;
 pub mod process;
 pub mod stack;
+pub mod tls;
 pub mod webhook;
 
 use std::path::PathBuf;

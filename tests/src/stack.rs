@@ -20,6 +20,7 @@ use crate::webhook::hook_path;
 #[derive(Default)]
 pub struct StackBuilder {
     nats_config: String,
+    nats_client: Option<async_nats::ConnectOptions>,
     receivers: Option<String>,
     cluster: Option<Vec<Value>>,
     rbac: Option<String>,
@@ -35,6 +36,12 @@ impl StackBuilder {
     /// Extra `nats-server` configuration lines (for example `max_payload: 65536`).
     pub fn nats_config(mut self, lines: &str) -> Self {
         self.nats_config = lines.to_owned();
+        self
+    }
+
+    /// How the test itself connects to that server (credentials, TLS).
+    pub fn nats_client(mut self, options: async_nats::ConnectOptions) -> Self {
+        self.nats_client = Some(options);
         self
     }
 
@@ -94,6 +101,7 @@ impl StackBuilder {
         };
         let mut stack = Stack {
             nats,
+            nats_client: self.nats_client.unwrap_or_default(),
             api,
             ingest: None,
             dispatcher: None,
@@ -114,6 +122,7 @@ impl StackBuilder {
 /// A running stack; parts not asked for panic when used.
 pub struct Stack {
     pub nats: NatsServer,
+    nats_client: async_nats::ConnectOptions,
     api: Option<ApiServer>,
     ingest: Option<Ingest>,
     dispatcher: Option<Dispatcher>,
@@ -197,7 +206,11 @@ impl Stack {
     }
 
     pub async fn client(&self) -> async_nats::Client {
-        self.nats.client().await
+        self.nats_client
+            .clone()
+            .connect(self.nats.url())
+            .await
+            .expect("connect to the test nats-server")
     }
 
     /// The deliveries stream.
