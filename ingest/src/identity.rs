@@ -6,7 +6,7 @@
 //! no cached key verifies the token, at most once per `MIN_REFRESH` per key set.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -25,6 +25,8 @@ use crate::error::Error;
 const CACHE_TTL: Duration = Duration::from_secs(3600);
 /// The shortest time between two fetches of one key set for an unknown key id.
 const MIN_REFRESH: Duration = Duration::from_secs(10);
+/// How long a failed key-set fetch is answered from memory instead of fetched again.
+const FAILURE_TTL: Duration = Duration::from_secs(5);
 /// Deadline of one fetch from an identity provider.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest discovery document or key set read.
@@ -61,6 +63,10 @@ pub struct Identity {
     discovered: Mutex<HashMap<String, Cached<Discovered>>>,
     /// Key set URL -> keys.
     keys: Mutex<HashMap<String, Cached<JwkSet>>>,
+    /// Key set URL -> held while that set is fetched, so that a burst of tokens makes one fetch.
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Key set URL -> why its last fetch failed, answered for `FAILURE_TTL` without fetching.
+    failed: Mutex<HashMap<String, Cached<String>>>,
 }
 
 /// What an OIDC issuer's discovery document says about its ID tokens.
@@ -92,6 +98,8 @@ impl Identity {
             google_certs_url,
             discovered: Mutex::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
+            fetching: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
         })
     }
 
@@ -182,20 +190,25 @@ impl Identity {
         validation.set_issuer(expected.issuers);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         let kid = header.kid.as_deref();
-        let cached = self.keys.lock().ok().and_then(|keys| {
-            keys.get(jwks_url)
-                .map(|c| (c.value.clone(), c.fetched.elapsed()))
-        });
+        let cached = self
+            .keys
+            .lock()
+            .ok()
+            .and_then(|keys| keys.get(jwks_url).map(|c| (c.value.clone(), c.fetched)));
         let claims = match cached {
-            Some((set, age)) if age < CACHE_TTL => match signed_by(&set, kid, token, &validation) {
-                Err(Unverified::NoKey(_)) if age >= MIN_REFRESH => {
-                    let set = self.fetch_keys(jwks_url).await?;
-                    signed_by(&set, kid, token, &validation)
+            Some((set, fetched)) if fetched.elapsed() < CACHE_TTL => {
+                match signed_by(&set, kid, token, &validation) {
+                    Err(Unverified::NoKey(_)) if fetched.elapsed() >= MIN_REFRESH => {
+                        let set = self.fetch_keys(jwks_url, Some(fetched)).await?;
+                        signed_by(&set, kid, token, &validation)
+                    }
+                    verified => verified,
                 }
-                verified => verified,
-            },
-            _ => {
-                let set = self.fetch_keys(jwks_url).await?;
+            }
+            stale => {
+                let set = self
+                    .fetch_keys(jwks_url, stale.map(|(_, fetched)| fetched))
+                    .await?;
                 signed_by(&set, kid, token, &validation)
             }
         }
@@ -204,33 +217,75 @@ impl Identity {
         Ok(claims)
     }
 
-    async fn fetch_keys(&self, url: &str) -> Result<JwkSet, Error> {
-        let set: JwkSet = self.fetch(url).await?;
-        store(&self.keys, url, set.clone());
-        Ok(set)
+    /// The key set at `url`, fetched once however many requests ask at the same time: each
+    /// waits for the one fetch under way and takes its result. `seen` is when the set the
+    /// caller found stale was fetched; a newer one in the cache is returned as it is. A failed
+    /// fetch is answered from memory for `FAILURE_TTL`, so a burst of tokens does not become a
+    /// burst of requests to an issuer that is down.
+    async fn fetch_keys(&self, url: &str, seen: Option<Instant>) -> Result<JwkSet, Error> {
+        let lock = match self.fetching.lock() {
+            Ok(mut fetching) => fetching.entry(url.to_owned()).or_default().clone(),
+            Err(_) => Arc::default(),
+        };
+        let _fetching = lock.lock().await;
+        let newer = self.keys.lock().ok().and_then(|keys| {
+            keys.get(url)
+                .filter(|c| Some(c.fetched) != seen && c.fetched.elapsed() < CACHE_TTL)
+                .map(|c| c.value.clone())
+        });
+        if let Some(set) = newer {
+            return Ok(set);
+        }
+        let failure = self.failed.lock().ok().and_then(|failed| {
+            failed
+                .get(url)
+                .filter(|c| c.fetched.elapsed() < FAILURE_TTL)
+                .map(|c| c.value.clone())
+        });
+        if let Some(reason) = failure {
+            return Err(Error::Unavailable(reason));
+        }
+        match self.fetch::<JwkSet>(url).await {
+            Ok(set) => {
+                store(&self.keys, url, set.clone());
+                Ok(set)
+            }
+            Err(error) => {
+                store(&self.failed, url, error.to_string());
+                Err(error)
+            }
+        }
     }
 
     /// GETs a JSON document from an identity provider. Failing to reach it is the provider's
     /// trouble, not the sender's: 503, so the sender retries.
+    /// The sender hears only that the issuer is unavailable; where it is and what failed
+    /// (possibly an address inside the cluster) goes to the log.
     async fn fetch<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, Error> {
-        let unavailable = |e: String| Error::Unavailable(format!("identity provider {url}: {e}"));
-        let uri: hyper::Uri = url.parse().map_err(|e| unavailable(format!("{e}")))?;
+        self.fetch_document(url).await.map_err(|reason| {
+            tracing::warn!(url, %reason, "cannot fetch from an identity provider");
+            Error::Unavailable("the token's issuer cannot be reached".into())
+        })
+    }
+
+    async fn fetch_document<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
+        let uri: hyper::Uri = url.parse().map_err(|e| format!("{e}"))?;
         let response = tokio::time::timeout(FETCH_TIMEOUT, self.http.get(uri))
             .await
-            .map_err(|_| unavailable("timed out".into()))?
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
         if !response.status().is_success() {
-            return Err(unavailable(format!("answered {}", response.status())));
+            return Err(format!("answered {}", response.status()));
         }
         let body = tokio::time::timeout(
             FETCH_TIMEOUT,
             Limited::new(response.into_body(), MAX_DOCUMENT).collect(),
         )
         .await
-        .map_err(|_| unavailable("timed out".into()))?
-        .map_err(|e| unavailable(e.to_string()))?
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| e.to_string())?
         .to_bytes();
-        serde_json::from_slice(&body).map_err(|e| unavailable(format!("bad document: {e}")))
+        serde_json::from_slice(&body).map_err(|e| format!("bad document: {e}"))
     }
 }
 

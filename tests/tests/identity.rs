@@ -254,3 +254,45 @@ async fn a_gcr_receiver_whose_secret_lacks_email_or_audience_is_not_ready() {
     assert_eq!(response.status, 503, "{:?}", response.body);
     assert!(error_of(&response).contains("not ready"));
 }
+
+#[tokio::test]
+async fn a_burst_of_tokens_makes_one_key_fetch() {
+    let (stack, issuer) = start().await;
+    let claims = issuer.claims("notification-controller");
+    let burst = (0..20).map(|_| oidc_token(&stack, "ci", &claims));
+    let answers = futures::future::join_all(burst).await;
+    assert!(
+        answers.iter().all(|a| a.status == 202),
+        "{:?}",
+        answers.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    assert_eq!(issuer.key_fetches(), 1, "one fetch for the whole burst");
+}
+
+#[tokio::test]
+async fn an_unreachable_key_set_is_503_without_its_address() {
+    let issuer = Issuer::start().await;
+    // A port nothing listens on, standing for an address inside the cluster.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let keys = format!(
+        "http://{}/internal/certs",
+        closed.local_addr().expect("addr")
+    );
+    drop(closed);
+    let stack = Stack::builder()
+        .receivers(receivers_yaml(issuer.url()))
+        .ingest(&["--google-certs-url", &keys])
+        .start()
+        .await;
+    let claims = google_claims(&issuer);
+    for _ in 0..3 {
+        let response = gcr(&stack, "gcr", &claims, "m-1").await;
+        assert_eq!(response.status, 503, "{:?}", response.body);
+        let error = error_of(&response);
+        assert!(
+            !error.contains("127.0.0.1") && !error.contains("/internal/certs"),
+            "{error}"
+        );
+        assert!(error.contains("issuer cannot be reached"), "{error}");
+    }
+}
