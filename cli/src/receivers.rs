@@ -45,6 +45,9 @@ struct Row {
     served: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    /// Served, but not safely.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warning: Option<&'static str>,
 }
 
 pub async fn run(command: Command, format: Format) -> Result<(), Error> {
@@ -71,6 +74,7 @@ pub async fn run(command: Command, format: Format) -> Result<(), Error> {
         url: None,
         served: false,
         reason: Some(reason),
+        warning: None,
     }));
     rows.sort_by(|a, b| a.receiver.cmp(&b.receiver));
     if format != Format::Table {
@@ -89,9 +93,11 @@ pub async fn run(command: Command, format: Format) -> Result<(), Error> {
                 },
                 r.targets.join(", "),
                 r.url.clone().unwrap_or_else(|| "-".into()),
-                r.reason
-                    .as_ref()
-                    .map_or_else(|| "yes".into(), |reason| format!("no: {reason}")),
+                match (&r.reason, r.warning) {
+                    (Some(reason), _) => format!("no: {reason}"),
+                    (None, Some(warning)) => format!("yes, but anyone can trigger it ({warning})"),
+                    (None, None) => "yes".into(),
+                },
             ]
         })
         .collect();
@@ -129,5 +135,6 @@ fn row(receiver: &Receiver, base: &str) -> Row {
         url: Some(format!("{base}{}", receiver.hook_path)),
         served: reason.is_none(),
         reason,
+        warning: receiver.open_to_anyone(),
     }
 }

@@ -54,7 +54,18 @@ pub async fn run(
     let receivers = {
         let metrics = metrics.clone();
         let mut stop = stop_rx.clone();
-        receivers::start(origin, move |result| metrics.reload(result), async move {
+        let on_reload = move |result: Result<&receivers::Catalog, &fluxgate_shared::Error>| {
+            if let Ok(catalog) = result {
+                for receiver in catalog.receivers() {
+                    if let Some(why) = receiver.open_to_anyone() {
+                        let name = format!("{}/{}", receiver.namespace, receiver.name);
+                        tracing::warn!(receiver = %name, "anyone can trigger this Receiver: {why}");
+                    }
+                }
+            }
+            metrics.reload(result);
+        };
+        receivers::start(origin, on_reload, async move {
             let _ = stop.wait_for(|s| *s).await;
         })
         .map_err(Error::Receivers)?

@@ -610,3 +610,54 @@ async fn cli_output_shows_control_characters_escaped() {
     let (_, shown, _) = fluxgate_cli(&s.nats.url(), &["deliveries", "show", "#1"], &[]);
     assert!(shown.contains(r"\u{1b}[2Jplain text"), "{shown}");
 }
+
+#[test]
+fn receivers_list_warns_of_a_receiver_anyone_can_trigger() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("receivers.yaml");
+    let manifests = [
+        secret_manifest("gh-token", NS, GH_TOKEN),
+        receiver_manifest("gh", NS, "github", "gh-token", ""),
+        secret_manifest("empty", NS, ""),
+        receiver_manifest("open", NS, "generic", "empty", ""),
+    ];
+    std::fs::write(&file, manifests.join("---\n")).expect("write");
+    let file = file.display().to_string();
+    let args = ["receivers", "list", "--receivers-file", file.as_str()];
+    let (ok, table, stderr) = fluxgate_cli("nats://127.0.0.1:1", &args, &[]);
+    assert!(ok, "{stderr}");
+    let open = table
+        .lines()
+        .find(|l| l.starts_with("flux-system/open"))
+        .expect("the open receiver's row");
+    assert!(
+        open.contains("yes, but anyone can trigger it (empty token"),
+        "{table}"
+    );
+    let gh = table
+        .lines()
+        .find(|l| l.starts_with("flux-system/gh"))
+        .expect("gh's row");
+    assert!(gh.trim_end().ends_with("yes"), "{table}");
+
+    let mut json_args = vec!["-o", "json"];
+    json_args.extend(args);
+    let (ok, json, _) = fluxgate_cli("nats://127.0.0.1:1", &json_args, &[]);
+    assert!(ok);
+    let rows: Value = serde_json::from_str(&json).expect("JSON");
+    let warnings: Vec<(&str, bool)> = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            (
+                r["receiver"].as_str().unwrap_or_default(),
+                r["warning"].is_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        warnings,
+        [("flux-system/gh", false), ("flux-system/open", true)]
+    );
+}

@@ -153,6 +153,24 @@ impl Receiver {
     pub fn allows_event(&self, event: &str) -> bool {
         self.events.is_empty() || self.events.iter().any(|e| e.eq_ignore_ascii_case(event))
     }
+
+    /// Why anyone can trigger this receiver, when they can: a type that checks nothing but the
+    /// hook path, with an empty token, has a path computed from its name and namespace alone.
+    /// Only meaningful where the token was read (ingest, the CLI; not the dispatcher's cluster
+    /// source).
+    pub fn open_to_anyone(&self) -> Option<&'static str> {
+        let unauthenticated = matches!(
+            self.kind,
+            ReceiverType::Generic
+                | ReceiverType::Dockerhub
+                | ReceiverType::Quay
+                | ReceiverType::Acr
+                | ReceiverType::Cdevents
+        );
+        (unauthenticated && self.token.is_empty()).then_some(
+            "empty token: its type checks nothing but the hook path, which anyone can compute from the name and namespace",
+        )
+    }
 }
 
 /// Flux's webhook digest: lowercase hex SHA-256 of `token + name + namespace`.
@@ -175,5 +193,42 @@ mod tests {
             hook_digest(b"token", "name", "namespace"),
             "033cd85fb94eef8b750b62b37d50fa65adb47b1f0ab5d6a8f9f6692e516e686a"
         );
+    }
+
+    #[test]
+    fn only_unauthenticated_types_with_an_empty_token_are_open_to_anyone() {
+        let receiver = |kind: ReceiverType, token: &str| Receiver {
+            namespace: "apps".into(),
+            name: "hook".into(),
+            kind,
+            events: vec![],
+            resources: vec![],
+            resource_filter: None,
+            not_ready: None,
+            suspend: false,
+            token: SecretValue::new(token),
+            secret_data: Default::default(),
+            oidc_providers: vec![],
+            hook_path: "/hook/x".into(),
+        };
+        for kind in [
+            ReceiverType::Generic,
+            ReceiverType::Dockerhub,
+            ReceiverType::Quay,
+            ReceiverType::Acr,
+            ReceiverType::Cdevents,
+        ] {
+            assert!(receiver(kind, "").open_to_anyone().is_some(), "{kind}");
+            assert!(receiver(kind, "t").open_to_anyone().is_none(), "{kind}");
+        }
+        // These prove themselves otherwise (an empty token never authenticates; an ID token).
+        for kind in [
+            ReceiverType::Github,
+            ReceiverType::GenericHmac,
+            ReceiverType::GenericOidc,
+            ReceiverType::Gcr,
+        ] {
+            assert!(receiver(kind, "").open_to_anyone().is_none(), "{kind}");
+        }
     }
 }
