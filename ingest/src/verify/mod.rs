@@ -193,6 +193,9 @@ fn decode(body: &[u8], provider: &str, read: GoRead, shape: Shape) -> Result<Val
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 pub(crate) mod test_support {
     //! Helpers for the providers' unit tests.
     use axum::http::{HeaderMap, HeaderName, HeaderValue};

@@ -680,6 +680,37 @@ metadata:
         );
     }
 
+    proptest::proptest! {
+        /// The catalog loader never panics: any text loads or fails with a message.
+        #[test]
+        fn any_text_loads_or_fails_cleanly(text in "(?s).{0,400}") {
+            if let Err(error) = Catalog::parse(&text) {
+                proptest::prop_assert!(!error.to_string().is_empty());
+            }
+        }
+
+        /// Any name and token in a valid file: loaded receivers have Kubernetes names (they
+        /// become NATS subject tokens and headers), or the load names the field.
+        #[test]
+        fn any_name_or_token_loads_safely_or_names_the_field(
+            name in "(?s).{0,40}",
+            token in "(?s).{0,40}",
+        ) {
+            let quoted = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
+            let text = FILE
+                .replace("name: github-receiver", &format!("name: {}", quoted(&name)))
+                .replace("token: s3cret", &format!("token: {}", quoted(&token)));
+            match Catalog::parse(&text) {
+                Ok(catalog) => {
+                    for receiver in catalog.receivers() {
+                        proptest::prop_assert!(is_kubernetes_name(&receiver.name, 253));
+                    }
+                }
+                Err(error) => proptest::prop_assert!(error.to_string().contains("document")),
+            }
+        }
+    }
+
     #[test]
     fn names_that_are_not_kubernetes_names_are_refused() {
         for (name, field) in [
