@@ -129,8 +129,6 @@ fn verify_now(receiver: &Receiver, headers: &HeaderMap, body: &[u8]) -> Result<V
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
-
     #[test]
     fn arbitrary_requests_never_panic_nor_make_an_unsafe_header(
         kind in proptest::sample::select(&TYPES[..]),
