@@ -33,6 +33,9 @@ pub async fn run(args: Args, format: Format) -> Result<(), Error> {
     let colour = std::io::stdout().is_terminal();
     loop {
         tokio::select! {
+            // Deliveries first when both streams have something: a delivery's line then comes
+            // before its outcomes' whenever both have arrived.
+            biased;
             _ = tokio::signal::ctrl_c() => return Ok(()),
             Some(delivery) = deliveries.next() => {
                 let delivery = delivery?;

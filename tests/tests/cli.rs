@@ -408,24 +408,28 @@ async fn tail_follows_deliveries_and_outcomes_live() {
     push(&s, "live-1", github_push_body(200)).await;
     trigger_missing(&s).await; // another receiver: not followed
 
-    let mut seen = Vec::new();
+    // Deliveries and outcomes come from two streams, each in order; between them, in the order
+    // they arrive, so the dispatcher's first outcome may be printed before the delivery line.
+    let mut seen: Vec<Value> = Vec::new();
     let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !seen
-        .iter()
-        .any(|v: &Value| v["outcome"]["type"] == "patched")
-    {
+    let done = |seen: &[Value]| {
+        seen.iter().any(|v| v["kind"] == "delivery")
+            && seen.iter().any(|v| v["outcome"]["type"] == "patched")
+    };
+    while !done(&seen) {
         let line = tokio::time::timeout_at(deadline, lines.recv())
             .await
-            .expect("tail printed the patch in time")
+            .expect("tail printed the delivery and the patch in time")
             .expect("tail is running");
         seen.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
     }
     child.kill().expect("stop tail");
     let _ = child.wait();
-    assert_eq!(seen[0]["kind"], "delivery");
-    assert_eq!(seen[0]["delivery"]["id"], "live-1");
-    assert_eq!(seen[0]["delivery"]["receiver"], "flux-system/gh");
-    let kinds: Vec<&str> = seen[1..]
+    let deliveries: Vec<&Value> = seen.iter().filter(|v| v["kind"] == "delivery").collect();
+    assert_eq!(deliveries.len(), 1, "{seen:#?}");
+    assert_eq!(deliveries[0]["delivery"]["id"], "live-1");
+    assert_eq!(deliveries[0]["delivery"]["receiver"], "flux-system/gh");
+    let kinds: Vec<&str> = seen
         .iter()
         .filter_map(|v| v["outcome"]["type"].as_str())
         .collect();
