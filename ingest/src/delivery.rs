@@ -1,7 +1,7 @@
 //! Normalisation: turns a verified webhook into the stored delivery message of DESIGN.md -- the
 //! raw body as payload and the metadata as headers, credentials left out.
 
-use axum::http::HeaderMap as RequestHeaders;
+use axum::http::{HeaderMap as RequestHeaders, HeaderValue};
 use bytes::Bytes;
 use chrono::Utc;
 use fluxgate_shared::contract::{self, DeliveryMeta, IdSource, header};
@@ -25,12 +25,15 @@ pub fn build(
     body: Bytes,
 ) -> Result<(String, Delivery), Error> {
     if let Some(id) = &verified.delivery_id {
-        header_safe("the delivery id", id)?;
+        header_safe(id).map_err(|refused| refused.naming("the delivery id"))?;
     }
     if let Some(event) = &verified.event {
-        header_safe("the event name", event)?;
+        header_safe(event).map_err(|refused| refused.naming("the event name"))?;
     }
-    let content_type = kept_value(request, "content-type")?;
+    let content_type = request
+        .get("content-type")
+        .map(|value| kept_value("content-type", value))
+        .transpose()?;
     let (id, id_source) = match verified.delivery_id {
         Some(id) => (id, IdSource::Sender),
         // A fresh id: such a delivery is never deduplicated (two bare triggers reconcile twice).
@@ -55,11 +58,9 @@ pub fn build(
     };
     let mut headers = meta.to_headers();
     // Walk the request's few headers rather than look up every kept name: this is the hot path.
-    for name in request.keys() {
-        if contract::is_kept_request_header(name.as_str())
-            && let Some(value) = kept_value(request, name.as_str())?
-        {
-            headers.insert(name.as_str(), value);
+    for (name, value) in request {
+        if contract::is_kept_request_header(name.as_str()) {
+            headers.insert(name.as_str(), kept_value(name.as_str(), value)?);
         }
     }
     let delivery = Delivery {
@@ -72,30 +73,40 @@ pub fn build(
 }
 
 /// A request header's value, refused unless it is header-safe.
-fn kept_value<'a>(request: &'a RequestHeaders, name: &str) -> Result<Option<&'a str>, Error> {
-    let Some(value) = request.get(name) else {
-        return Ok(None);
-    };
-    let refused = || Error::BadRequest(format!("header {name} is not printable ASCII"));
-    let value = value.to_str().map_err(|_| refused())?;
-    header_safe(&format!("header {name}"), value)?;
-    Ok(Some(value))
+fn kept_value<'a>(name: &str, value: &'a HeaderValue) -> Result<&'a str, Error> {
+    let value = value
+        .to_str()
+        .map_err(|_| Error::BadRequest(format!("header {name} is not printable ASCII")))?;
+    header_safe(value).map_err(|refused| refused.naming(format_args!("header {name}")))?;
+    Ok(value)
+}
+
+/// Why a sender's value cannot go into a NATS header.
+enum Unsafe {
+    TooLong,
+    NotPrintable,
+}
+
+impl Unsafe {
+    /// The 400 that names the value (formatted only when a value is refused).
+    fn naming(self, what: impl std::fmt::Display) -> Error {
+        Error::BadRequest(match self {
+            Self::TooLong => format!("{what} is longer than {MAX_HEADER_VALUE} bytes"),
+            Self::NotPrintable => format!("{what} holds a character that is not printable ASCII"),
+        })
+    }
 }
 
 /// A sender's value bound for a NATS header: printable ASCII, at most [`MAX_HEADER_VALUE`]
 /// bytes. A line break would end the header block (async-nats refuses it with a panic), other
 /// control characters reach operators' terminals, and the length of each is stored with every
 /// message.
-fn header_safe(what: &str, value: &str) -> Result<(), Error> {
+fn header_safe(value: &str) -> Result<(), Unsafe> {
     if value.len() > MAX_HEADER_VALUE {
-        return Err(Error::BadRequest(format!(
-            "{what} is longer than {MAX_HEADER_VALUE} bytes"
-        )));
+        return Err(Unsafe::TooLong);
     }
     if !value.bytes().all(|b| (b' '..=b'~').contains(&b)) {
-        return Err(Error::BadRequest(format!(
-            "{what} holds a character that is not printable ASCII"
-        )));
+        return Err(Unsafe::NotPrintable);
     }
     Ok(())
 }
@@ -131,22 +142,13 @@ fn is_traceparent(value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fluxgate_shared::receivers::{ReceiverType, SecretValue};
+    use fluxgate_shared::receivers::ReceiverType;
 
     fn receiver() -> Receiver {
         Receiver {
             namespace: "flux-system".into(),
             name: "app.github".into(),
-            kind: ReceiverType::Github,
-            events: vec![],
-            resources: vec![],
-            resource_filter: None,
-            not_ready: None,
-            suspend: false,
-            token: SecretValue::new("t"),
-            secret_data: Default::default(),
-            oidc_providers: vec![],
-            hook_path: "/hook/x".into(),
+            ..crate::verify::test_support::receiver(ReceiverType::Github, "t")
         }
     }
 

@@ -212,6 +212,27 @@ pub(crate) mod test_support {
         map
     }
 
+    /// A receiver of `kind` with `token`, in namespace `ns`, named `r`.
+    pub fn receiver(
+        kind: fluxgate_shared::receivers::ReceiverType,
+        token: &str,
+    ) -> fluxgate_shared::receivers::Receiver {
+        fluxgate_shared::receivers::Receiver {
+            namespace: "ns".into(),
+            name: "r".into(),
+            kind,
+            events: vec![],
+            resources: vec![],
+            resource_filter: None,
+            not_ready: None,
+            suspend: false,
+            token: fluxgate_shared::receivers::SecretValue::new(token),
+            secret_data: Default::default(),
+            oidc_providers: vec![],
+            hook_path: "/hook/x".into(),
+        }
+    }
+
     pub fn hmac_hex<D: EagerHash>(key: &[u8], body: &[u8]) -> String {
         let mut mac = <hmac::Hmac<D> as KeyInit>::new_from_slice(key).expect("any key length");
         mac.update(body);
@@ -250,23 +271,6 @@ mod tests {
         assert!(verify_prefixed_signature(&format!("md5={mac}"), b"x", b"k").is_err());
         assert!(verify_prefixed_signature("sha256=zz", b"x", b"k").is_err());
         assert!(verify_prefixed_signature(&mac, b"x", b"k").is_err());
-    }
-
-    fn receiver(kind: ReceiverType, token: &str) -> Receiver {
-        Receiver {
-            namespace: "ns".into(),
-            name: "r".into(),
-            kind,
-            events: vec![],
-            resources: vec![],
-            resource_filter: None,
-            not_ready: None,
-            suspend: false,
-            token: fluxgate_shared::receivers::SecretValue::new(token),
-            secret_data: Default::default(),
-            oidc_providers: vec![],
-            hook_path: "/hook/x".into(),
-        }
     }
 
     fn identity() -> Identity {

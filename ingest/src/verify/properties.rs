@@ -4,10 +4,10 @@
 
 use axum::http::{HeaderName, HeaderValue};
 use bytes::Bytes;
-use fluxgate_shared::receivers::{Receiver, ReceiverType, SecretValue};
+use fluxgate_shared::receivers::{Receiver, ReceiverType};
 use proptest::prelude::*;
 
-use super::test_support::{hmac_hex, sha256_signature};
+use super::test_support::{hmac_hex, receiver, sha256_signature};
 use super::*;
 use crate::delivery;
 
@@ -53,23 +53,6 @@ const NAMES: &[&str] = &[
 
 /// A type, the headers that prove the request, and its body.
 type SignedCase<'a> = (ReceiverType, &'a [(&'static str, String)], &'a [u8]);
-
-fn receiver(kind: ReceiverType, token: &str) -> Receiver {
-    Receiver {
-        namespace: "flux-system".into(),
-        name: "hook".into(),
-        kind,
-        events: vec![],
-        resources: vec![],
-        resource_filter: None,
-        not_ready: None,
-        suspend: false,
-        token: SecretValue::new(token),
-        secret_data: Default::default(),
-        oidc_providers: vec![],
-        hook_path: "/hook/x".into(),
-    }
-}
 
 /// Any header value HTTP can carry: bytes other than controls (tab aside), obs-text included.
 fn header_value() -> impl Strategy<Value = HeaderValue> {

@@ -602,15 +602,6 @@ metadata:
     }
 
     #[test]
-    fn hook_digest_matches_flux() {
-        // `printf %s tokennamenamespace | sha256sum`, computed outside this code.
-        assert_eq!(
-            hook_digest(b"token", "name", "namespace"),
-            "033cd85fb94eef8b750b62b37d50fa65adb47b1f0ab5d6a8f9f6692e516e686a"
-        );
-    }
-
-    #[test]
     fn parses_receivers_with_string_and_base64_secrets() {
         let catalog = Catalog::parse(FILE).expect("valid file");
         assert_eq!(catalog.len(), 2);
