@@ -1,7 +1,10 @@
 //! The NATS connection of the commands that read or write the streams, with errors that say
 //! which server and which stream.
 
+use std::sync::Mutex;
+
 use async_nats::jetstream::{self, ErrorCode, context::GetStreamErrorKind, stream::Stream};
+use async_nats::{Event, ServerError};
 
 use crate::error::Error;
 
@@ -16,6 +19,15 @@ pub struct NatsArgs {
     pub auth: fluxgate_shared::NatsAuth,
 }
 
+/// The last thing NATS denied this user, as the server said it. A denied publish or request
+/// only times out on the client's side; this says why.
+static DENIED: Mutex<Option<String>> = Mutex::new(None);
+
+/// What NATS denied this process's user, if anything.
+pub fn denied() -> Option<String> {
+    DENIED.lock().ok().and_then(|denied| denied.clone())
+}
+
 /// JetStream on the server the user named.
 #[derive(Clone)]
 pub struct Streams {
@@ -27,7 +39,18 @@ impl NatsArgs {
     pub async fn connect(&self) -> Result<Streams, Error> {
         let options = self
             .auth
-            .apply(async_nats::ConnectOptions::new().name("fluxgate"))
+            .apply(
+                fluxgate_shared::nats_client_options("fluxgate-cli").event_callback(
+                    |event| async move {
+                        if let Event::ServerError(ServerError::Other(text)) = event
+                            && text.to_lowercase().contains("permissions violation")
+                            && let Ok(mut denied) = DENIED.lock()
+                        {
+                            *denied = Some(text);
+                        }
+                    },
+                ),
+            )
             .await?;
         let client = options
             .connect(&self.nats_url)

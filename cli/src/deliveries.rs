@@ -143,7 +143,7 @@ async fn show(args: ShowArgs, format: Format) -> Result<(), Error> {
     };
     for seq in seqs {
         let (summary, payload) = history.by_seq(seq).await?;
-        let meta = DeliveryMeta::from_headers(Some(&summary.delivery.headers))?;
+        let meta = DeliveryMeta::read(&summary.delivery.subject, Some(&summary.delivery.headers))?;
         let body = meta.body(&streams.jetstream, &payload).await?;
         if let Some(path) = &args.output_file {
             std::fs::write(path, &body)?;

@@ -16,6 +16,11 @@ pub enum Error {
     StreamNotFound { stream: String, url: String },
     #[error("NATS: {0}")]
     Nats(#[source] async_nats::Error),
+    /// A NATS error that followed a permission the server denied: the denial is the reason.
+    #[error(
+        "NATS denied it: {0} (this user's permissions: see the NATS account configuration in the README's Security section)"
+    )]
+    Denied(String),
     #[error("Kubernetes: {0}")]
     Kube(#[from] kube::Error),
     /// A command that cannot run as asked.
@@ -36,5 +41,13 @@ pub enum Error {
 impl Error {
     pub fn nats(error: impl Into<async_nats::Error>) -> Self {
         Self::Nats(error.into())
+    }
+
+    /// A NATS failure explained by what the server denied, when it denied something.
+    pub fn explained(self) -> Self {
+        match (self, crate::connect::denied()) {
+            (Self::Nats(_), Some(denied)) => Self::Denied(denied),
+            (error, _) => error,
+        }
     }
 }

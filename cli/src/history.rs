@@ -14,7 +14,7 @@ use async_nats::jetstream;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use chrono::{DateTime, Utc};
-use fluxgate_shared::contract::{self, DeliveryMeta, Event, Outcome, Target, header};
+use fluxgate_shared::contract::{self, DeliveryMeta, Event, Outcome, Target};
 use futures::StreamExt as _;
 use serde::Serialize;
 
@@ -37,6 +37,9 @@ pub struct Stored {
     /// The sequence of the delivery this one replays.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<u64>,
+    /// The subject it was stored on (a delivery's or a replay's).
+    #[serde(skip)]
+    pub subject: String,
     #[serde(skip)]
     pub headers: HeaderMap,
 }
@@ -44,8 +47,13 @@ pub struct Stored {
 impl Stored {
     /// Reads the headers as the dispatcher does, through the shared contract; a message that
     /// is not a delivery is left out.
-    fn from_message(seq: u64, stored_at: DateTime<Utc>, headers: HeaderMap) -> Option<Self> {
-        let meta = DeliveryMeta::from_headers(Some(&headers)).ok()?;
+    fn from_message(
+        seq: u64,
+        stored_at: DateTime<Utc>,
+        subject: &str,
+        headers: HeaderMap,
+    ) -> Option<Self> {
+        let meta = DeliveryMeta::read(subject, Some(&headers)).ok()?;
         Some(Self {
             seq,
             receiver: format!("{}/{}", meta.namespace, meta.receiver),
@@ -56,6 +64,7 @@ impl Stored {
             stored_at,
             body_size: meta.body_size,
             replay_of: meta.replay_of,
+            subject: subject.to_owned(),
             headers,
         })
     }
@@ -242,11 +251,20 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// Deliveries and replays of the receiver's namespace (or of all); [`Filter::is_receiver`]
+    /// narrows them to the receiver.
     fn delivery_subject(&self) -> String {
-        match &self.receiver {
-            Some((namespace, name)) => contract::delivery_subject(namespace, name),
-            None => format!("{}.>", contract::DELIVERIES_SUBJECT_PREFIX),
-        }
+        contract::deliveries_filter(
+            self.receiver
+                .as_ref()
+                .map(|(namespace, _)| namespace.as_str()),
+        )
+    }
+
+    fn is_receiver(&self, delivery: &Stored) -> bool {
+        self.receiver.as_ref().is_none_or(|(namespace, name)| {
+            delivery.receiver.split_once('/') == Some((namespace.as_str(), name.as_str()))
+        })
     }
 
     /// Outcome events of the receiver (or of all), of one type or all.
@@ -265,7 +283,7 @@ impl Filter {
                 .is_some_and(|d| d.eq_ignore_ascii_case(e))
         });
         let until_ok = self.until.is_none_or(|until| delivery.stored_at <= until);
-        event_ok && until_ok
+        self.is_receiver(delivery) && event_ok && until_ok
     }
 }
 
@@ -383,8 +401,12 @@ impl History {
             let mut found = Vec::with_capacity(batch.len());
             for &seq in batch {
                 if let Ok(message) = message_at(&deliveries, seq).await
-                    && let Some(stored) =
-                        Stored::from_message(seq, from_offset(message.time), message.headers)
+                    && let Some(stored) = Stored::from_message(
+                        seq,
+                        from_offset(message.time),
+                        &message.subject,
+                        message.headers,
+                    )
                     && filter.keeps(&stored)
                 {
                     found.push(stored);
@@ -487,17 +509,23 @@ impl History {
         ),
         Error,
     > {
+        let receiver = Filter {
+            receiver: filter.receiver.clone(),
+            ..Default::default()
+        };
         let deliveries = follow(
             &self.stream(contract::DELIVERIES_STREAM).await?,
             &filter.delivery_subject(),
             true,
         )
         .await?
-        .filter_map(|message| async move {
-            match message {
-                Ok(message) => stored(message).map(Ok),
+        .filter_map(move |message| {
+            futures::future::ready(match message {
+                Ok(message) => stored(message)
+                    .filter(|delivery| receiver.is_receiver(delivery))
+                    .map(Ok),
                 Err(error) => Some(Err(error)),
-            }
+            })
         });
         let outcomes = follow(
             &self.stream(contract::OUTCOMES_STREAM).await?,
@@ -535,7 +563,7 @@ impl History {
             }
         };
         let stored_at = from_offset(message.time);
-        let delivery = Stored::from_message(seq, stored_at, message.headers)
+        let delivery = Stored::from_message(seq, stored_at, &message.subject, message.headers)
             .ok_or_else(|| Error::NotFound(format!("message #{seq} is not a delivery")))?;
         let (namespace, name) = delivery.receiver.split_once('/').unwrap_or_default();
         let subject = contract::outcome_subject(namespace, name, "*");
@@ -562,14 +590,11 @@ impl History {
             DeliverPolicy::All,
             true,
             |message| {
-                let headers = message.headers.as_ref();
-                if headers
-                    .and_then(|h| h.get(header::DELIVERY_ID))
-                    .map(|v| v.as_str())
-                    == Some(id)
-                    && let Ok(info) = message.info()
+                if let Some(delivery) = stored(message)
+                    && delivery.id == id
+                    && filter.is_receiver(&delivery)
                 {
-                    found.push(info.stream_sequence);
+                    found.push(delivery.seq);
                 }
                 ControlFlow::Continue(())
             },
@@ -582,7 +607,7 @@ impl History {
 fn stored(message: jetstream::Message) -> Option<Stored> {
     let info = message.info().ok()?;
     let (seq, stored_at) = (info.stream_sequence, from_offset(info.published));
-    Stored::from_message(seq, stored_at, message.headers.clone()?)
+    Stored::from_message(seq, stored_at, &message.subject, message.headers.clone()?)
 }
 
 /// Reads every message of `stream` on `subject` from `start` up to the last one there was when

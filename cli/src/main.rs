@@ -59,7 +59,7 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // One line, whatever RUST_BACKTRACE says: these are the user's to fix, not bugs.
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("error: {}", error.explained());
             std::process::ExitCode::FAILURE
         }
     }

@@ -171,7 +171,7 @@ async fn original(streams: &Streams, seq: u64) -> Result<(DeliveryMeta, StreamMe
     let message = message_at(&deliveries, seq)
         .await
         .map_err(|e| Error::NotFound(format!("no delivery #{seq}: {e}")))?;
-    let meta = DeliveryMeta::from_headers(Some(&message.headers))?;
+    let meta = DeliveryMeta::read(&message.subject, Some(&message.headers))?;
     Ok((meta, message))
 }
 

@@ -88,7 +88,7 @@ impl Dispatcher {
             // Still in flight from an earlier delivery of the same message.
             return;
         }
-        let delivery = match Delivery::read(sequence, message.headers.as_ref()) {
+        let delivery = match Delivery::read(sequence, &message.subject, message.headers.as_ref()) {
             Ok(delivery) => delivery,
             Err(error) => {
                 tracing::error!(%error, seq = sequence, "poison message terminated");

@@ -2,7 +2,7 @@
 //! shared contract reads it from the message headers.
 
 use async_nats::HeaderMap;
-use fluxgate_shared::contract::DeliveryMeta;
+use fluxgate_shared::contract::{DeliveryMeta, header};
 
 use crate::error::Error;
 
@@ -13,11 +13,19 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// Reads the headers; a message missing the delivery id or the receiver is poison.
-    pub fn read(sequence: u64, headers: Option<&HeaderMap>) -> Result<Self, Error> {
-        Ok(Self {
-            sequence,
-            meta: DeliveryMeta::from_headers(headers)?,
-        })
+    /// Reads the headers of a message stored on `subject`; a message missing the delivery id
+    /// or the receiver is poison. Replay headers on a delivery subject are ignored (the contract
+    /// believes them only on a replay subject) and said so.
+    pub fn read(sequence: u64, subject: &str, headers: Option<&HeaderMap>) -> Result<Self, Error> {
+        let meta = DeliveryMeta::read(subject, headers)?;
+        let claims_replay = headers.is_some_and(|h| h.get(header::REPLAY_OF_SEQ).is_some());
+        if claims_replay && meta.replay_of.is_none() {
+            tracing::warn!(
+                seq = sequence,
+                %subject,
+                "replay headers on a delivery subject ignored: only a replay subject carries replays"
+            );
+        }
+        Ok(Self { sequence, meta })
     }
 }

@@ -17,7 +17,8 @@ mod telemetry;
 pub use config::{CommonConfig, SERVICE_HELP, undescribed_flags};
 pub use error::Error;
 pub use nats::{
-    connect as nats_connect, is_refusal as nats_is_refusal, refusal_reason as nats_refusal_reason,
+    client_options as nats_client_options, connect as nats_connect, is_refusal as nats_is_refusal,
+    refusal_reason as nats_refusal_reason,
 };
 pub use nats_auth::NatsAuth;
 pub use shutdown::signal as shutdown_signal;

@@ -62,28 +62,37 @@ pub fn refusal_reason(error: &async_nats::ConnectError) -> String {
     reason
 }
 
+/// The options every binary starts from: its name, and an inbox of its own,
+/// `_INBOX.<name>`, where the replies to its requests (JetStream's answers, a pull consumer's
+/// messages) arrive. With inboxes apart, NATS permissions can let each user subscribe to its own
+/// replies and no one else's: a user allowed `_INBOX.>` could read the dispatcher's deliveries
+/// on their way to it.
+pub fn client_options(name: &str) -> ConnectOptions {
+    ConnectOptions::new()
+        .name(name)
+        .custom_inbox_prefix(format!("_INBOX.{name}"))
+}
+
 /// The options both services connect with.
 fn options(name: &str, url: &str) -> ConnectOptions {
     let url = url.to_owned();
-    ConnectOptions::new()
-        .name(name)
-        .event_callback(move |event| {
-            let url = url.clone();
-            async move {
-                match event {
-                    Event::Connected => tracing::info!(nats = %url, "connected to NATS"),
-                    Event::Disconnected => {
-                        tracing::warn!(nats = %url, "disconnected from NATS; reconnecting")
-                    }
-                    Event::ClientError(error) => {
-                        // The client only says "IO error"; ask the network what is wrong.
-                        let cause = reachability(&url).await;
-                        tracing::warn!(nats = %url, %error, %cause, "cannot reach NATS; retrying");
-                    }
-                    other => tracing::warn!(nats = %url, event = %other, "NATS"),
+    client_options(name).event_callback(move |event| {
+        let url = url.clone();
+        async move {
+            match event {
+                Event::Connected => tracing::info!(nats = %url, "connected to NATS"),
+                Event::Disconnected => {
+                    tracing::warn!(nats = %url, "disconnected from NATS; reconnecting")
                 }
+                Event::ClientError(error) => {
+                    // The client only says "IO error"; ask the network what is wrong.
+                    let cause = reachability(&url).await;
+                    tracing::warn!(nats = %url, %error, %cause, "cannot reach NATS; retrying");
+                }
+                other => tracing::warn!(nats = %url, event = %other, "NATS"),
             }
-        })
+        }
+    })
 }
 
 /// Why the first server of `url` cannot be reached, as the operating system says it

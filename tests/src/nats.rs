@@ -23,7 +23,20 @@ pub struct NatsServer {
     pub port: u16,
     store: tempfile::TempDir,
     config: PathBuf,
+    env: Vec<(String, String)>,
     child: Option<Child>,
+}
+
+/// How to configure a server beyond its defaults.
+#[derive(Debug, Clone, Default)]
+pub struct NatsSetup {
+    /// Extra configuration lines (for example `max_payload: 65536`).
+    pub config: String,
+    /// Files copied beside the configuration and included from it (nats-server includes only
+    /// by relative path).
+    pub includes: Vec<PathBuf>,
+    /// The server's environment, which the configuration can refer to (`$NAME`).
+    pub env: Vec<(String, String)>,
 }
 
 impl NatsServer {
@@ -34,13 +47,28 @@ impl NatsServer {
 
     /// Starts a server with extra configuration lines (for example `max_payload: 65536`).
     pub async fn start_with_config(extra: &str) -> Self {
+        Self::start_with(&NatsSetup {
+            config: extra.to_owned(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub async fn start_with(setup: &NatsSetup) -> Self {
         let store = tempfile::tempdir().expect("temporary store");
         let config = store.path().join("nats.conf");
-        std::fs::write(&config, extra).expect("write nats config");
+        let mut text = setup.config.clone();
+        for file in &setup.includes {
+            let name = file.file_name().expect("a file name");
+            std::fs::copy(file, store.path().join(name)).expect("copy an included file");
+            text.push_str(&format!("\ninclude {:?}\n", name.to_string_lossy()));
+        }
+        std::fs::write(&config, text).expect("write nats config");
         let mut server = Self {
             port: 0,
             store,
             config,
+            env: setup.env.clone(),
             child: None,
         };
         server.spawn().await;
@@ -74,6 +102,9 @@ impl NatsServer {
             .arg(&self.config)
             .arg("--ports_file_dir")
             .arg(&ports_dir)
+            .arg("-l")
+            .arg(self.log_file())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -122,6 +153,15 @@ impl NatsServer {
             }
         })
         .await
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.store.path().join("nats.log")
+    }
+
+    /// What the server has logged so far (permission violations, for one).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_file()).unwrap_or_default()
     }
 
     /// SIGKILLs the server, as a crash would.

@@ -13,13 +13,13 @@ use crate::apiserver::ApiServer;
 use crate::dispatcher::{Dispatcher, outcomes};
 use crate::eventually;
 use crate::ingest::Ingest;
-use crate::nats::NatsServer;
+use crate::nats::{NatsServer, NatsSetup};
 use crate::webhook::hook_path;
 
 /// What to start; see [`Stack::builder`].
 #[derive(Default)]
 pub struct StackBuilder {
-    nats_config: String,
+    nats: NatsSetup,
     nats_client: Option<async_nats::ConnectOptions>,
     receivers: Option<String>,
     cluster: Option<Vec<Value>>,
@@ -35,7 +35,19 @@ fn owned(args: &[&str]) -> Vec<String> {
 impl StackBuilder {
     /// Extra `nats-server` configuration lines (for example `max_payload: 65536`).
     pub fn nats_config(mut self, lines: &str) -> Self {
-        self.nats_config = lines.to_owned();
+        self.nats.config = lines.to_owned();
+        self
+    }
+
+    /// A configuration file of the repository to include, as a deployment would.
+    pub fn nats_include(mut self, file: PathBuf) -> Self {
+        self.nats.includes.push(file);
+        self
+    }
+
+    /// The server's environment, which its configuration can refer to (`$NAME`).
+    pub fn nats_env(mut self, name: &str, value: &str) -> Self {
+        self.nats.env.push((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -78,7 +90,7 @@ impl StackBuilder {
 
     pub async fn start(self) -> Stack {
         let dir = tempfile::tempdir().expect("tempdir");
-        let nats = NatsServer::start_with_config(&self.nats_config).await;
+        let nats = NatsServer::start_with(&self.nats).await;
         let receivers_file = self.receivers.map(|manifests| {
             let file = dir.path().join("receivers.yaml");
             std::fs::write(&file, manifests).expect("write the receivers file");

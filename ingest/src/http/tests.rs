@@ -195,7 +195,8 @@ async fn a_signed_push_is_stored_with_its_metadata_and_a_repeat_is_a_duplicate()
         let stored = app.store.stored.lock().expect("store lock");
         let delivery = &stored[0];
         assert_eq!(delivery.body.as_ref(), body.as_slice(), "stored byte-exact");
-        let meta = DeliveryMeta::from_headers(Some(&delivery.headers)).expect("valid metadata");
+        let meta =
+            DeliveryMeta::read(&delivery.subject, Some(&delivery.headers)).expect("valid metadata");
         assert_eq!(
             (meta.id.as_str(), meta.id_source, meta.event.as_deref()),
             ("d-0001", IdSource::Sender, Some("push"))

@@ -5,7 +5,9 @@ use async_nats::{HeaderMap, HeaderName};
 use chrono::{DateTime, SecondsFormat, Utc};
 use tokio::io::AsyncReadExt as _;
 
-use super::{BODIES_OBJECT_STORE, delivery_key, delivery_subject, header};
+use super::{
+    BODIES_OBJECT_STORE, delivery_key, delivery_subject, header, is_replay_subject, replay_subject,
+};
 use crate::error::Error;
 
 /// Where a delivery id came from.
@@ -86,9 +88,13 @@ impl DeliveryMeta {
         delivery_key(&self.namespace, &self.receiver, &self.id)
     }
 
-    /// `fluxgate.deliveries.<namespace>.<receiver>`.
+    /// `fluxgate.deliveries.<namespace>.<receiver>`, or `fluxgate.replays.<namespace>.<receiver>`
+    /// for a replay.
     pub fn subject(&self) -> String {
-        delivery_subject(&self.namespace, &self.receiver)
+        match self.replay_of {
+            Some(_) => replay_subject(&self.namespace, &self.receiver),
+            None => delivery_subject(&self.namespace, &self.receiver),
+        }
     }
 
     /// The metadata as message headers; absent values are absent headers. The request's kept
@@ -124,8 +130,11 @@ impl DeliveryMeta {
         headers
     }
 
-    /// Reads the metadata; a message without the delivery id or the receiver is not a delivery.
-    pub fn from_headers(headers: Option<&HeaderMap>) -> Result<Self, Error> {
+    /// Reads the metadata of a message stored on `subject`; a message without the delivery id
+    /// or the receiver is not a delivery. The replay headers count only on a replay subject,
+    /// which only the replay role may publish on: anywhere else they are ignored, so that
+    /// whoever may publish deliveries cannot pass one off as a replay to skip deduplication.
+    pub fn read(subject: &str, headers: Option<&HeaderMap>) -> Result<Self, Error> {
         let headers =
             headers.ok_or_else(|| Error::NotADelivery("message has no headers".into()))?;
         let get = |name: &str| {
@@ -137,6 +146,7 @@ impl DeliveryMeta {
         let require = |name: &str| {
             get(name).ok_or_else(|| Error::NotADelivery(format!("missing header {name}")))
         };
+        let replay = is_replay_subject(subject);
         Ok(Self {
             id: require(header::DELIVERY_ID)?,
             id_source: match get(header::DELIVERY_ID_SOURCE).as_deref() {
@@ -157,8 +167,11 @@ impl DeliveryMeta {
                 .unwrap_or_default(),
             body_object: get(header::BODY_OBJECT),
             traceparent: get(header::TRACEPARENT),
-            replay_of: get(header::REPLAY_OF_SEQ).and_then(|s| s.parse().ok()),
-            replay_actor: get(header::REPLAY_ACTOR),
+            replay_of: replay
+                .then(|| get(header::REPLAY_OF_SEQ))
+                .flatten()
+                .and_then(|s| s.parse().ok()),
+            replay_actor: replay.then(|| get(header::REPLAY_ACTOR)).flatten(),
             oidc_claims: get(header::OIDC_CLAIMS),
         })
     }
@@ -224,7 +237,7 @@ mod tests {
         for meta in [complete(), bare] {
             let headers = meta.to_headers();
             assert_eq!(
-                DeliveryMeta::from_headers(Some(&headers)).expect("read"),
+                DeliveryMeta::read(&meta.subject(), Some(&headers)).expect("read"),
                 meta
             );
         }
@@ -252,19 +265,44 @@ mod tests {
     fn key_and_subject_are_scoped_by_receiver() {
         let meta = complete();
         assert_eq!(meta.key(), "flux-system/app.github/d-1");
-        assert_eq!(meta.subject(), "fluxgate.deliveries.flux-system.app_github");
+        assert_eq!(
+            meta.subject(),
+            "fluxgate.deliveries.flux-system.app_github.replay"
+        );
         assert!(meta.from_sender());
+        let original = DeliveryMeta {
+            replay_of: None,
+            ..meta
+        };
+        assert_eq!(
+            original.subject(),
+            "fluxgate.deliveries.flux-system.app_github"
+        );
+    }
+
+    #[test]
+    fn replay_headers_count_only_on_a_replay_subject() {
+        let replay = complete();
+        let headers = replay.to_headers();
+        let on_deliveries = delivery_subject(&replay.namespace, &replay.receiver);
+        let read = DeliveryMeta::read(&on_deliveries, Some(&headers)).expect("read");
+        assert_eq!(read.replay_of, None);
+        assert_eq!(read.replay_actor, None);
+        assert_eq!(read.id, replay.id);
+        let read = DeliveryMeta::read(&replay.subject(), Some(&headers)).expect("read");
+        assert_eq!(read.replay_of, Some(7));
     }
 
     #[test]
     fn missing_metadata_is_not_a_delivery() {
         assert!(matches!(
-            DeliveryMeta::from_headers(None),
+            DeliveryMeta::read("fluxgate.deliveries.n.r", None),
             Err(Error::NotADelivery(_))
         ));
         let mut headers = HeaderMap::new();
         headers.insert(header::DELIVERY_ID, "d");
-        let error = DeliveryMeta::from_headers(Some(&headers)).expect_err("not a delivery");
+        let error = DeliveryMeta::read("fluxgate.deliveries.n.r", Some(&headers))
+            .expect_err("not a delivery");
         assert!(error.to_string().contains(header::RECEIVER_NAMESPACE));
     }
 }

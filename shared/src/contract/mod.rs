@@ -10,8 +10,14 @@ pub use outcome::{Event, Outcome, Target};
 
 /// The event log of accepted webhooks.
 pub const DELIVERIES_STREAM: &str = "FLUXGATE_DELIVERIES";
-/// Subjects of `DELIVERIES_STREAM`: `fluxgate.deliveries.<namespace>.<receiver>`.
+/// Subjects of `DELIVERIES_STREAM`: `fluxgate.deliveries.<namespace>.<receiver>` for what
+/// ingest stores, and `fluxgate.deliveries.<namespace>.<receiver>.replay` for replays. Replays
+/// have a subject of their own so that NATS permissions can grant replaying to one role alone
+/// (`fluxgate.deliveries.*.*` allows ingest's subjects and not theirs); only there are the replay
+/// headers believed. One stream subject holds both, as NATS 2.9 consumer filters need.
 pub const DELIVERIES_SUBJECT_PREFIX: &str = "fluxgate.deliveries";
+/// The last token of a replay's subject.
+const REPLAY_TOKEN: &str = "replay";
 /// What happened to each delivery, one event per thing ([`Outcome`]).
 pub const OUTCOMES_STREAM: &str = "FLUXGATE_OUTCOMES";
 /// Subjects of `OUTCOMES_STREAM`: `fluxgate.outcomes.<namespace>.<receiver>.<type>`, the event
@@ -115,6 +121,30 @@ pub fn delivery_subject(namespace: &str, receiver: &str) -> String {
     )
 }
 
+/// `fluxgate.deliveries.<namespace>.<receiver>.replay`.
+pub fn replay_subject(namespace: &str, receiver: &str) -> String {
+    format!("{}.{REPLAY_TOKEN}", delivery_subject(namespace, receiver))
+}
+
+/// Whether a message of `DELIVERIES_STREAM` was published as a replay.
+pub fn is_replay_subject(subject: &str) -> bool {
+    let Some(rest) = subject.strip_prefix(DELIVERIES_SUBJECT_PREFIX) else {
+        return false;
+    };
+    let tokens: Vec<&str> = rest.split('.').collect();
+    matches!(tokens[..], ["", _, _, REPLAY_TOKEN])
+}
+
+/// The consumer filter of the deliveries and replays of a namespace's receivers, or of all.
+/// One receiver's deliveries and replays have no filter of their own in common (a NATS 2.9
+/// consumer has one filter), so readers narrow by namespace here and check the receiver.
+pub fn deliveries_filter(namespace: Option<&str>) -> String {
+    match namespace {
+        Some(namespace) => format!("{DELIVERIES_SUBJECT_PREFIX}.{}.>", subject_token(namespace)),
+        None => format!("{DELIVERIES_SUBJECT_PREFIX}.>"),
+    }
+}
+
 /// `fluxgate.outcomes.<namespace>.<receiver>.<type>`; `*` for a token matches any.
 pub fn outcome_subject(namespace: &str, receiver: &str, kind: &str) -> String {
     format!(
@@ -140,6 +170,22 @@ mod tests {
             delivery_subject("flux-system", "app.github"),
             "fluxgate.deliveries.flux-system.app_github"
         );
+    }
+
+    #[test]
+    fn replays_have_subjects_of_their_own_under_the_deliveries() {
+        let replay = replay_subject("flux-system", "app.github");
+        assert_eq!(replay, "fluxgate.deliveries.flux-system.app_github.replay");
+        assert!(is_replay_subject(&replay));
+        // A receiver named `replay` is still one token away from a replay.
+        for subject in [
+            delivery_subject("flux-system", "replay"),
+            delivery_subject("replay", "app"),
+            "fluxgate.deliveries.a.b.c.replay".to_owned(),
+            "fluxgate.outcomes.a.b.replay".to_owned(),
+        ] {
+            assert!(!is_replay_subject(&subject), "{subject}");
+        }
     }
 
     #[test]
