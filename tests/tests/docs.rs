@@ -122,3 +122,15 @@ fn anchors_and_links_are_read_as_github_does() {
         ["docs/a.md#b", "https://x"]
     );
 }
+
+#[test]
+fn the_security_page_gives_the_nats_account_the_tests_run() {
+    let root = fluxgate_tests::repository_root();
+    let page = std::fs::read_to_string(root.join("docs/security.md")).expect("docs/security.md");
+    let account = std::fs::read_to_string(root.join("deploy/nats/fluxgate-account.conf"))
+        .expect("the account file");
+    assert!(
+        page.contains(&format!("```conf\n{account}```")),
+        "docs/security.md does not hold deploy/nats/fluxgate-account.conf verbatim"
+    );
+}
