@@ -35,6 +35,16 @@ pub struct Config {
     #[arg(long, env = "FLUXGATE_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub body_timeout: Duration,
 
+    /// Most webhook connections open at once; past it, new ones wait in the listen queue.
+    #[arg(long, env = "FLUXGATE_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Most webhook bodies held at once (being read, verified or stored), which bounds their
+    /// memory at this many times --max-body-bytes; past it a request waits, within its body
+    /// timeout, then gets 503.
+    #[arg(long, env = "FLUXGATE_MAX_CONCURRENT_BODIES", default_value_t = 64)]
+    pub max_concurrent_bodies: usize,
+
     /// Deadline for JetStream to acknowledge a delivery; past it the sender gets 503.
     #[arg(long, env = "FLUXGATE_PUBLISH_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     pub publish_timeout: Duration,

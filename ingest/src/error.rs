@@ -29,6 +29,9 @@ pub enum Error {
     NotReady(String),
     #[error("event store unavailable, retry later: {0}")]
     Unavailable(String),
+    /// Every body permit (`--max-concurrent-bodies`) stayed taken until the body timeout.
+    #[error("too many webhooks are being received at once, retry later")]
+    Busy,
     #[error("cannot load receivers: {0}")]
     Receivers(fluxgate_shared::Error),
     /// NATS credentials unreadable or refused.
@@ -49,7 +52,7 @@ impl Error {
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BodyRead(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Suspended(_) | Self::NotReady(_) | Self::Unavailable(_) => {
+            Self::Suspended(_) | Self::NotReady(_) | Self::Unavailable(_) | Self::Busy => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Receivers(_) | Self::Shared(_) | Self::Listen(_) | Self::Kube(_) => {
@@ -67,6 +70,7 @@ impl Error {
             Self::BodyTimeout | Self::BodyRead(_) | Self::BadRequest(_) => "bad_request",
             Self::Unauthorized(_) => "unauthorized",
             Self::Suspended(_) | Self::NotReady(_) | Self::Unavailable(_) => "unavailable",
+            Self::Busy => "busy",
             Self::Receivers(_) | Self::Shared(_) | Self::Listen(_) | Self::Kube(_) => "internal",
         }
     }
@@ -79,7 +83,7 @@ impl IntoResponse for Error {
             axum::Json(serde_json::json!({ "error": self.to_string() })),
         )
             .into_response();
-        if matches!(self, Self::Unavailable(_)) {
+        if matches!(self, Self::Unavailable(_) | Self::Busy) {
             response.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECONDS),

@@ -16,7 +16,8 @@ use fluxgate_shared::filter;
 use fluxgate_shared::receivers::{Receiver, SharedCatalog};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant as Deadline;
 
 use crate::error::Error;
 use crate::identity::Identity;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
+    /// One permit per body held at once (`--max-concurrent-bodies`).
+    pub bodies: Arc<Semaphore>,
 }
 
 /// The public router: only `POST /hook/<digest>` exists.
@@ -147,8 +150,25 @@ async fn accept(
     if receiver.not_ready.is_some() {
         return Err(Error::NotReady(name()));
     }
-    let body = read_body(body, headers, state.max_body_bytes, state.body_timeout).await?;
-    let verified = verify::verify(&state.identity, receiver, headers, &body).await?;
+    let deadline = Deadline::now() + state.body_timeout;
+    let early = match verify::before_body(&state.identity, receiver, headers).await {
+        Ok(early) => early,
+        Err(error) => {
+            // Refused on its headers alone: the body is never kept, only read and dropped.
+            drain(body, state.max_body_bytes, deadline).await;
+            return Err(error);
+        }
+    };
+    // Held until the body is dropped, so that at most --max-concurrent-bodies are in memory.
+    let _permit = tokio::time::timeout_at(deadline, state.bodies.clone().acquire_owned())
+        .await
+        .map_err(|_| Error::Busy)?
+        .map_err(|_| Error::Busy)?;
+    let body = read_body(body, headers, state.max_body_bytes, deadline).await?;
+    let verified = match early {
+        Some(verified) => verified,
+        None => verify::verify(&state.identity, receiver, headers, &body).await?,
+    };
     if receiver.has_filters() {
         // The dispatcher's filters read a JSON body as `req`: refuse one that is not JSON now,
         // as Flux does, rather than fail it later where the sender cannot hear.
@@ -175,12 +195,12 @@ async fn accept(
 }
 
 /// Reads the whole body, refusing it as soon as it exceeds `limit` (by its declared length
-/// before reading, else while reading) and giving up after `timeout` against slow senders.
+/// before reading, else while reading) and giving up at `deadline` against slow senders.
 async fn read_body(
     body: Body,
     headers: &HeaderMap,
     limit: usize,
-    timeout: Duration,
+    deadline: Deadline,
 ) -> Result<Bytes, Error> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -189,14 +209,12 @@ async fn read_body(
     if let Some(declared) = declared
         && declared > limit as u64
     {
-        // Read (and drop) a body up to twice the limit before answering: closing a socket with
-        // unread data resets the connection, and the sender would see that instead of the 413.
         if declared <= 2 * limit as u64 {
-            let _ = tokio::time::timeout(timeout, discard(body)).await;
+            drain(body, 2 * limit, deadline).await;
         }
         return Err(Error::TooLarge(limit));
     }
-    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+    match tokio::time::timeout_at(deadline, Limited::new(body, limit).collect()).await {
         Err(_) => Err(Error::BodyTimeout),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
@@ -206,9 +224,15 @@ async fn read_body(
     }
 }
 
-/// Reads a body to its end, keeping nothing.
-async fn discard(mut body: Body) {
-    while let Some(Ok(_)) = body.frame().await {}
+/// Reads and drops a body that will not be used, up to `limit` bytes and until `deadline`:
+/// closing a socket with unread data resets the connection, and the sender would see that
+/// instead of the answer. Nothing is kept.
+async fn drain(body: Body, limit: usize, deadline: Deadline) {
+    let mut body = Limited::new(body, limit);
+    let _ = tokio::time::timeout_at(deadline, async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
 }
 
 fn reject(

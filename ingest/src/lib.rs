@@ -27,6 +27,9 @@ use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::publish::{Publisher, StreamSettings};
 
+/// Open connections the admin listener (probes, Prometheus) serves at once.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
 /// Runs ingest on the given listeners until `shutdown` resolves, then drains in-flight requests.
 /// Fails at once if the receivers file is invalid (or, without one, if there is no cluster).
 pub async fn run(
@@ -94,6 +97,7 @@ pub async fn run(
         metrics,
         max_body_bytes: config.max_body_bytes,
         body_timeout: config.body_timeout,
+        bodies: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_bodies)),
     });
     // A target of its own, so a supervisor (the test harness) can enable just this line and
     // learn the bound ports when it asked for port 0.
@@ -108,6 +112,7 @@ pub async fn run(
         admin::router(state.clone()),
         config.header_timeout,
         config.shutdown_grace,
+        ADMIN_MAX_CONNECTIONS,
         stop_rx.clone(),
     ));
     let hooks = serve::serve(
@@ -115,6 +120,7 @@ pub async fn run(
         http::router(state),
         config.header_timeout,
         config.shutdown_grace,
+        config.max_connections,
         stop_rx,
     );
 

@@ -1,7 +1,8 @@
 //! HTTP/1.1 serving with the protections axum's `serve` lacks: a header-read timeout against
-//! slow clients, and a graceful shutdown that stops accepting, lets in-flight requests finish
-//! within a grace period, then returns.
+//! slow clients, a cap on open connections, and a graceful shutdown that stops accepting, lets
+//! in-flight requests finish within a grace period, then returns.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -9,20 +10,35 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     header_timeout: Duration,
     grace: Duration,
+    max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // A permit per open connection: at the cap, new connections wait in the listen queue (the
+    // kernel's, which costs this process nothing) until one closes.
+    let open = Arc::new(Semaphore::new(max_connections));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
     let graceful = GracefulShutdown::new();
     loop {
+        let permit = tokio::select! {
+            permit = open.clone().acquire_owned() => permit,
+            _ = stopped(&mut shutdown) => break,
+        };
+        let Ok(permit) = permit else { break };
+        if open.available_permits() == 0 {
+            tracing::warn!(
+                max_connections,
+                "at the connection limit: new connections wait until one closes"
+            );
+        }
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
@@ -33,6 +49,7 @@ pub async fn serve(
                         if let Err(error) = connection.await {
                             tracing::debug!(%error, "connection ended with an error");
                         }
+                        drop(permit);
                     });
                 }
                 Err(error) => {
@@ -59,4 +76,50 @@ pub async fn serve(
 /// Resolves once `true` is sent (or the sender is gone); the watch guard never crosses an await.
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+
+    async fn answer(mut stream: TcpStream) -> String {
+        stream.write_all(REQUEST).await.expect("send");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.expect("read");
+        answer
+    }
+
+    /// At the cap, a new connection is not served until an open one closes; then it is.
+    #[tokio::test]
+    async fn past_max_connections_a_connection_waits_for_one_to_close() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let app = Router::new().route("/", axum::routing::get(|| async { "served" }));
+        let (_stop, shutdown) = watch::channel(false);
+        let long = Duration::from_secs(60);
+        tokio::spawn(serve(listener, app, long, long, 1, shutdown));
+
+        // The first holds the only connection: accepted, mid-request.
+        let mut first = TcpStream::connect(address).await.expect("connect");
+        first.write_all(b"GET / HTTP/1.1\r\n").await.expect("send");
+        let mut second = tokio::spawn(answer(TcpStream::connect(address).await.expect("connect")));
+        // Bounded, and it can only fail the wrong way: a second connection served now would be a
+        // connection past the cap.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut second)
+                .await
+                .is_err(),
+            "served past the cap"
+        );
+        drop(first);
+        let answered = second.await.expect("task");
+        assert!(
+            answered.contains("200 OK") && answered.contains("served"),
+            "{answered}"
+        );
+    }
 }

@@ -42,11 +42,15 @@ where
     }
 }
 
-/// A binary of this workspace, next to the running test or tool (`target/<profile>/`).
-/// `cargo test --workspace` and `cargo nextest run --workspace` build every binary first.
+/// A binary of this workspace, next to the running test or tool (`target/<profile>/`), or in
+/// `$FLUXGATE_BIN_DIR` (a benchmark comparing two builds). `cargo test --workspace` and
+/// `cargo nextest run --workspace` build every binary first.
 pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current executable");
-    let mut dir = exe.parent().expect("executable directory").to_path_buf();
+    let mut dir = match std::env::var_os("FLUXGATE_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => exe.parent().expect("executable directory").to_path_buf(),
+    };
     if dir.ends_with("deps") {
         dir.pop();
     }

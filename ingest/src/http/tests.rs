@@ -21,6 +21,7 @@ const GH_TOKEN: &str = "gh-secret";
 const TOKEN: &str = "plain-token";
 const MAX_BODY: usize = 2048;
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+const BODIES: usize = 4;
 
 /// Stores in memory as JetStream would: a `msg_id` already held is a duplicate.
 #[derive(Default)]
@@ -71,6 +72,8 @@ impl App {
             receiver_manifest("quay", NS, "quay", "plain", ""),
             receiver_manifest("acr", NS, "acr", "plain", ""),
             receiver_manifest("trigger", NS, "generic", "plain", ""),
+            receiver_manifest("gitlab", NS, "gitlab", "plain", ""),
+            receiver_manifest("harbor", NS, "harbor", "plain", ""),
             receiver_manifest("paused", NS, "generic", "plain", "  suspend: true\n"),
             receiver_manifest(
                 "filtered",
@@ -98,6 +101,7 @@ impl App {
             metrics: Arc::new(Metrics::default()),
             max_body_bytes: MAX_BODY,
             body_timeout: BODY_TIMEOUT,
+            bodies: Arc::new(Semaphore::new(BODIES)),
         });
         Self {
             router: router(state.clone()),
@@ -492,5 +496,66 @@ async fn hostile_ids_and_headers_are_400_naming_the_value_never_a_panic() {
     assert_eq!(
         (fine.status, fine.json["delivery"].as_str()),
         (202, Some("e-1"))
+    );
+}
+
+/// With every body permit taken, a request whose type authenticates by header alone is still
+/// refused at once (before any body is read or held), while one that must read its body to be
+/// verified waits for a permit and, at the body deadline, gets 503 with `Retry-After`.
+#[tokio::test(start_paused = true)]
+async fn header_authenticated_types_are_refused_before_their_body_and_bodies_are_capped() {
+    let app = App::new();
+    assert_eq!(app.state.bodies.forget_permits(BODIES), BODIES);
+    let body = github_push_body(256);
+    for (name, header) in [("gitlab", "x-gitlab-token"), ("harbor", "authorization")] {
+        let answer = app
+            .post(
+                &hook_path(TOKEN, name, NS),
+                &[(header, "wrong")],
+                body.clone(),
+            )
+            .await;
+        assert_eq!(answer.status, 401, "{name}: {}", answer.json);
+        assert_eq!(app.count(name, "unauthorized"), 1);
+    }
+    // Authentic, but no body may be held: it waits, then is told to come back.
+    let gitlab = hook_path(TOKEN, "gitlab", NS);
+    let answer = app
+        .post(&gitlab, &[("x-gitlab-token", TOKEN)], body.clone())
+        .await;
+    assert_eq!(answer.status, 503, "{}", answer.json);
+    assert!(
+        answer.json["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("too many webhooks"))
+    );
+    assert!(answer.headers.contains_key("retry-after"));
+    assert_eq!(app.count("gitlab", "busy"), 1);
+    // A GitHub signature covers the body: even a wrong one waits for a permit.
+    let signature = github_signature("not-the-secret", &body);
+    let answer = app
+        .post(
+            &hook_path(GH_TOKEN, "gh", NS),
+            &[
+                ("x-github-event", "push"),
+                ("x-hub-signature-256", &signature),
+            ],
+            body.clone(),
+        )
+        .await;
+    assert_eq!(answer.status, 503, "{}", answer.json);
+    assert_eq!(app.count("github", "busy"), 1);
+    assert_eq!(app.stored(), 0);
+
+    app.state.bodies.add_permits(1);
+    let answer = app
+        .post(&gitlab, &[("x-gitlab-token", TOKEN)], body.clone())
+        .await;
+    assert_eq!(answer.status, 202, "{}", answer.json);
+    assert_eq!(app.stored(), 1);
+    assert_eq!(
+        app.state.bodies.available_permits(),
+        1,
+        "the permit is given back"
     );
 }

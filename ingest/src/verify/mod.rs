@@ -64,6 +64,30 @@ pub async fn verify(
     }
 }
 
+/// The part of verification the headers alone allow, before the body is read: the types that
+/// authenticate by a header (gitlab, harbor, generic-oidc's bearer token, gcr's) refuse an
+/// unauthenticated request here, so that it never gets a body buffered. `Some` when that is the
+/// whole verification; `None` when [`verify`] must still see the body (gcr's message id is in
+/// it; the other types sign or describe the body).
+pub async fn before_body(
+    identity: &Identity,
+    receiver: &Receiver,
+    headers: &HeaderMap,
+) -> Result<Option<Verified>, Error> {
+    match receiver.kind {
+        ReceiverType::Gitlab => gitlab::verify(token(receiver)?, headers).map(Some),
+        ReceiverType::Harbor => harbor::verify(token(receiver)?, headers).map(Some),
+        ReceiverType::GenericOidc => generic_oidc::verify(identity, receiver, headers)
+            .await
+            .map(Some),
+        ReceiverType::Gcr => {
+            gcr::authenticate(identity, receiver, headers).await?;
+            Ok(None)
+        }
+        _ => Ok(None),
+    }
+}
+
 /// The receiver's token. An empty one never authenticates: Flux would accept unsigned requests
 /// (go-github skips the check), and anyone can compute an HMAC with an empty key.
 fn token(receiver: &Receiver) -> Result<&[u8], Error> {

@@ -274,7 +274,7 @@ async fn collect(
 }
 
 /// Current and peak resident memory of a process, in KiB.
-fn memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
+pub fn memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
     let status =
         std::fs::read_to_string(format!("/proc/{pid}/status")).context("read /proc status")?;
     let field = |name: &str| {

@@ -1,11 +1,12 @@
 //! `fluxgate-load`: fluxgate's benchmarks, each next to the raw JetStream rate on the same
 //! server. `ingest`: signed webhooks over keep-alive connections; `dispatcher`: draining a
-//! stored backlog into patches.
+//! stored backlog into patches; `slow`: ingest's memory under slow senders of large bodies.
 //!
 //! Run with `cargo run --release -p fluxgate-tests --bin fluxgate-load -- ingest --requests 50000`.
 
 mod dispatcher;
 mod ingest;
+mod slow;
 
 use clap::Parser;
 
@@ -15,6 +16,8 @@ enum Command {
     Ingest(ingest::Args),
     /// Backlog drain rate of fluxgate-dispatcher against the Kubernetes API stand-in.
     Dispatcher(dispatcher::Args),
+    /// ingest's memory under many slow, unauthenticated senders of large bodies.
+    Slow(slow::Args),
 }
 
 #[tokio::main]
@@ -22,5 +25,6 @@ async fn main() -> anyhow::Result<()> {
     match Command::parse() {
         Command::Ingest(args) => ingest::run(args).await,
         Command::Dispatcher(args) => dispatcher::run(args).await,
+        Command::Slow(args) => slow::run(args).await,
     }
 }
