@@ -12,6 +12,11 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+/// The most a connection's read buffer grows to (hyper's default is about 400 KiB): bodies are
+/// read through it in pieces of at most this size, and a thousand connections draining bodies
+/// at once hold 64 MiB, not 400.
+const MAX_READ_BUFFER: usize = 64 * 1024;
+
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -25,7 +30,8 @@ pub async fn serve(
     let open = Arc::new(Semaphore::new(max_connections));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_READ_BUFFER);
     let graceful = GracefulShutdown::new();
     loop {
         let permit = tokio::select! {
