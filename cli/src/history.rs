@@ -707,6 +707,38 @@ fn from_offset(time: time::OffsetDateTime) -> DateTime<Utc> {
 mod tests {
     use super::*;
 
+    /// The server narrows a receiver's deliveries only to its namespace (a receiver's
+    /// deliveries and replays share no one filter); the receiver itself is checked here.
+    #[test]
+    fn a_receiver_filter_keeps_only_that_receiver_of_its_namespace() {
+        let stored = |receiver: &str| Stored {
+            seq: 1,
+            id: "d".into(),
+            receiver: receiver.into(),
+            receiver_type: "github".into(),
+            event: None,
+            received_at: None,
+            stored_at: Utc::now(),
+            body_size: 0,
+            replay_of: None,
+            subject: String::new(),
+            headers: HeaderMap::new(),
+        };
+        let filter = Filter {
+            receiver: Some(("flux-system".into(), "gh".into())),
+            ..Default::default()
+        };
+        assert_eq!(
+            filter.delivery_subject(),
+            "fluxgate.deliveries.flux-system.>"
+        );
+        assert!(filter.keeps(&stored("flux-system/gh")));
+        for other in ["flux-system/gh2", "flux-system/g", "other/gh"] {
+            assert!(!filter.keeps(&stored(other)), "{other}");
+        }
+        assert!(Filter::default().keeps(&stored("any/one")));
+    }
+
     fn target(name: &str) -> Target {
         Target {
             api_version: "v1".into(),
