@@ -590,8 +590,14 @@ impl History {
             DeliverPolicy::All,
             true,
             |message| {
-                if let Some(delivery) = stored(message)
-                    && delivery.id == id
+                // The id first, from its header: only a match is read whole.
+                let has_id = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(contract::header::DELIVERY_ID))
+                    .is_some_and(|v| v.as_str() == id);
+                if has_id
+                    && let Some(delivery) = stored(message)
                     && filter.is_receiver(&delivery)
                 {
                     found.push(delivery.seq);

@@ -151,8 +151,8 @@ async fn accept(
         return Err(Error::NotReady(name()));
     }
     let deadline = Deadline::now() + state.body_timeout;
-    let early = match verify::before_body(&state.identity, receiver, headers).await {
-        Ok(early) => early,
+    let checked = match verify::before_body(&state.identity, receiver, headers).await {
+        Ok(checked) => checked,
         Err(error) => {
             // Refused on its headers alone: the body is never kept, only read and dropped.
             drain(body, state.max_body_bytes, deadline).await;
@@ -165,10 +165,7 @@ async fn accept(
         .map_err(|_| Error::Busy)?
         .map_err(|_| Error::Busy)?;
     let body = read_body(body, headers, state.max_body_bytes, deadline).await?;
-    let verified = match early {
-        Some(verified) => verified,
-        None => verify::verify(&state.identity, receiver, headers, &body).await?,
-    };
+    let verified = verify::after_body(receiver, headers, &body, checked)?;
     if receiver.has_filters() {
         // The dispatcher's filters read a JSON body as `req`: refuse one that is not JSON now,
         // as Flux does, rather than fail it later where the sender cannot hear.

@@ -28,23 +28,35 @@ pub async fn serve(
     // A permit per open connection: at the cap, new connections wait in the listen queue (the
     // kernel's, which costs this process nothing) until one closes.
     let open = Arc::new(Semaphore::new(max_connections));
+    let mut at_limit = false;
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .max_buf_size(MAX_READ_BUFFER);
     let graceful = GracefulShutdown::new();
     loop {
-        let permit = tokio::select! {
-            permit = open.clone().acquire_owned() => permit,
-            _ = stopped(&mut shutdown) => break,
+        let permit = match open.clone().try_acquire_owned() {
+            Ok(permit) => {
+                at_limit = false;
+                permit
+            }
+            Err(_) => {
+                // Said once per stretch at the cap, not once per waiting connection.
+                if !at_limit {
+                    tracing::warn!(
+                        max_connections,
+                        "at the connection limit: new connections wait until one closes"
+                    );
+                }
+                at_limit = true;
+                let waited = tokio::select! {
+                    permit = open.clone().acquire_owned() => permit,
+                    _ = stopped(&mut shutdown) => break,
+                };
+                let Ok(permit) = waited else { break };
+                permit
+            }
         };
-        let Ok(permit) = permit else { break };
-        if open.available_permits() == 0 {
-            tracing::warn!(
-                max_connections,
-                "at the connection limit: new connections wait until one closes"
-            );
-        }
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {

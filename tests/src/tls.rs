@@ -60,15 +60,19 @@ impl Pki {
     /// The flags that make a fluxgate binary connect with the client certificate.
     pub fn client_args(&self) -> Vec<String> {
         let mut args = Vec::new();
-        for (flag, file) in [
-            ("--nats-ca", "ca.pem"),
-            ("--nats-cert", "client.pem"),
-            ("--nats-key", "client-key.pem"),
-        ] {
+        for (flag, _, file) in CLIENT_FILES {
             args.push(flag.to_owned());
             args.push(self.path(file).display().to_string());
         }
         args
+    }
+
+    /// The same as environment variables (`NATS_CA`, `NATS_CERT`, `NATS_KEY`).
+    pub fn client_env(&self) -> Vec<(&'static str, String)> {
+        CLIENT_FILES
+            .iter()
+            .map(|(_, variable, file)| (*variable, self.path(file).display().to_string()))
+            .collect()
     }
 
     /// Client options for the tests' own connections.
@@ -85,6 +89,13 @@ impl Default for Pki {
         Self::new()
     }
 }
+
+/// The client's TLS files: flag, environment variable, file name.
+const CLIENT_FILES: [(&str, &str, &str); 3] = [
+    ("--nats-ca", "NATS_CA", "ca.pem"),
+    ("--nats-cert", "NATS_CERT", "client.pem"),
+    ("--nats-key", "NATS_KEY", "client-key.pem"),
+];
 
 fn write(dir: &Path, name: &str, pem: &str) {
     std::fs::write(dir.join(name), pem).expect("write PEM");

@@ -154,12 +154,7 @@ async fn mutual_tls_with_tls_urls_for_ingest_the_dispatcher_and_the_cli() {
         .await;
 
     let tls_url = format!("tls://127.0.0.1:{}", stack.nats.port);
-    let env = [
-        ("NATS_CA", pki.path("ca.pem")),
-        ("NATS_CERT", pki.path("client.pem")),
-        ("NATS_KEY", pki.path("client-key.pem")),
-    ]
-    .map(|(name, path)| (name, path.display().to_string()));
+    let env = pki.client_env();
     let env: Vec<(&str, &str)> = env.iter().map(|(n, v)| (*n, v.as_str())).collect();
     let (ok, listed, stderr) = fluxgate_cli(&tls_url, &["-o", "json", "deliveries", "list"], &env);
     assert!(ok, "{stderr}");

@@ -85,12 +85,7 @@ fn flags(pki: &Pki, dir: &std::path::Path, user: &str) -> Vec<String> {
 
 fn cli_as(stack: &Stack, pki: &Pki, user: &str, args: &[&str]) -> (bool, String, String) {
     let pw = password(user);
-    let files = [
-        ("NATS_CA", "ca.pem"),
-        ("NATS_CERT", "client.pem"),
-        ("NATS_KEY", "client-key.pem"),
-    ]
-    .map(|(name, file)| (name, pki.path(file).display().to_string()));
+    let files = pki.client_env();
     let mut env: Vec<(&str, &str)> = files.iter().map(|(n, v)| (*n, v.as_str())).collect();
     env.extend([("NATS_USER", user), ("NATS_PASSWORD", pw.as_str())]);
     let url = format!("tls://127.0.0.1:{}", stack.nats.port);

@@ -13,13 +13,8 @@ use crate::identity::{self, Expected, Identity};
 /// The issuers of Google ID tokens.
 const GOOGLE_ISSUERS: &[&str] = &["accounts.google.com", "https://accounts.google.com"];
 
-pub async fn verify(
-    identity: &Identity,
-    receiver: &Receiver,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Verified, Error> {
-    authenticate(identity, receiver, headers).await?;
+/// The Pub/Sub push message of an authenticated request: its `messageId` is the delivery id.
+pub fn from_body(body: &[u8]) -> Result<Verified, Error> {
     let message = pubsub::parse(body).map_err(Error::BadRequest)?;
     Ok(Verified {
         event: None,

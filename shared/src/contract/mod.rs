@@ -128,11 +128,13 @@ pub fn replay_subject(namespace: &str, receiver: &str) -> String {
 
 /// Whether a message of `DELIVERIES_STREAM` was published as a replay.
 pub fn is_replay_subject(subject: &str) -> bool {
-    let Some(rest) = subject.strip_prefix(DELIVERIES_SUBJECT_PREFIX) else {
-        return false;
-    };
-    let tokens: Vec<&str> = rest.split('.').collect();
-    matches!(tokens[..], ["", _, _, REPLAY_TOKEN])
+    // `.<namespace>.<receiver>.replay`: exactly two tokens between the prefix and the last.
+    subject
+        .strip_prefix(DELIVERIES_SUBJECT_PREFIX)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .and_then(|rest| rest.strip_suffix(REPLAY_TOKEN))
+        .and_then(|rest| rest.strip_suffix('.'))
+        .is_some_and(|receiver| receiver.matches('.').count() == 1)
 }
 
 /// The consumer filter of the deliveries and replays of a namespace's receivers, or of all.
