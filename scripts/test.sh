@@ -13,7 +13,8 @@ export FLUXGATE_NATS_SERVER FLUXGATE_KUBECTL
 echo "using $FLUXGATE_NATS_SERVER ($("$FLUXGATE_NATS_SERVER" --version)), $FLUXGATE_KUBECTL"
 
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+# --all-features: also lints ingest's `fuzzing` build, which the fuzz target uses.
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 scripts/manifests.sh
 
 # The end-to-end tests run the real binaries of other packages, which test builds skip; the

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -69,7 +70,9 @@ enum Accepted {
 
 async fn receive(
     State(state): State<Arc<AppState>>,
-    Path(digest): Path<String>,
+    // A path that does not decode (`/hook/%FF`) is no receiver's: a 404 like any other,
+    // rather than the extractor's plain-text 400.
+    digest: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Response {
     let started = Instant::now();
@@ -82,7 +85,7 @@ async fn receive(
         return reject(&state, NO_RECEIVER, None, error, started);
     }
     let catalog = state.catalog.current();
-    let Some(receiver) = catalog.get(&digest) else {
+    let Some(receiver) = digest.ok().and_then(|Path(digest)| catalog.get(&digest)) else {
         return reject(&state, NO_RECEIVER, None, Error::NotFound, started);
     };
     match accept(&state, receiver, &headers, body).await {

@@ -10,6 +10,8 @@ mod identity;
 mod metrics;
 mod publish;
 mod serve;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod testing;
 mod verify;
 
 use std::future::Future;

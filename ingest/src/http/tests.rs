@@ -1,8 +1,7 @@
 //! The webhook router in-process: requests go through `oneshot` and deliveries into an
 //! in-memory store, so every answer and rejection is checked without a server or a socket.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use axum::http::Request;
 use fluxgate_shared::contract::{DeliveryMeta, IdSource};
@@ -14,7 +13,7 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 use super::*;
-use crate::publish::{Delivery, Stored, Storing};
+use crate::testing::MemoryStore;
 
 const NS: &str = "flux-system";
 const GH_TOKEN: &str = "gh-secret";
@@ -22,39 +21,6 @@ const TOKEN: &str = "plain-token";
 const MAX_BODY: usize = 2048;
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 const BODIES: usize = 4;
-
-/// Stores in memory as JetStream would: a `msg_id` already held is a duplicate.
-#[derive(Default)]
-struct MemoryStore {
-    down: AtomicBool,
-    stored: Mutex<Vec<Delivery>>,
-}
-
-impl Store for MemoryStore {
-    fn is_ready(&self) -> bool {
-        !self.down.load(Ordering::Relaxed)
-    }
-
-    fn publish(&self, delivery: Delivery) -> Storing<'_> {
-        Box::pin(async move {
-            if !self.is_ready() {
-                return Err(Error::Unavailable("the test store is down".into()));
-            }
-            let mut stored = self.stored.lock().expect("store lock");
-            if stored.iter().any(|d| d.msg_id == delivery.msg_id) {
-                return Ok(Stored {
-                    sequence: 0,
-                    duplicate: true,
-                });
-            }
-            stored.push(delivery);
-            Ok(Stored {
-                sequence: stored.len() as u64,
-                duplicate: false,
-            })
-        })
-    }
-}
 
 struct App {
     router: Router,
@@ -142,7 +108,7 @@ impl App {
     }
 
     fn stored(&self) -> usize {
-        self.store.stored.lock().expect("store lock").len()
+        self.store.deliveries().len()
     }
 
     /// `fluxgate_ingest_requests_total` for one label set.
@@ -196,7 +162,7 @@ async fn a_signed_push_is_stored_with_its_metadata_and_a_repeat_is_a_duplicate()
         serde_json::json!({"delivery": "d-0001", "duplicate": false})
     );
     {
-        let stored = app.store.stored.lock().expect("store lock");
+        let stored = app.store.deliveries();
         let delivery = &stored[0];
         assert_eq!(delivery.body.as_ref(), body.as_slice(), "stored byte-exact");
         let meta =
@@ -320,6 +286,12 @@ async fn every_rejection_says_why_is_counted_and_stores_nothing() {
             503,
             ("generic", "unavailable"),
         ),
+        (
+            "a hook path that does not decode",
+            app.post("/hook/%FF", &[], "").await,
+            404,
+            ("none", "not_found"),
+        ),
     ];
     for (case, answer, status, (receiver_type, outcome)) in &cases {
         assert_eq!(answer.status, *status, "{case}: {}", answer.json);
@@ -334,7 +306,7 @@ async fn every_rejection_says_why_is_counted_and_stores_nothing() {
         );
     }
     assert!(cases[7].1.reason().contains("flux-system/paused"));
-    assert_eq!(app.count("none", "not_found"), 2);
+    assert_eq!(app.count("none", "not_found"), 3);
     assert_eq!(app.count("github", "unauthorized"), 2);
     assert_eq!(app.count("generic", "unavailable"), 2);
 

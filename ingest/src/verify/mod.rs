@@ -247,13 +247,14 @@ fn decode(body: &[u8], provider: &str, read: GoRead, shape: Shape) -> Result<Val
 }
 
 #[cfg(test)]
-mod properties;
+pub(crate) mod properties;
 
 #[cfg(test)]
 pub(crate) mod test_support {
     //! Helpers for the providers' unit tests.
     use axum::http::{HeaderMap, HeaderName, HeaderValue};
-    use hmac::{EagerHash, KeyInit, Mac};
+
+    pub use crate::testing::{hmac_hex, sha256_signature};
 
     pub fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -285,16 +286,6 @@ pub(crate) mod test_support {
             oidc_providers: vec![],
             hook_path: "/hook/x".into(),
         }
-    }
-
-    pub fn hmac_hex<D: EagerHash>(key: &[u8], body: &[u8]) -> String {
-        let mut mac = <hmac::Hmac<D> as KeyInit>::new_from_slice(key).expect("any key length");
-        mac.update(body);
-        hex::encode(mac.finalize().into_bytes())
-    }
-
-    pub fn sha256_signature(key: &[u8], body: &[u8]) -> String {
-        format!("sha256={}", hmac_hex::<sha2::Sha256>(key, body))
     }
 }
 

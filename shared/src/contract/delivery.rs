@@ -88,8 +88,7 @@ impl DeliveryMeta {
         delivery_key(&self.namespace, &self.receiver, &self.id)
     }
 
-    /// `fluxgate.deliveries.<namespace>.<receiver>`, or `fluxgate.replays.<namespace>.<receiver>`
-    /// for a replay.
+    /// `fluxgate.deliveries.<namespace>.<receiver>`, with a last token `.replay` for a replay.
     pub fn subject(&self) -> String {
         match self.replay_of {
             Some(_) => replay_subject(&self.namespace, &self.receiver),

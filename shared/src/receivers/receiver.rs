@@ -29,6 +29,23 @@ pub enum ReceiverType {
 }
 
 impl ReceiverType {
+    /// Every type, in the order of Flux's API reference.
+    pub const ALL: [Self; 13] = [
+        Self::Generic,
+        Self::GenericHmac,
+        Self::GenericOidc,
+        Self::Github,
+        Self::Gitlab,
+        Self::Bitbucket,
+        Self::Harbor,
+        Self::Dockerhub,
+        Self::Quay,
+        Self::Gcr,
+        Self::Nexus,
+        Self::Acr,
+        Self::Cdevents,
+    ];
+
     /// The name used in manifests, headers and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
