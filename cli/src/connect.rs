@@ -53,7 +53,7 @@ impl NatsArgs {
             )
             .await?;
         let client = options
-            .connect(&self.nats_url)
+            .connect(fluxgate_shared::nats_servers(&self.nats_url)?)
             .await
             .map_err(|error| Error::Connect {
                 url: self.nats_url.clone(),

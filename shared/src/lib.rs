@@ -18,7 +18,7 @@ pub use config::{CommonConfig, SERVICE_HELP, undescribed_flags};
 pub use error::Error;
 pub use nats::{
     client_options as nats_client_options, connect as nats_connect, is_refusal as nats_is_refusal,
-    refusal_reason as nats_refusal_reason,
+    refusal_reason as nats_refusal_reason, servers as nats_servers,
 };
 pub use nats_auth::NatsAuth;
 pub use shutdown::signal as shutdown_signal;

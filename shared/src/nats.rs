@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event};
+use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event, ServerAddr};
 
 use crate::error::Error;
 use crate::nats_auth::NatsAuth;
@@ -14,8 +14,9 @@ use crate::nats_auth::NatsAuth;
 /// fix them. A server that cannot be reached yet is retried in the background, so the service
 /// starts (and reports itself not ready) while NATS is away.
 pub async fn connect(name: &str, url: &str, auth: &NatsAuth) -> Result<Client, Error> {
+    let servers = servers(url)?;
     let options = auth.apply(options(name, url)).await?;
-    match options.clone().connect(url).await {
+    match options.clone().connect(servers.clone()).await {
         Ok(client) => Ok(client),
         Err(error) if is_refusal(&error) => Err(Error::NatsRefused {
             url: url.to_owned(),
@@ -25,11 +26,22 @@ pub async fn connect(name: &str, url: &str, auth: &NatsAuth) -> Result<Client, E
             tracing::warn!(nats = %url, %error, "NATS is not reachable yet; retrying in the background");
             options
                 .retry_on_initial_connect()
-                .connect(url)
+                .connect(servers)
                 .await
                 .map_err(Error::nats)
         }
     }
+}
+
+/// The servers of a NATS URL list, `nats://a:4222,nats://b:4222`, as NATS clients take one
+/// (async-nats parses a single URL only).
+pub fn servers(url: &str) -> Result<Vec<ServerAddr>, Error> {
+    (url.split(',').map(str::trim))
+        .map(|one| {
+            one.parse::<ServerAddr>()
+                .map_err(|e| Error::NatsConfig(format!("NATS URL {one:?}: {e}")))
+        })
+        .collect()
 }
 
 /// Errors that the same credentials and certificates will meet again: the server refused them,
@@ -128,6 +140,16 @@ fn tcp_address(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_list_is_every_server_of_it() {
+        let three = servers("nats://a:4222, tls://b:4443,c").expect("three servers");
+        let hosts: Vec<_> = three.iter().map(|s| (s.host(), s.port())).collect();
+        assert_eq!(hosts, [("a", 4222), ("b", 4443), ("c", 4222)]);
+        assert!(three[1].tls_required());
+        let wrong = servers("nats://a:4222,nats://b:x").expect_err("a port that is no number");
+        assert!(wrong.to_string().contains("nats://b:x"), "{wrong}");
+    }
 
     #[test]
     fn the_first_server_of_a_url_list_is_probed() {

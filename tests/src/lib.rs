@@ -2,6 +2,7 @@
 //! handles, and signed-webhook helpers. Used by the end-to-end tests and the load tool.
 
 pub mod apiserver;
+pub mod containers;
 pub mod dispatcher;
 pub mod http;
 pub mod ingest;

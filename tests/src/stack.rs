@@ -20,6 +20,7 @@ use crate::webhook::hook_path;
 #[derive(Default)]
 pub struct StackBuilder {
     nats: NatsSetup,
+    nats_url: Option<String>,
     nats_client: Option<async_nats::ConnectOptions>,
     receivers: Option<String>,
     cluster: Option<Vec<Value>>,
@@ -48,6 +49,12 @@ impl StackBuilder {
     /// The server's environment, which its configuration can refer to (`$NAME`).
     pub fn nats_env(mut self, name: &str, value: &str) -> Self {
         self.nats.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Use these NATS servers (comma-separated URLs, say of containers) instead of starting one.
+    pub fn nats_url(mut self, url: String) -> Self {
+        self.nats_url = Some(url);
         self
     }
 
@@ -90,7 +97,12 @@ impl StackBuilder {
 
     pub async fn start(self) -> Stack {
         let dir = tempfile::tempdir().expect("tempdir");
-        let nats = NatsServer::start_with(&self.nats).await;
+        let nats = match self.nats_url {
+            Some(_) => None,
+            None => Some(NatsServer::start_with(&self.nats).await),
+        };
+        let nats_url = (self.nats_url)
+            .unwrap_or_else(|| nats.as_ref().map(NatsServer::url).unwrap_or_default());
         let receivers_file = self.receivers.map(|manifests| {
             let file = dir.path().join("receivers.yaml");
             std::fs::write(&file, manifests).expect("write the receivers file");
@@ -113,6 +125,7 @@ impl StackBuilder {
         };
         let mut stack = Stack {
             nats,
+            nats_url,
             nats_client: self.nats_client.unwrap_or_default(),
             api,
             ingest: None,
@@ -133,7 +146,8 @@ impl StackBuilder {
 
 /// A running stack; parts not asked for panic when used.
 pub struct Stack {
-    pub nats: NatsServer,
+    nats: Option<NatsServer>,
+    nats_url: String,
     nats_client: async_nats::ConnectOptions,
     api: Option<ApiServer>,
     ingest: Option<Ingest>,
@@ -146,6 +160,24 @@ pub struct Stack {
 impl Stack {
     pub fn builder() -> StackBuilder {
         StackBuilder::default()
+    }
+
+    /// The stack's own `nats-server`.
+    pub fn nats(&self) -> &NatsServer {
+        self.nats
+            .as_ref()
+            .expect("the stack was built with .nats_url()")
+    }
+
+    pub fn nats_mut(&mut self) -> &mut NatsServer {
+        self.nats
+            .as_mut()
+            .expect("the stack was built with .nats_url()")
+    }
+
+    /// The URL(s) the binaries connect to.
+    pub fn nats_url(&self) -> &str {
+        &self.nats_url
     }
 
     pub fn api(&self) -> &ApiServer {
@@ -200,8 +232,8 @@ impl Stack {
     pub async fn start_ingest<S: AsRef<str>>(&self, args: &[S]) -> Ingest {
         let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
         match &self.receivers_file {
-            Some(file) => Ingest::start(&self.nats.url(), file, &args).await,
-            None => Ingest::start_in_cluster(&self.nats.url(), self.kubeconfig(), &args).await,
+            Some(file) => Ingest::start(&self.nats_url, file, &args).await,
+            None => Ingest::start_in_cluster(&self.nats_url, self.kubeconfig(), &args).await,
         }
     }
 
@@ -209,7 +241,7 @@ impl Stack {
     pub async fn start_dispatcher<S: AsRef<str>>(&self, args: &[S]) -> Dispatcher {
         let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
         let file = self.receivers_file.as_deref();
-        Dispatcher::start(&self.nats.url(), file, self.kubeconfig(), &args).await
+        Dispatcher::start(&self.nats_url, file, self.kubeconfig(), &args).await
     }
 
     /// The webhook URL of a receiver on the stack's ingest.
@@ -220,7 +252,7 @@ impl Stack {
     pub async fn client(&self) -> async_nats::Client {
         self.nats_client
             .clone()
-            .connect(self.nats.url())
+            .connect(fluxgate_shared::nats_servers(&self.nats_url).expect("the stack's NATS URLs"))
             .await
             .expect("connect to the test nats-server")
     }

@@ -75,7 +75,7 @@ async fn settle(s: &Stack, count: usize) -> Vec<Value> {
 fn cli(s: &Stack, args: &[&str]) -> String {
     let kubeconfig = s.kubeconfig().display().to_string();
     let (ok, stdout, stderr) =
-        fluxgate_cli(&s.nats.url(), args, &[("KUBECONFIG", kubeconfig.as_str())]);
+        fluxgate_cli(s.nats_url(), args, &[("KUBECONFIG", kubeconfig.as_str())]);
     assert!(ok, "fluxgate {args:?} failed: {stderr}");
     stdout
 }
@@ -181,7 +181,7 @@ async fn deliveries_show_gives_headers_body_and_timeline() {
         .collect();
     assert_eq!(types, ["dispatched", "patched"]);
 
-    let (ok, raw, _) = fluxgate_cli(&s.nats.url(), &["deliveries", "show", "#1", "--raw"], &[]);
+    let (ok, raw, _) = fluxgate_cli(s.nats_url(), &["deliveries", "show", "#1", "--raw"], &[]);
     assert!(ok);
     assert_eq!(
         raw.as_bytes(),
@@ -211,7 +211,7 @@ async fn deliveries_show_gives_headers_body_and_timeline() {
         "{page}"
     );
 
-    let (ok, _, error) = fluxgate_cli(&s.nats.url(), &["deliveries", "show", "nope"], &[]);
+    let (ok, _, error) = fluxgate_cli(s.nats_url(), &["deliveries", "show", "nope"], &[]);
     assert!(!ok);
     assert!(error.contains("no delivery \"nope\""), "{error}");
 }
@@ -354,7 +354,7 @@ async fn replaying_by_filter_asks_before_many_and_paces() {
         "--confirm-above",
         "2",
     ];
-    let (ok, _, error) = fluxgate_cli(&s.nats.url(), &by_receiver, &[]);
+    let (ok, _, error) = fluxgate_cli(s.nats_url(), &by_receiver, &[]);
     assert!(!ok, "no terminal to ask on, no --yes: nothing happens");
     assert!(
         error.contains("would replay 3 deliveries") && error.contains("--yes"),
@@ -373,7 +373,7 @@ async fn replaying_by_filter_asks_before_many_and_paces() {
         .collect();
     assert_eq!(originals, [1, 2, 3], "oldest first");
     assert_eq!(s.stored().await, 6);
-    let (ok, _, error) = fluxgate_cli(&s.nats.url(), &["replay"], &[]);
+    let (ok, _, error) = fluxgate_cli(s.nats_url(), &["replay"], &[]);
     assert!(!ok && error.contains("--receiver"), "{error}");
 }
 
@@ -384,7 +384,7 @@ async fn tail_follows_deliveries_and_outcomes_live() {
 
     let s = start().await;
     let mut child = Command::new(fluxgate_tests::workspace_binary("fluxgate"))
-        .env("NATS_URL", s.nats.url())
+        .env("NATS_URL", s.nats_url())
         .args(["-o", "json", "tail", "--receiver", "flux-system/gh"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -530,7 +530,7 @@ async fn an_aged_out_delivery_is_reported_as_such() {
     );
 
     let (ok, shown, _) = fluxgate_cli(
-        &s.nats.url(),
+        s.nats_url(),
         &["-o", "json", "deliveries", "show", "#1"],
         &[],
     );
@@ -550,13 +550,13 @@ async fn an_aged_out_delivery_is_reported_as_such() {
             .status,
         202
     );
-    let (ok, _, error) = fluxgate_cli(&s.nats.url(), &["deliveries", "show", "#1"], &[]);
+    let (ok, _, error) = fluxgate_cli(s.nats_url(), &["deliveries", "show", "#1"], &[]);
     assert!(!ok);
     assert!(
         error.contains("delivery #1 has aged out of FLUXGATE_DELIVERIES"),
         "{error}"
     );
-    let (ok, _, error) = fluxgate_cli(&s.nats.url(), &["deliveries", "show", "old-1"], &[]);
+    let (ok, _, error) = fluxgate_cli(s.nats_url(), &["deliveries", "show", "old-1"], &[]);
     assert!(!ok);
     assert!(error.contains("aged out"), "{error}");
 }
@@ -599,7 +599,7 @@ async fn cli_output_shows_control_characters_escaped() {
         &["deliveries", "list"][..],
         &["deliveries", "show", "#1"][..],
     ] {
-        let (ok, stdout, stderr) = fluxgate_cli(&s.nats.url(), args, &[]);
+        let (ok, stdout, stderr) = fluxgate_cli(s.nats_url(), args, &[]);
         assert!(ok, "{args:?}: {stderr}");
         assert!(
             !stdout.contains('\u{1b}') && !stdout.contains('\u{7}'),
@@ -611,7 +611,7 @@ async fn cli_output_shows_control_characters_escaped() {
         );
         assert!(stdout.contains(r"push\u{1b}[2J"), "{args:?}: {stdout}");
     }
-    let (_, shown, _) = fluxgate_cli(&s.nats.url(), &["deliveries", "show", "#1"], &[]);
+    let (_, shown, _) = fluxgate_cli(s.nats_url(), &["deliveries", "show", "#1"], &[]);
     assert!(shown.contains(r"\u{1b}[2Jplain text"), "{shown}");
 }
 

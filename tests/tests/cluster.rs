@@ -174,9 +174,9 @@ async fn the_dispatcher_takes_receivers_from_the_cluster_without_reading_secrets
         ),
     )
     .expect("write");
-    let ingest = Ingest::start(&c.nats.url(), &file, &[]).await;
+    let ingest = Ingest::start(c.nats_url(), &file, &[]).await;
     let _dispatcher = Dispatcher::start(
-        &c.nats.url(),
+        c.nats_url(),
         None,
         c.kubeconfig(),
         &["--coalesce-window", "50ms", "--leader-election", "false"],

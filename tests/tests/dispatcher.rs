@@ -219,7 +219,7 @@ async fn a_second_message_with_the_same_delivery_key_is_a_duplicate() {
     let p = start().await;
     // Two stream messages for one delivery, as when a sender retries after JetStream's
     // duplicate window: only the dedup bucket can tell.
-    let jetstream = jetstream::new(p.nats.client().await);
+    let jetstream = jetstream::new(p.client().await);
     for msg_id in ["first", "second"] {
         let mut headers = async_nats::HeaderMap::new();
         for (name, value) in [
@@ -632,7 +632,7 @@ async fn sigterm_releases_the_lease_at_once() {
 #[tokio::test]
 async fn a_poison_message_is_terminated_and_recorded() {
     let p = start().await;
-    let jetstream = jetstream::new(p.nats.client().await);
+    let jetstream = jetstream::new(p.client().await);
     jetstream
         .publish(contract::delivery_subject(NS, "gh"), "no headers".into())
         .await

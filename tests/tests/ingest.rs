@@ -154,7 +154,7 @@ async fn nats_outage_answers_503_then_recovers_by_itself() {
     let body = github_push_body(256);
     assert_eq!(github_push(&stack, "before", &body).await.status, 202);
 
-    stack.nats.kill();
+    stack.nats_mut().kill();
     let during = github_push(&stack, "during", &body).await;
     assert_eq!(during.status, 503, "{:?}", during.body);
     assert!(
@@ -171,7 +171,7 @@ async fn nats_outage_answers_503_then_recovers_by_itself() {
         .expect("readyz");
     assert_eq!(readyz.status, 503);
 
-    stack.nats.restart().await;
+    stack.nats_mut().restart().await;
     stack.ingest().wait_ready().await;
     let after = github_push(&stack, "after", &body).await;
     assert_eq!(after.status, 202, "{:?}", after.body);
@@ -186,7 +186,7 @@ async fn nats_outage_answers_503_then_recovers_by_itself() {
 async fn a_deleted_stream_is_provisioned_again() {
     let stack = start("", &[]).await;
     let body = github_push_body(256);
-    jetstream::new(stack.nats.client().await)
+    jetstream::new(stack.client().await)
         .delete_stream(contract::DELIVERIES_STREAM)
         .await
         .expect("delete the stream");
@@ -254,7 +254,7 @@ async fn body_above_max_payload_is_stored_intact_in_the_object_store() {
         stored_header(&stored, header::BODY_SIZE),
         Some(body.len().to_string().as_str())
     );
-    let store = jetstream::new(stack.nats.client().await)
+    let store = jetstream::new(stack.client().await)
         .get_object_store(contract::BODIES_OBJECT_STORE)
         .await
         .expect("object store");

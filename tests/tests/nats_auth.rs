@@ -60,7 +60,7 @@ async fn user_and_password_from_a_file_and_refusals_that_stop_start_up() {
     assert_eq!(stack.stored().await, 1);
 
     let base = |extra: &[&str]| -> Vec<String> {
-        let mut args: Vec<String> = ["--nats-url", &stack.nats.url(), "--receivers-file"]
+        let mut args: Vec<String> = ["--nats-url", stack.nats_url(), "--receivers-file"]
             .iter()
             .map(|a| a.to_string())
             .collect();
@@ -110,13 +110,13 @@ async fn user_and_password_from_a_file_and_refusals_that_stop_start_up() {
     // The CLI takes the same flags, or their variables (the password only from one).
     let password = ("NATS_PASSWORD", PASSWORD);
     let (ok, listed, stderr) = fluxgate_cli(
-        &stack.nats.url(),
+        stack.nats_url(),
         &["-o", "json", "deliveries", "list"],
         &[("NATS_USER", "ingest"), password],
     );
     assert!(ok, "{stderr}");
     assert!(listed.contains("auth-1"), "{listed}");
-    let (ok, _, stderr) = fluxgate_cli(&stack.nats.url(), &["deliveries", "list"], &[]);
+    let (ok, _, stderr) = fluxgate_cli(stack.nats_url(), &["deliveries", "list"], &[]);
     assert!(!ok);
     assert!(stderr.contains("authorization violation"), "{stderr}");
 }
@@ -153,7 +153,7 @@ async fn mutual_tls_with_tls_urls_for_ingest_the_dispatcher_and_the_cli() {
         })
         .await;
 
-    let tls_url = format!("tls://127.0.0.1:{}", stack.nats.port);
+    let tls_url = format!("tls://127.0.0.1:{}", stack.nats().port);
     let env = pki.client_env();
     let env: Vec<(&str, &str)> = env.iter().map(|(n, v)| (*n, v.as_str())).collect();
     let (ok, listed, stderr) = fluxgate_cli(&tls_url, &["-o", "json", "deliveries", "list"], &env);

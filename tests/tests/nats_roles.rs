@@ -55,7 +55,7 @@ async fn connect_as(
                 }
             }
         })
-        .connect(stack.nats.url())
+        .connect(stack.nats_url())
         .await
         .expect("connect");
     (client, rx)
@@ -88,7 +88,7 @@ fn cli_as(stack: &Stack, pki: &Pki, user: &str, args: &[&str]) -> (bool, String,
     let files = pki.client_env();
     let mut env: Vec<(&str, &str)> = files.iter().map(|(n, v)| (*n, v.as_str())).collect();
     env.extend([("NATS_USER", user), ("NATS_PASSWORD", pw.as_str())]);
-    let url = format!("tls://127.0.0.1:{}", stack.nats.port);
+    let url = format!("tls://127.0.0.1:{}", stack.nats().port);
     fluxgate_cli(&url, args, &env)
 }
 
@@ -314,7 +314,7 @@ async fn each_binary_works_with_its_own_user_and_each_role_is_held_to_its_own() 
     .map(|(user, subject)| (user.to_owned(), subject.to_owned()))
     .collect();
     eventually("the denials in the server's log", || async {
-        let logged = violations_logged(&stack.nats.log());
+        let logged = violations_logged(&stack.nats().log());
         if logged == expected {
             Ok(())
         } else {

@@ -83,14 +83,14 @@ fn kubeconfig(stack: &Stack, service_account: &str) -> PathBuf {
 /// Runs a webhook through ingest and the dispatcher as their ServiceAccounts until every
 /// target is reported handled, then stops the dispatcher (releasing its Lease).
 async fn run_a_webhook(stack: &Stack, targets: usize, extra_args: &[&str]) {
-    let nats_url = stack.nats.url();
+    let nats_url = stack.nats_url();
     let ingest =
-        Ingest::start_in_cluster(&nats_url, &kubeconfig(stack, "fluxgate-ingest"), extra_args)
+        Ingest::start_in_cluster(nats_url, &kubeconfig(stack, "fluxgate-ingest"), extra_args)
             .await;
     let mut args = vec!["--coalesce-window", "50ms", "--lease-namespace", NS];
     args.extend_from_slice(extra_args);
     let dispatcher_kubeconfig = kubeconfig(stack, "fluxgate-dispatcher");
-    let mut dispatcher = Dispatcher::start(&nats_url, None, &dispatcher_kubeconfig, &args).await;
+    let mut dispatcher = Dispatcher::start(nats_url, None, &dispatcher_kubeconfig, &args).await;
     let url = ingest.hook_url(&hook_path("s3cret", "gh", NS));
     let response = post_github_push(&url, "s3cret", "rbac-1", github_push_body(128)).await;
     assert_eq!(response.status, 202, "{:?}", response.body);
