@@ -35,6 +35,7 @@ pub struct Metrics {
     pending: Gauge,
     leader: Gauge,
     ack_failures: Family<AckLabels, Counter>,
+    outcome_retries: Counter,
 }
 
 impl Default for Metrics {
@@ -95,9 +96,16 @@ impl Default for Metrics {
             "Acknowledgements JetStream did not confirm, by kind (ack, nak, term, progress)",
             ack_failures.clone(),
         );
+        let outcome_retries = Counter::default();
+        registry.register(
+            "outcome_retries",
+            "Attempts to store an outcome event that NATS did not take (each is retried)",
+            outcome_retries.clone(),
+        );
         Self {
             registry,
             outcomes,
+            outcome_retries,
             coalesced,
             patches,
             patch_duration,
@@ -115,6 +123,10 @@ impl Metrics {
         self.outcomes
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
+    }
+
+    pub fn outcome_retried(&self) {
+        self.outcome_retries.inc();
     }
 
     pub fn ack_failed(&self, ack: &'static str) {

@@ -11,6 +11,10 @@ use crate::delivery::Delivery;
 use crate::error::Error;
 use crate::metrics::Metrics;
 
+/// The first and the longest wait between attempts to store an outcome.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const MAX_RETRY: Duration = Duration::from_secs(2);
+
 /// Writes outcome events, waiting for JetStream's ack so that history is never behind the
 /// acknowledgement of the delivery it describes.
 #[derive(Clone)]
@@ -48,13 +52,31 @@ impl Recorder {
         Ok(Self { jetstream, metrics })
     }
 
-    /// Stores the event (and counts it). One that cannot be stored is logged; the delivery's
-    /// own handling goes on.
+    /// Stores the event and counts it, retrying until JetStream has it: a delivery is
+    /// acknowledged only after its outcomes are stored, so that its history never stops short
+    /// (the messages of deliveries in flight are kept alive meanwhile). A retry carries the same
+    /// message id, so an event whose ack was lost is stored once.
     pub async fn record(&self, delivery: &Delivery, event: Event) {
-        self.metrics.outcome(event.label());
         let outcome = Outcome::now(&delivery.meta, delivery.sequence, event);
-        if let Err(error) = outcome.publish(&self.jetstream).await {
-            tracing::error!(%error, delivery = %delivery.meta.id, outcome = outcome.event.label(), "cannot record an outcome");
+        let mut backoff = FIRST_RETRY;
+        loop {
+            match outcome.publish(&self.jetstream).await {
+                Ok(_) => break,
+                Err(fluxgate_shared::Error::Encode(error)) => {
+                    // No retry makes it encodable.
+                    tracing::error!(%error, delivery = %delivery.meta.id, "cannot encode an outcome");
+                    return;
+                }
+                Err(error) => {
+                    if backoff == FIRST_RETRY {
+                        tracing::warn!(%error, delivery = %delivery.meta.id, outcome = outcome.event.label(), "cannot record an outcome yet; retrying until NATS stores it");
+                    }
+                    self.metrics.outcome_retried();
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_RETRY);
+                }
+            }
         }
+        self.metrics.outcome(outcome.event.label());
     }
 }

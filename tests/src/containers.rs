@@ -7,6 +7,7 @@
 //! where no registry answers, builds from PyPI's static `nats-server`.
 
 use std::net::TcpListener;
+use std::time::Duration;
 
 use testcontainers::core::{ContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
@@ -52,6 +53,16 @@ impl Node {
             .unwrap_or_else(|e| panic!("kill {}: {e}", self.name));
     }
 
+    /// Stops the server as an orchestrator does (SIGTERM, then SIGKILL after Docker's grace)
+    /// and starts it again.
+    pub async fn restart(&self) {
+        self.container
+            .stop()
+            .await
+            .unwrap_or_else(|e| panic!("stop {}: {e}", self.name));
+        self.start().await;
+    }
+
     /// Starts the server again, with its store, and waits until its JetStream is current.
     pub async fn start(&self) {
         self.container
@@ -79,9 +90,8 @@ impl Node {
 
     /// Waits until the server reports itself healthy with JetStream current (`/healthz`).
     pub async fn wait_healthy(&self) {
-        let url = format!("http://127.0.0.1:{}/healthz", self.monitor_port);
         eventually(&format!("{} to be healthy", self.name), || async {
-            let response = http::get(&url).await.map_err(|e| e.to_string())?;
+            let response = self.monitor("/healthz").await?;
             match response.status {
                 200 => Ok(()),
                 _ => Err(String::from_utf8_lossy(&response.body).into_owned()),
@@ -90,16 +100,23 @@ impl Node {
         .await;
     }
 
-    /// The server's `/jsz` monitoring report (JetStream, with stream details).
-    pub async fn jsz(&self) -> serde_json::Value {
-        let url = format!(
-            "http://127.0.0.1:{}/jsz?accounts=true&streams=true&consumers=true",
-            self.monitor_port
-        );
-        http::get(&url)
-            .await
-            .unwrap_or_else(|e| panic!("{} /jsz: {e}", self.name))
-            .json()
+    /// Whether a client that named itself `name` is connected to this server (`/connz`).
+    pub async fn serves(&self, name: &str) -> bool {
+        let Ok(response) = self.monitor("/connz").await else {
+            return false;
+        };
+        let report = response.json();
+        (report["connections"].as_array().into_iter().flatten()).any(|c| c["name"] == name)
+    }
+
+    /// A monitoring endpoint; a paused server does not answer, so give up after a while.
+    async fn monitor(&self, path: &str) -> Result<http::Response, String> {
+        let url = format!("http://127.0.0.1:{}{path}", self.monitor_port);
+        match tokio::time::timeout(Duration::from_secs(2), http::get(&url)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(format!("{url}: {error}")),
+            Err(_) => Err(format!("{url}: no answer within 2 s")),
+        }
     }
 }
 
@@ -183,6 +200,20 @@ impl NatsNodes {
         urls.join(",")
     }
 
+    /// The node a client that named itself `name` is connected to.
+    pub async fn serving(&self, name: &str) -> &Node {
+        let index = eventually(&format!("{name} to be connected"), || async {
+            for (index, node) in self.nodes.iter().enumerate() {
+                if node.serves(name).await {
+                    return Ok(index);
+                }
+            }
+            Err("on no node")
+        })
+        .await;
+        &self.nodes[index]
+    }
+
     /// The node whose server name is `name`.
     pub fn named(&self, name: &str) -> &Node {
         (self.nodes.iter())
@@ -192,14 +223,17 @@ impl NatsNodes {
 
     /// The node that leads `stream`'s replicas, as the first node that answers sees it.
     pub async fn stream_leader(&self, stream: &str) -> &Node {
-        let leader = eventually(&format!("{stream} to have a leader"), || async {
+        self.stream_leader_other_than(stream, None).await
+    }
+
+    /// The node that leads `stream`'s replicas once it is not `former`: after an election.
+    pub async fn stream_leader_other_than(&self, stream: &str, former: Option<&Node>) -> &Node {
+        let leader = eventually(&format!("{stream} to have a new leader"), || async {
             for node in &self.nodes {
-                let Ok(response) = http::get(&format!(
-                    "http://127.0.0.1:{}/jsz?accounts=true&streams=true",
-                    node.monitor_port
-                ))
-                .await
-                else {
+                if former.is_some_and(|former| former.name == node.name) {
+                    continue;
+                }
+                let Ok(response) = node.monitor("/jsz?accounts=true&streams=true").await else {
                     continue;
                 };
                 let report = response.json();
@@ -208,6 +242,7 @@ impl NatsNodes {
                 for detail in streams {
                     if detail["name"] == stream
                         && let Some(leader) = detail["cluster"]["leader"].as_str()
+                        && former.is_none_or(|former| former.name != leader)
                     {
                         return Ok(leader.to_owned());
                     }

@@ -656,3 +656,75 @@ async fn a_poison_message_is_terminated_and_recorded() {
         .await;
     assert_eq!(of_type(&events, "failed").len(), 1);
 }
+
+/// The dispatcher's durable consumer: how many deliveries it holds unacknowledged.
+async fn ack_pending(p: &Stack) -> usize {
+    let consumer: jetstream::consumer::PullConsumer = p
+        .deliveries()
+        .await
+        .get_consumer("fluxgate-dispatcher")
+        .await
+        .expect("the dispatcher's consumer");
+    consumer
+        .clone()
+        .info()
+        .await
+        .expect("consumer info")
+        .num_ack_pending
+}
+
+#[tokio::test]
+async fn a_delivery_is_acknowledged_only_once_its_outcomes_are_stored() {
+    let p = start().await;
+    let dispatcher = p.start_dispatcher(&["--coalesce-window", "50ms"]).await;
+    push(&p, "before").await;
+    let events = p
+        .outcomes_until("the first patch", |e| !of_type(e, "patched").is_empty())
+        .await;
+    // The outcomes stream takes nothing more, as a stream at its limits or without quorum.
+    let jetstream = jetstream::new(p.client().await);
+    let mut outcomes = jetstream
+        .get_stream(contract::OUTCOMES_STREAM)
+        .await
+        .expect("the outcomes stream");
+    let open = outcomes.info().await.expect("info").config.clone();
+    let full = jetstream::stream::Config {
+        max_messages: events.len() as i64,
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..open.clone()
+    };
+    jetstream
+        .update_stream(&full)
+        .await
+        .expect("limit the outcomes");
+
+    push(&p, "while-full").await;
+    wait_metric(&dispatcher, "fluxgate_dispatcher_outcome_retries_total 3").await;
+    assert_eq!(
+        ack_pending(&p).await,
+        1,
+        "acknowledged before its outcomes were stored"
+    );
+
+    jetstream
+        .update_stream(&open)
+        .await
+        .expect("lift the limit");
+    let events = p
+        .outcomes_until("the second patch recorded", |e| {
+            patched_deliveries(e).contains("while-full")
+        })
+        .await;
+    assert_eq!(
+        of_type(&events, "dispatched").len(),
+        2,
+        "each event stored once"
+    );
+    eventually("the delivery acknowledged", || async {
+        match ack_pending(&p).await {
+            0 => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await;
+}

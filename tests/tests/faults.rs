@@ -249,7 +249,8 @@ async fn without_quorum_ingest_answers_503_with_retry_after_never_2xx() {
     nodes.nodes[1].kill().await;
     nodes.nodes[2].kill().await;
     let lost = Instant::now();
-    load.refusals(STEP).await;
+    // One more than needed: the request under way at `lost` was sent before it.
+    load.refusals(STEP + 1).await;
     let restoring = Instant::now();
     nodes.nodes[1].start().await;
     nodes.nodes[2].start().await;
@@ -274,5 +275,66 @@ async fn without_quorum_ingest_answers_503_with_retry_after_never_2xx() {
         first_2xx.at - restoring
     );
     report("no quorum", &answers);
+    each_patched_once(&stack, &accepted).await;
+}
+
+#[tokio::test]
+async fn a_node_paused_past_the_election_timeout_loses_nothing() {
+    let (nodes, stack) = start().await;
+    let mut load = Load::start(stack.hook_url(TOKEN, "gh", NS));
+    load.accepts(STEP).await;
+    let leader = deliveries_leader(&nodes).await;
+    let paused = Instant::now();
+    leader.pause().await;
+    // Cut off from its peers until they elect another leader, and then for a while more.
+    let successor =
+        (nodes.stream_leader_other_than(contract::DELIVERIES_STREAM, Some(leader))).await;
+    eprintln!(
+        "{} leads the deliveries after {:?}",
+        successor.name,
+        paused.elapsed()
+    );
+    load.accepts(STEP).await;
+    leader.unpause().await;
+    leader.wait_healthy().await;
+    load.accepts(STEP).await;
+    let (answers, accepted) = load.finish().await;
+    report("stream leader paused", &answers);
+    each_patched_once(&stack, &accepted).await;
+}
+
+#[tokio::test]
+async fn a_rolling_restart_of_every_node_loses_nothing() {
+    let (nodes, stack) = start().await;
+    let mut load = Load::start(stack.hook_url(TOKEN, "gh", NS));
+    load.accepts(STEP).await;
+    for node in &nodes.nodes {
+        let stopped = Instant::now();
+        node.restart().await;
+        eprintln!("{} restarted in {:?}", node.name, stopped.elapsed());
+        load.accepts(STEP).await;
+    }
+    let (answers, accepted) = load.finish().await;
+    report("rolling restart", &answers);
+    each_patched_once(&stack, &accepted).await;
+}
+
+#[tokio::test]
+async fn ingests_own_node_killed_loses_nothing() {
+    let (nodes, stack) = start().await;
+    let mut load = Load::start(stack.hook_url(TOKEN, "gh", NS));
+    load.accepts(STEP).await;
+    let own = nodes.serving("fluxgate-ingest").await;
+    let killed = Instant::now();
+    own.kill().await;
+    load.accepts(STEP).await;
+    eprintln!(
+        "2xx again {:?} after ingest's node was killed",
+        killed.elapsed()
+    );
+    own.start().await;
+    load.accepts(STEP).await;
+    let (answers, accepted) = load.finish().await;
+    report("ingest's node killed", &answers);
     each_patched_once(&stack, &accepted).await;
 }

@@ -85,8 +85,7 @@ fn kubeconfig(stack: &Stack, service_account: &str) -> PathBuf {
 async fn run_a_webhook(stack: &Stack, targets: usize, extra_args: &[&str]) {
     let nats_url = stack.nats_url();
     let ingest =
-        Ingest::start_in_cluster(nats_url, &kubeconfig(stack, "fluxgate-ingest"), extra_args)
-            .await;
+        Ingest::start_in_cluster(nats_url, &kubeconfig(stack, "fluxgate-ingest"), extra_args).await;
     let mut args = vec!["--coalesce-window", "50ms", "--lease-namespace", NS];
     args.extend_from_slice(extra_args);
     let dispatcher_kubeconfig = kubeconfig(stack, "fluxgate-dispatcher");

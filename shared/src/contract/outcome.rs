@@ -21,6 +21,7 @@
 //!
 //! Readers tolerate types they do not know (a newer writer's): they read as [`Event::Unknown`].
 
+use async_nats::jetstream::message::PublishMessage;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -174,6 +175,30 @@ impl Outcome {
             .map(|t| t.with_timezone(&Utc))
     }
 
+    /// What makes this event itself: its delivery's stream sequence, its type, and what it is
+    /// about (the target, the attempt, the replay). Its message's `Nats-Msg-Id`, so that an
+    /// event stored again -- a record retried after a lost ack, a delivery handled again after
+    /// a crash -- is kept once.
+    pub fn message_id(&self) -> String {
+        let about = match &self.event {
+            Event::Coalesced { target, .. }
+            | Event::Patched { target, .. }
+            | Event::WouldPatch { target }
+            | Event::FilteredOut { target }
+            | Event::Handled { target, .. }
+            | Event::NotHandled { target, .. } => target.to_string(),
+            Event::Retrying {
+                target, attempt, ..
+            } => format!("{target} #{attempt}"),
+            Event::Failed { target, .. } => {
+                target.as_ref().map(Target::to_string).unwrap_or_default()
+            }
+            Event::Replayed { replay_seq, .. } => replay_seq.to_string(),
+            Event::Dispatched { .. } | Event::Duplicate { .. } | Event::Unknown => String::new(),
+        };
+        format!("{}:{}:{about}", self.seq, self.event.label())
+    }
+
     /// Stores the event and waits for the stream's ack, so that history is never behind what
     /// it describes.
     pub async fn publish(&self, jetstream: &async_nats::jetstream::Context) -> Result<u64, Error> {
@@ -181,8 +206,11 @@ impl Outcome {
         // `receiver` is `namespace/name`; neither part may hold a `/`.
         let (namespace, name) = self.receiver.split_once('/').unwrap_or_default();
         let subject = outcome_subject(namespace, name, self.event.label());
+        let message = PublishMessage::build()
+            .payload(payload.into())
+            .message_id(self.message_id());
         let ack = jetstream
-            .publish(subject, payload.into())
+            .send_publish(subject, message)
             .await
             .map_err(Error::nats)?
             .await
@@ -262,6 +290,44 @@ mod tests {
                 reason: "late".into(),
             },
         ]
+    }
+
+    #[test]
+    fn an_event_stored_again_has_its_message_id_and_no_other_event_does() {
+        let meta = DeliveryMeta {
+            id: "d-1".into(),
+            namespace: "flux-system".into(),
+            receiver: "gh".into(),
+            ..Default::default()
+        };
+        let ids = |seq| -> Vec<String> {
+            let mut events = every_event();
+            // Events that differ from every_event's only in their target or attempt.
+            events.push(Event::Patched {
+                target: target("b"),
+                requested_at: "2026-11-24T00:00:00Z".into(),
+                batch: "b-1".into(),
+                attempts: 1,
+            });
+            events.push(Event::Retrying {
+                target: target("a"),
+                attempt: 2,
+                error: "503".into(),
+                retry_in_ms: 500,
+            });
+            (events.into_iter())
+                .map(|event| Outcome::now(&meta, seq, event).message_id())
+                .collect()
+        };
+        let (first, again) = (ids(5), ids(5));
+        assert_eq!(first, again, "retried: the same ids");
+        let distinct: std::collections::BTreeSet<_> = first.iter().collect();
+        // The two `handled` of every_event differ only in their latency.
+        assert_eq!(distinct.len(), first.len() - 1, "{first:#?}");
+        assert!(
+            ids(6).iter().all(|id| !distinct.contains(id)),
+            "another delivery"
+        );
     }
 
     #[test]
