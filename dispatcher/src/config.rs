@@ -44,8 +44,10 @@ pub struct Config {
     #[arg(long, env = "FLUXGATE_CONFIRM_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub confirm_timeout: Duration,
 
-    /// JetStream redelivers a message not acknowledged (nor kept alive) within this time.
-    #[arg(long, env = "FLUXGATE_ACK_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    /// JetStream redelivers a message not acknowledged (nor kept alive) within this time: how
+    /// long a crashed leader's deliveries in flight wait for the next one. Those at work are
+    /// kept alive with a progress ack every third of it.
+    #[arg(long, env = "FLUXGATE_ACK_WAIT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub ack_wait: Duration,
 
     /// Deliveries in flight at once.

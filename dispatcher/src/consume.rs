@@ -81,7 +81,7 @@ impl Dispatcher {
             Ok(info) => info.stream_sequence,
             Err(error) => {
                 tracing::error!(%error, "message without JetStream metadata; terminating it");
-                return self.settle(message, 0, Disposition::Terminate).await;
+                return self.settle(&message, 0, Disposition::Terminate).await;
             }
         };
         if self.registry.contains(sequence) {
@@ -102,29 +102,39 @@ impl Dispatcher {
                     },
                 };
                 self.fail(&unknown, error.to_string()).await;
-                return self.settle(message, sequence, disposition_of(&error)).await;
+                return self
+                    .settle(&message, sequence, disposition_of(&error))
+                    .await;
             }
         };
-        let disposition = match self.dispatch(&delivery, &message).await {
+        // Registered before its handling starts, so that it is kept alive with progress acks
+        // even while its dispatch waits (on NATS, on the API server), and a redelivery of it
+        // meanwhile is recognised above.
+        let in_flight = self.registry.start(delivery, message);
+        let (delivery, message) = (&in_flight.delivery, &in_flight.message);
+        let disposition = match self.dispatch(delivery, message).await {
             Ok(disposition) => disposition,
             Err(error) => {
                 let disposition = disposition_of(&error);
                 if let Disposition::Retry(delay) = disposition {
                     tracing::warn!(%error, delivery = %delivery.meta.id, retry_in = ?delay, "cannot dispatch now; retrying later");
                 } else {
-                    self.fail(&delivery, error.to_string()).await;
+                    self.fail(delivery, error.to_string()).await;
                 }
                 disposition
             }
         };
         match disposition {
             Disposition::InFlight(targets) => {
-                let in_flight = self.registry.start(delivery, message, targets.len());
+                in_flight.expect(targets.len());
                 for target in targets {
                     self.coalescer.submit(target, in_flight.clone());
                 }
             }
-            other => self.settle(message, sequence, other).await,
+            other => {
+                self.settle(message, sequence, other).await;
+                self.registry.remove(sequence);
+            }
         }
     }
 
@@ -135,13 +145,19 @@ impl Dispatcher {
         delivery: &Delivery,
         message: &jetstream::Message,
     ) -> Result<Disposition, Error> {
-        // A replay is the same delivery again, on purpose: only it bypasses deduplication.
-        if delivery.meta.from_sender() && delivery.meta.replay_of.is_none() {
+        if delivery.is_deduplicated() {
             match self.dedup.claim(delivery).await? {
                 Claim::DuplicateOf(first) => {
                     self.recorder
                         .record(delivery, Event::Duplicate { of_seq: first })
                         .await;
+                    return Ok(Disposition::Ack);
+                }
+                Claim::Finished => {
+                    tracing::debug!(
+                        seq = delivery.sequence,
+                        "finished before; only its ack was lost"
+                    );
                     return Ok(Disposition::Ack);
                 }
                 Claim::First | Claim::Redelivery => {}
@@ -211,9 +227,9 @@ impl Dispatcher {
     }
 
     /// Acknowledges, naks or terminates the message; a failure to is logged and counted.
-    async fn settle(&self, message: jetstream::Message, sequence: u64, disposition: Disposition) {
+    async fn settle(&self, message: &jetstream::Message, sequence: u64, disposition: Disposition) {
         let (kind, ack) = match disposition {
-            Disposition::Ack => return acknowledge(&message, sequence, &self.metrics).await,
+            Disposition::Ack => return acknowledge(message, sequence, &self.metrics).await,
             Disposition::Retry(delay) => ("nak", AckKind::Nak(Some(delay))),
             Disposition::Terminate => ("term", AckKind::Term),
             Disposition::InFlight(_) => return,

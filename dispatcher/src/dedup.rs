@@ -1,6 +1,8 @@
 //! Deduplication by delivery key in the JetStream KV bucket `fluxgate-dedup`: the first stream
 //! message that claims a key wins (an atomic create); a different message with the same key is
-//! a duplicate; the same message seen again (a redelivery after a crash) is not.
+//! a duplicate; the same message seen again (a redelivery after a crash) is not, unless it was
+//! finished: its targets patched and recorded, the entry marked done before the ack, so that a
+//! lost ack does not patch it again.
 
 use std::time::Duration;
 
@@ -17,10 +19,16 @@ pub enum Claim {
     First,
     /// This very message claimed the key before (JetStream redelivered it).
     Redelivery,
+    /// This very message was finished before: only its ack was lost.
+    Finished,
     /// Another message, at this stream sequence, carried the same delivery first.
     DuplicateOf(u64),
 }
 
+/// What follows the stream sequence in the entry of a finished delivery.
+const FINISHED: &str = " finished";
+
+#[derive(Clone)]
 pub struct Dedup {
     store: kv::Store,
 }
@@ -63,8 +71,7 @@ impl Dedup {
 
     /// Claims the delivery's key for its stream sequence.
     pub async fn claim(&self, delivery: &Delivery) -> Result<Claim, Error> {
-        // Delivery ids may hold any character; KV keys may not.
-        let key = hex::encode(Sha256::digest(delivery.meta.key()));
+        let key = key(delivery);
         let sequence = delivery.sequence.to_string();
         // Twice at most: the holder may expire between our create and our read.
         for _ in 0..2 {
@@ -73,18 +80,23 @@ impl Dedup {
                 Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {}
                 Err(error) => return Err(Error::nats(error)),
             }
-            let holder = self.store.get(&key).await.map_err(Error::nats)?;
-            if let Some(holder) = holder {
-                let holder: u64 = String::from_utf8_lossy(&holder).parse().map_err(|_| {
+            let entry = self.store.get(&key).await.map_err(Error::nats)?;
+            if let Some(entry) = entry {
+                let entry = String::from_utf8_lossy(&entry);
+                let (holder, finished) = match entry.strip_suffix(FINISHED) {
+                    Some(holder) => (holder, true),
+                    None => (&*entry, false),
+                };
+                let holder: u64 = holder.parse().map_err(|_| {
                     Error::nats(format!(
                         "unreadable dedup entry for {}",
                         delivery.meta.key()
                     ))
                 })?;
-                return Ok(if holder == delivery.sequence {
-                    Claim::Redelivery
-                } else {
-                    Claim::DuplicateOf(holder)
+                return Ok(match (holder == delivery.sequence, finished) {
+                    (true, true) => Claim::Finished,
+                    (true, false) => Claim::Redelivery,
+                    (false, _) => Claim::DuplicateOf(holder),
                 });
             }
         }
@@ -93,4 +105,20 @@ impl Dedup {
             delivery.meta.key()
         )))
     }
+
+    /// Marks the delivery finished, before its ack: a redelivery after a lost ack is then
+    /// acknowledged, not patched again.
+    pub async fn finish(&self, delivery: &Delivery) -> Result<(), Error> {
+        let entry = format!("{}{FINISHED}", delivery.sequence);
+        self.store
+            .put(key(delivery), entry.into())
+            .await
+            .map(|_| ())
+            .map_err(Error::nats)
+    }
+}
+
+/// The entry's key: delivery ids may hold any character, KV keys may not.
+fn key(delivery: &Delivery) -> String {
+    hex::encode(Sha256::digest(delivery.meta.key()))
 }

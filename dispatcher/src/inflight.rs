@@ -9,20 +9,32 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 
+use crate::dedup::Dedup;
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
 
 pub struct InFlight {
     pub delivery: Delivery,
-    message: jetstream::Message,
+    pub message: jetstream::Message,
     remaining: AtomicUsize,
     registry: Registry,
 }
 
 impl InFlight {
-    /// One target of this delivery is done; the last one acknowledges the message.
+    /// The delivery goes to `targets` targets: it is finished once each is done.
+    pub fn expect(&self, targets: usize) {
+        self.remaining.store(targets, Ordering::Release);
+    }
+
+    /// One target of this delivery is done; the last one marks the delivery finished and
+    /// acknowledges the message.
     pub async fn target_done(&self) {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if self.delivery.is_deduplicated()
+                && let Err(error) = self.registry.dedup.finish(&self.delivery).await
+            {
+                tracing::warn!(%error, seq = self.delivery.sequence, "cannot mark the delivery finished; were its ack lost too, it would be patched again");
+            }
             acknowledge(
                 &self.message,
                 self.delivery.sequence,
@@ -48,27 +60,24 @@ pub async fn acknowledge(message: &jetstream::Message, sequence: u64, metrics: &
 pub struct Registry {
     in_flight: Arc<Mutex<HashMap<u64, Arc<InFlight>>>>,
     metrics: Arc<Metrics>,
+    dedup: Dedup,
 }
 
 impl Registry {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Metrics>, dedup: Dedup) -> Self {
         Self {
             in_flight: Arc::default(),
             metrics,
+            dedup,
         }
     }
 
-    /// Registers a delivery with `targets` targets to finish.
-    pub fn start(
-        &self,
-        delivery: Delivery,
-        message: jetstream::Message,
-        targets: usize,
-    ) -> Arc<InFlight> {
+    /// Registers a delivery as it arrives; its targets are known later ([`InFlight::expect`]).
+    pub fn start(&self, delivery: Delivery, message: jetstream::Message) -> Arc<InFlight> {
         let in_flight = Arc::new(InFlight {
             delivery,
             message,
-            remaining: AtomicUsize::new(targets),
+            remaining: AtomicUsize::new(0),
             registry: self.clone(),
         });
         if let Ok(mut map) = self.in_flight.lock() {
@@ -93,7 +102,8 @@ impl Registry {
         self.len() == 0
     }
 
-    fn remove(&self, sequence: u64) {
+    /// Forgets a delivery settled without patching.
+    pub fn remove(&self, sequence: u64) {
         if let Ok(mut map) = self.in_flight.lock() {
             map.remove(&sequence);
         }

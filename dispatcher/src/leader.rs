@@ -13,6 +13,9 @@ use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+/// How long after another's lease runs out a standby looks again.
+const EXPIRY_MARGIN: Duration = Duration::from_millis(10);
+
 pub struct LeaderElector {
     api: Api<Lease>,
     name: String,
@@ -20,6 +23,9 @@ pub struct LeaderElector {
     duration: Duration,
     /// The Lease's resourceVersion when we last saw it change, and when that was.
     observed: Option<(String, Instant)>,
+    /// When another's lease runs out unless renewed: a standby looks again then, not a retry
+    /// period later.
+    expires: Option<Instant>,
 }
 
 fn conflict(error: &kube::Error) -> bool {
@@ -40,6 +46,7 @@ impl LeaderElector {
             identity: identity.into(),
             duration,
             observed: None,
+            expires: None,
         }
     }
 
@@ -68,8 +75,13 @@ impl LeaderElector {
                 *current = leads;
                 changed
             });
+            let next = match self.expires {
+                // Just past the expiry: it is taken only once strictly over.
+                Some(at) if !leads => (at + EXPIRY_MARGIN).min(Instant::now() + retry_period),
+                _ => Instant::now() + retry_period,
+            };
             tokio::select! {
-                _ = tokio::time::sleep(retry_period) => {}
+                _ = tokio::time::sleep_until(next) => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
@@ -130,6 +142,9 @@ impl LeaderElector {
                 .observed
                 .as_ref()
                 .is_some_and(|(_, seen)| seen.elapsed() > duration);
+        self.expires = (!ours)
+            .then_some(self.observed.as_ref().map(|(_, seen)| *seen + duration))
+            .flatten();
         if !ours && !expired {
             return Ok(false);
         }

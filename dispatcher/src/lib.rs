@@ -151,7 +151,7 @@ impl Service {
             retry_deadline: config.retry_deadline,
             max_backoff: config.retry_max_backoff,
         });
-        let registry = Registry::new(metrics.clone());
+        let registry = Registry::new(metrics.clone(), dedup.clone());
         let dispatcher = Dispatcher {
             catalog: receivers.catalog.clone(),
             dedup,
@@ -256,20 +256,32 @@ async fn wait_for_consumer(
                 .get_stream(contract::DELIVERIES_STREAM)
                 .await
                 .map_err(Error::nats)?;
-            stream
-                .get_or_create_consumer(
-                    &config.consumer,
-                    consumer::pull::Config {
-                        durable_name: Some(config.consumer.clone()),
-                        description: Some("fluxgate-dispatcher".into()),
-                        ack_policy: consumer::AckPolicy::Explicit,
-                        ack_wait: config.ack_wait,
-                        max_ack_pending: config.max_ack_pending,
-                        ..Default::default()
-                    },
-                )
+            let wanted = consumer::pull::Config {
+                durable_name: Some(config.consumer.clone()),
+                description: Some("fluxgate-dispatcher".into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: config.ack_wait,
+                max_ack_pending: config.max_ack_pending,
+                ..Default::default()
+            };
+            let mut consumer: consumer::PullConsumer = stream
+                .get_or_create_consumer(&config.consumer, wanted.clone())
                 .await
-                .map_err(Error::nats)
+                .map_err(Error::nats)?;
+            // A consumer made by an earlier version (ack wait 30 s) keeps its settings unless
+            // given new ones: creating it again with them updates it.
+            let current = &consumer.cached_info().config;
+            if current.ack_wait != wanted.ack_wait
+                || current.max_ack_pending != wanted.max_ack_pending
+            {
+                match stream.create_consumer(wanted).await {
+                    Ok(updated) => consumer = updated,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot update the consumer's ack wait and max ack pending")
+                    }
+                }
+            }
+            Ok::<_, Error>(consumer)
         };
         match attempt.await {
             Ok(consumer) => return consumer,

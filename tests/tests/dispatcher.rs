@@ -505,33 +505,44 @@ fn patched_deliveries(events: &[Value]) -> HashSet<String> {
 }
 
 #[tokio::test]
-async fn a_dispatcher_killed_mid_backlog_loses_nothing() {
+async fn a_dispatcher_killed_mid_backlog_loses_nothing_and_its_successor_patches_at_once() {
     let p = start().await;
-    // Slow patches keep deliveries in flight when the dispatcher dies.
-    for _ in 0..5 {
-        p.api().inject(
-            &repo("app"),
-            Fault::delay(Duration::from_millis(300)).on("PATCH"),
-        );
-    }
+    // The consumer as an earlier version made it, with a 30 s ack wait.
+    p.deliveries()
+        .await
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("fluxgate-dispatcher".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .expect("an old consumer");
+    // The first patch hangs: every delivery is in flight when the dispatcher dies.
+    p.api().inject(
+        &repo("app"),
+        Fault::delay(Duration::from_secs(10)).on("PATCH"),
+    );
     let ids: Vec<String> = (0..200).map(|i| format!("backlog-{i}")).collect();
     for id in &ids {
         push(&p, id).await;
     }
-    let args = [
-        "--leader-election",
-        "false",
-        "--ack-wait",
-        "2s",
-        "--coalesce-window",
-        "50ms",
-    ];
+    // The default ack wait, which the dispatcher gives the old consumer.
+    let args = ["--leader-election", "false", "--coalesce-window", "50ms"];
     let mut first = p.start_dispatcher(&args).await;
-    p.outcomes_until("the first patch", |e| !of_type(e, "patched").is_empty())
-        .await;
+    p.outcomes_until("every delivery dispatched", |e| {
+        of_type(e, "dispatched").len() == 200
+    })
+    .await;
+    assert_eq!(
+        consumer_info(&p).await.config.ack_wait,
+        Duration::from_secs(5),
+        "the consumer keeps its old ack wait"
+    );
     first.service.kill();
-    let done_before = patched_deliveries(&p.outcomes().await).len();
+    assert!(patched_deliveries(&p.outcomes().await).is_empty());
 
+    let started = tokio::time::Instant::now();
     let _second = p.start_dispatcher(&args).await;
     let expected: HashSet<String> = ids.into_iter().collect();
     let events = p
@@ -540,7 +551,8 @@ async fn a_dispatcher_killed_mid_backlog_loses_nothing() {
         })
         .await;
     eprintln!(
-        "killed after {done_before} of 200 deliveries were patched; {} patches in all",
+        "killed with 200 deliveries in flight; the successor had patched them {:?} after its start; {} patches in all",
+        started.elapsed(),
         patches(&p, "app").len()
     );
     assert!(patched_deliveries(&events).is_superset(&expected));
@@ -583,7 +595,7 @@ async fn only_the_leader_patches_and_a_standby_takes_over_when_it_dies() {
 
     a.service.kill();
     let failover = wait_metric(&b, "fluxgate_dispatcher_leader 1").await;
-    eprintln!("failover after SIGKILL of the leader: {failover:?}");
+    eprintln!("the standby leads {failover:?} after the leader's SIGKILL (lease duration 2 s)");
     push(&p, "after-failover").await;
     p.outcomes_until("the second patch", |e| of_type(e, "patched").len() == 2)
         .await;
@@ -657,20 +669,20 @@ async fn a_poison_message_is_terminated_and_recorded() {
     assert_eq!(of_type(&events, "failed").len(), 1);
 }
 
-/// The dispatcher's durable consumer: how many deliveries it holds unacknowledged.
-async fn ack_pending(p: &Stack) -> usize {
-    let consumer: jetstream::consumer::PullConsumer = p
+/// The dispatcher's durable consumer, as JetStream has it now.
+async fn consumer_info(p: &Stack) -> jetstream::consumer::Info {
+    let mut consumer: jetstream::consumer::PullConsumer = p
         .deliveries()
         .await
         .get_consumer("fluxgate-dispatcher")
         .await
         .expect("the dispatcher's consumer");
-    consumer
-        .clone()
-        .info()
-        .await
-        .expect("consumer info")
-        .num_ack_pending
+    consumer.info().await.expect("consumer info").clone()
+}
+
+/// How many deliveries the dispatcher's consumer holds unacknowledged.
+async fn ack_pending(p: &Stack) -> usize {
+    consumer_info(p).await.num_ack_pending
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 //! Needs Docker and the NATS image of docker-compose.yml, which the test command provides
 //! (`scripts/docker.sh start`, `scripts/images.sh`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use fluxgate_shared::contract;
@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 const NS: &str = "flux-system";
+const REQUESTED_AT: &str = "reconcile.fluxcd.io/requestedAt";
 const TOKEN: &str = "gh-secret";
 /// One webhook every this often, one at a time.
 const PACE: Duration = Duration::from_millis(20);
@@ -204,9 +205,23 @@ async fn each_patched_once(stack: &Stack, accepted: &[String]) {
     let patched = patched_counts(&events);
     let twice: Vec<_> = patched.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "patched more than once: {twice:?}");
+    // Every patch the API server took is one of the recorded batches: a delivery patched again
+    // (its record deduplicated) would leave a value no `patched` event has.
+    let recorded: BTreeSet<&str> = (events.iter())
+        .filter(|e| e["type"] == "patched")
+        .filter_map(|e| e["requested_at"].as_str())
+        .collect();
+    let path = format!("/apis/source.toolkit.fluxcd.io/v1/namespaces/{NS}/gitrepositories/app");
+    let requests = stack.api().requests();
+    let taken: BTreeSet<&str> = (requests.iter())
+        .filter(|r| r.method == "PATCH" && r.path == path && r.status == 200)
+        .filter_map(|r| r.body.as_ref()?["metadata"]["annotations"][REQUESTED_AT].as_str())
+        .collect();
+    assert_eq!(taken, recorded, "patches the history does not show");
     eprintln!(
-        "{} accepted deliveries, each patched once; 0 lost",
-        accepted.len()
+        "{} accepted deliveries, each patched once, in {} patches; 0 lost",
+        accepted.len(),
+        taken.len()
     );
 }
 
