@@ -1,7 +1,9 @@
 //! End-to-end tests of receivers taken from the cluster (no receivers file): the real binaries
 //! watch Flux `Receiver` objects in the Kubernetes API stand-in and read their token Secrets.
 
-use fluxgate_tests::apiserver::ObjectRef;
+use std::time::Duration;
+
+use fluxgate_tests::apiserver::{Fault, ObjectRef};
 use fluxgate_tests::dispatcher::Dispatcher;
 use fluxgate_tests::eventually;
 use fluxgate_tests::http::{self, Response};
@@ -205,4 +207,78 @@ async fn the_dispatcher_takes_receivers_from_the_cluster_without_reading_secrets
             .any(|r| r.path.contains("/secrets")),
         "the dispatcher never reads Secrets"
     );
+}
+
+#[tokio::test]
+async fn a_secret_that_cannot_be_read_for_a_while_keeps_its_receiver_served() {
+    let c = start().await;
+    let ingest = c.start_ingest(&["--secret-refresh", "100ms"]).await;
+    let token = ObjectRef::new("v1", "Secret", NS, "gh-token");
+    let secret_path = format!("/api/v1/namespaces/{NS}/secrets/gh-token");
+    let failed_reads = || {
+        (c.api().requests().into_iter())
+            .filter(|r| r.path == secret_path && r.status == 500)
+            .count()
+    };
+    // The API server fails the next 10 reads of the Secret: a second of refreshes.
+    for _ in 0..10 {
+        c.api().inject(&token, Fault::status(500).on("GET"));
+    }
+    let mut pushed = 0;
+    while failed_reads() < 10 {
+        let response = push(&ingest, "first", &format!("during-{pushed}")).await;
+        assert_eq!(
+            response.status,
+            202,
+            "after {} failed reads: {:?}",
+            failed_reads(),
+            response.body
+        );
+        pushed += 1;
+    }
+    let response = push(&ingest, "first", "after").await;
+    assert_eq!(response.status, 202, "{:?}", response.body);
+    eprintln!("{pushed} webhooks accepted while 10 reads of the Secret failed");
+
+    // A Secret really gone takes the receiver out, as in Flux.
+    c.api().delete(&token);
+    answers("the Secret deleted", 404, || push(&ingest, "first", "gone")).await;
+}
+
+#[tokio::test]
+async fn receivers_stay_served_while_their_watch_fails() {
+    let c = start().await;
+    let ingest = c.start_ingest::<&str>(&[]).await;
+    assert_eq!(push(&ingest, "first", "before").await.status, 202);
+    // The watch ends and the API server fails the next 3 lists and watches of Receivers (the
+    // watcher backs off 0.8, 1.6, 3.2 s between them).
+    let receivers = ObjectRef::new(RECEIVER, "Receiver", "", "");
+    for _ in 0..3 {
+        c.api().inject(&receivers, Fault::status(500));
+    }
+    c.api().end_watches();
+    let path = "/apis/notification.toolkit.fluxcd.io/v1/receivers";
+    let failed = || {
+        (c.api().requests().into_iter())
+            .filter(|r| r.path == path && r.status == 500)
+            .count()
+    };
+    let (mut pushed, mut pace) = (0, tokio::time::interval(Duration::from_millis(20)));
+    while failed() < 3 {
+        pace.tick().await;
+        let response = push(&ingest, "first", &format!("during-{pushed}")).await;
+        assert_eq!(
+            response.status,
+            202,
+            "after {} failures: {:?}",
+            failed(),
+            response.body
+        );
+        pushed += 1;
+    }
+    eprintln!("{pushed} webhooks accepted while 3 lists and watches of Receivers failed");
+    // Watching again, it follows changes as before.
+    c.api()
+        .delete(&ObjectRef::new(RECEIVER, "Receiver", NS, "gh"));
+    answers("deleted", 404, || push(&ingest, "first", "after")).await;
 }

@@ -3,7 +3,7 @@
 //! listed or watched, so ingest needs no right to read every Secret -- and read again every
 //! `secret_refresh` so a rotated token takes effect within seconds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -48,6 +48,8 @@ pub async fn watch(
         client,
         read_secrets: settings.read_secrets,
         secrets: HashMap::new(),
+        last_read: HashMap::new(),
+        used: HashSet::new(),
         problems: HashMap::new(),
     };
     let mut receivers: BTreeMap<Key, DynamicObject> = BTreeMap::new();
@@ -118,6 +120,8 @@ pub async fn list(
         client,
         read_secrets: settings.read_secrets,
         secrets: HashMap::new(),
+        last_read: HashMap::new(),
+        used: HashSet::new(),
         problems: HashMap::new(),
     };
     Ok(loader.build(&receivers).await)
@@ -146,6 +150,10 @@ struct Loader {
     client: kube::Client,
     read_secrets: bool,
     secrets: HashMap<Key, Option<SecretData>>,
+    /// Each Secret's data as last read, kept across refreshes for when a read fails.
+    last_read: HashMap<Key, SecretData>,
+    /// The Secrets the receivers of the last build refer to.
+    used: HashSet<Key>,
     /// What is wrong with each receiver, as last logged: a problem is logged when it appears or
     /// changes, not at every rebuild.
     problems: HashMap<String, String>,
@@ -161,6 +169,7 @@ impl Loader {
     ) -> (Catalog, BTreeMap<String, String>) {
         let mut served = Vec::with_capacity(receivers.len());
         let mut left_out = BTreeMap::new();
+        self.used.clear();
         for (key, object) in receivers {
             match self.receiver(object).await {
                 Ok(receiver) => served.push(receiver),
@@ -169,6 +178,9 @@ impl Loader {
                 }
             }
         }
+        // Forget the Secrets no receiver refers to any more.
+        let used = &self.used;
+        self.last_read.retain(|key, _| used.contains(key));
         (Catalog::new(served), left_out)
     }
 
@@ -213,8 +225,11 @@ impl Loader {
             .map_err(|invalid| invalid.to_string())
     }
 
-    /// A Secret's data, `None` when it does not exist or cannot be read (logged).
+    /// A Secret's data, `None` when it does not exist. One that cannot be read now (the API
+    /// server away, a timeout) is not gone: its last data read is kept, so the receiver stays
+    /// served, and it is read again at the next rebuild.
     async fn secret(&mut self, key: &Key) -> Option<SecretData> {
+        self.used.insert(key.clone());
         if let Some(cached) = self.secrets.get(key) {
             return cached.clone();
         }
@@ -223,9 +238,14 @@ impl Loader {
             Ok(Some(secret)) => Some(decode(secret)),
             Ok(None) => None,
             Err(error) => {
-                tracing::warn!(secret = %format_args!("{}/{}", key.0, key.1), %error, "cannot read a Receiver's Secret");
-                None
+                let kept = self.last_read.get(key).cloned();
+                tracing::warn!(secret = %format_args!("{}/{}", key.0, key.1), %error, kept_last_read = kept.is_some(), "cannot read a Receiver's Secret; reading it again at the next refresh");
+                return kept;
             }
+        };
+        match &data {
+            Some(data) => self.last_read.insert(key.clone(), data.clone()),
+            None => self.last_read.remove(key),
         };
         self.secrets.insert(key.clone(), data.clone());
         data

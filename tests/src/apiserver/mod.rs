@@ -258,11 +258,18 @@ impl ApiServer {
         Some(store.commit(key, EventType::Deleted, current))
     }
 
-    /// Queues a fault for the next matching request on `object` (faults apply in order).
+    /// Queues a fault for the next matching request on `object` (faults apply in order). With
+    /// an empty name, on the collection (its LIST and WATCH); with an empty namespace too, on
+    /// the collection across namespaces.
     pub fn inject(&self, object: &ObjectRef, fault: Fault) {
         let mut store = self.store();
         let key = self.key(&store, object);
         store.faults.entry(key).or_default().push_back(fault);
+    }
+
+    /// Ends every open watch: clients watch again, and meet the faults queued for that.
+    pub fn end_watches(&self) {
+        self.store().watches_ended.send_modify(|n| *n += 1);
     }
 
     /// Every request served so far, in order.

@@ -193,7 +193,15 @@ async fn serve(
         Route::ResourceList { group, version } => {
             Ok(axum::Json(resource_list(&shared.lock()?.types, &group, &version)).into_response())
         }
-        Route::Collection { ty, namespace } => match *method {
+        Route::Collection { ty, namespace } => {
+            let key = ObjectKey {
+                group: ty.group.clone(),
+                plural: ty.plural.clone(),
+                namespace: namespace.clone().unwrap_or_default(),
+                name: String::new(),
+            };
+            injected_fault(shared, &key, method).await?;
+            match *method {
             Method::GET if is_true(query.get("watch")) => watch(shared, &ty, namespace, query),
             Method::GET => list(shared, &ty, namespace.as_deref(), query),
             Method::POST => {
@@ -202,7 +210,8 @@ async fn serve(
                 create(shared, &ty, &namespace, object)
             }
             _ => Err(ApiError::new(405, "MethodNotAllowed", format!("{method} is not supported on a collection"))),
-        },
+            }
+        }
         Route::Object { ty, namespace, name, status } => {
             let key = ObjectKey {
                 group: ty.group.clone(),
@@ -210,15 +219,7 @@ async fn serve(
                 namespace: namespace.clone(),
                 name: name.clone(),
             };
-            let fault = shared.lock()?.take_fault(&key, method.as_str());
-            if let Some(fault) = fault {
-                if !fault.delay.is_zero() {
-                    tokio::time::sleep(fault.delay).await;
-                }
-                if let Some(code) = fault.status {
-                    return Err(ApiError::injected(code, fault.retry_after_seconds));
-                }
-            }
+            injected_fault(shared, &key, method).await?;
             let mut store = shared.lock()?;
             match *method {
                 Method::GET => Ok(axum::Json(stored(&store, &ty, &key)?).into_response()),
@@ -232,6 +233,21 @@ async fn serve(
             }
         }
     }
+}
+
+/// The next fault queued for requests with `method` on `key` (an object, or with an empty name
+/// a collection): its delay, then its status instead of the answer.
+async fn injected_fault(shared: &Shared, key: &ObjectKey, method: &Method) -> Result<(), ApiError> {
+    let fault = shared.lock()?.take_fault(key, method.as_str());
+    if let Some(fault) = fault {
+        if !fault.delay.is_zero() {
+            tokio::time::sleep(fault.delay).await;
+        }
+        if let Some(code) = fault.status {
+            return Err(ApiError::injected(code, fault.retry_after_seconds));
+        }
+    }
+    Ok(())
 }
 
 /// What RBAC checks for a request on `route`: none for discovery (every authenticated user may
@@ -525,6 +541,7 @@ fn watch(
             .collect()
     };
     let live = store.live.subscribe();
+    let mut ended = store.watches_ended.subscribe();
     drop(store);
 
     // A reader too slow for the channel ends its watch; the client resumes from its last version.
@@ -538,6 +555,7 @@ fn watch(
     let stream = futures::stream::iter(initial)
         .chain(live)
         .take_until(tokio::time::sleep(Duration::from_secs(seconds)))
+        .take_until(async move { ended.changed().await.ok() })
         .map(Ok::<_, Infallible>);
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "application/json")

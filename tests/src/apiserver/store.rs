@@ -143,6 +143,8 @@ pub struct Store {
     pub revision: u64,
     pub history: Vec<Arc<WatchEvent>>,
     pub live: broadcast::Sender<Arc<WatchEvent>>,
+    /// Bumped to end every open watch, as an API server restart or a dropped connection does.
+    pub watches_ended: tokio::sync::watch::Sender<u64>,
     pub faults: HashMap<ObjectKey, VecDeque<Fault>>,
     pub requests: Vec<RecordedRequest>,
     /// RBAC in force, when the test asked for it.
@@ -221,6 +223,7 @@ impl Default for Store {
             revision: 1,
             history: Vec::new(),
             live: broadcast::channel(4096).0,
+            watches_ended: tokio::sync::watch::Sender::new(0),
             faults: HashMap::new(),
             requests: Vec::new(),
             authorizer: None,
