@@ -50,6 +50,11 @@ pub struct Config {
     #[arg(long, env = "FLUXGATE_ACK_WAIT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub ack_wait: Duration,
 
+    /// Attempts at a delivery whose dispatch keeps failing transiently (NATS or the API server
+    /// away; 5 s apart) before it is recorded failed ("gave up after N attempts").
+    #[arg(long, env = "FLUXGATE_MAX_DELIVER", default_value_t = 60)]
+    pub max_deliver: i64,
+
     /// Deliveries in flight at once.
     #[arg(long, env = "FLUXGATE_MAX_ACK_PENDING", default_value_t = 10_000)]
     pub max_ack_pending: i64,

@@ -38,6 +38,9 @@ pub struct Dispatcher {
     pub metrics: Arc<Metrics>,
     pub dry_run: bool,
     pub jetstream: jetstream::Context,
+    /// The consumer's `max_deliver`: the attempt after which a delivery that keeps failing
+    /// transiently is recorded failed.
+    pub max_deliver: i64,
 }
 
 impl Dispatcher {
@@ -77,8 +80,8 @@ impl Dispatcher {
 
     /// Handles one message: works out its disposition, then carries it out.
     async fn handle(&self, message: jetstream::Message) {
-        let sequence = match message.info() {
-            Ok(info) => info.stream_sequence,
+        let (sequence, delivered) = match message.info() {
+            Ok(info) => (info.stream_sequence, info.delivered),
             Err(error) => {
                 tracing::error!(%error, "message without JetStream metadata; terminating it");
                 return self.settle(&message, 0, Disposition::Terminate).await;
@@ -114,15 +117,22 @@ impl Dispatcher {
         let (delivery, message) = (&in_flight.delivery, &in_flight.message);
         let disposition = match self.dispatch(delivery, message).await {
             Ok(disposition) => disposition,
-            Err(error) => {
-                let disposition = disposition_of(&error);
-                if let Disposition::Retry(delay) = disposition {
-                    tracing::warn!(%error, delivery = %delivery.meta.id, retry_in = ?delay, "cannot dispatch now; retrying later");
-                } else {
-                    self.fail(delivery, error.to_string()).await;
+            Err(error) => match disposition_of(&error) {
+                Disposition::Retry(delay) if delivered < self.max_deliver => {
+                    tracing::warn!(%error, delivery = %delivery.meta.id, attempt = delivered, retry_in = ?delay, "cannot dispatch now; retrying later");
+                    Disposition::Retry(delay)
                 }
-                disposition
-            }
+                // The consumer's last delivery of it: JetStream would not redeliver it again.
+                Disposition::Retry(_) => {
+                    let reason = format!("gave up after {delivered} attempts: {error}");
+                    self.fail(delivery, reason).await;
+                    Disposition::Ack
+                }
+                disposition => {
+                    self.fail(delivery, error.to_string()).await;
+                    disposition
+                }
+            },
         };
         match disposition {
             Disposition::InFlight(targets) => {

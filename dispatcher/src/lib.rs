@@ -162,6 +162,7 @@ impl Service {
             metrics: metrics.clone(),
             dry_run: config.dry_run,
             jetstream,
+            max_deliver: config.max_deliver,
         };
         Ok(Self {
             metrics,
@@ -262,6 +263,7 @@ async fn wait_for_consumer(
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: config.ack_wait,
                 max_ack_pending: config.max_ack_pending,
+                max_deliver: config.max_deliver,
                 ..Default::default()
             };
             let mut consumer: consumer::PullConsumer = stream
@@ -273,11 +275,12 @@ async fn wait_for_consumer(
             let current = &consumer.cached_info().config;
             if current.ack_wait != wanted.ack_wait
                 || current.max_ack_pending != wanted.max_ack_pending
+                || current.max_deliver != wanted.max_deliver
             {
                 match stream.create_consumer(wanted).await {
                     Ok(updated) => consumer = updated,
                     Err(error) => {
-                        tracing::warn!(%error, "cannot update the consumer's ack wait and max ack pending")
+                        tracing::warn!(%error, "cannot update the consumer's ack wait, max ack pending and max deliver")
                     }
                 }
             }

@@ -740,3 +740,36 @@ async fn a_delivery_is_acknowledged_only_once_its_outcomes_are_stored() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_delivery_that_keeps_failing_is_recorded_failed_after_max_deliver_attempts() {
+    let p = start().await;
+    // Every list of GitRepositories fails: the "labels" receiver's targets cannot be resolved.
+    let repositories = ObjectRef::new(SOURCE, "GitRepository", NS, "");
+    for _ in 0..10 {
+        p.api().inject(&repositories, Fault::status(500).on("GET"));
+    }
+    let _dispatcher = p.start_dispatcher(&["--max-deliver", "2"]).await;
+    trigger(&p, "labels").await;
+    let events = p
+        .outcomes_until("the delivery failed", |e| !of_type(e, "failed").is_empty())
+        .await;
+    let failed = of_type(&events, "failed");
+    let reason = failed[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("gave up after 2 attempts: "), "{reason}");
+    let lists = requests_to_collection(&p, "GET");
+    assert_eq!(
+        lists.len(),
+        2,
+        "one list an attempt, then no more: {lists:?}"
+    );
+    assert!(of_type(&events, "dispatched").is_empty());
+}
+
+fn requests_to_collection(p: &Stack, method: &str) -> Vec<u16> {
+    let path = format!("/apis/source.toolkit.fluxcd.io/v1/namespaces/{NS}/gitrepositories");
+    (p.api().requests().into_iter())
+        .filter(|r| r.method == method && r.path == path)
+        .map(|r| r.status)
+        .collect()
+}
