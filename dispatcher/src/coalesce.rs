@@ -31,6 +31,9 @@ enum Command<T> {
     Flush(Target),
     /// The target's patch finished.
     Done(Target),
+    /// How many targets have a slot.
+    #[cfg(test)]
+    Slots(tokio::sync::oneshot::Sender<usize>),
 }
 
 struct Slot<T> {
@@ -38,6 +41,13 @@ struct Slot<T> {
     opened: Option<Instant>,
     in_flight: bool,
     last_value: Option<DateTime<Utc>>,
+}
+
+impl<T> Slot<T> {
+    /// Nothing waits for this target and nothing is patching it.
+    fn is_idle(&self) -> bool {
+        self.pending.is_empty() && !self.in_flight
+    }
 }
 
 impl<T> Default for Slot<T> {
@@ -68,6 +78,13 @@ impl<T: Send + 'static> Coalescer<T> {
     pub fn submit(&self, target: Target, delivery: T) {
         // The task lives as long as any handle; a send can only fail at exit.
         let _ = self.tx.send(Command::Submit(target, delivery));
+    }
+
+    #[cfg(test)]
+    async fn slots(&self) -> usize {
+        let (reply, slots) = tokio::sync::oneshot::channel();
+        let _ = self.tx.send(Command::Slots(reply));
+        slots.await.unwrap_or(usize::MAX)
     }
 }
 
@@ -105,6 +122,8 @@ async fn run<T: Send + 'static>(
                 let due = slot.opened.is_some_and(|o| o + window <= Instant::now());
                 if due && !slot.in_flight {
                     start_batch(&target, slot, &patcher, &tx);
+                } else if slot.is_idle() {
+                    forget_or_later(&mut slots, target, &schedule_flush, window);
                 }
             }
             Command::Done(target) => {
@@ -117,11 +136,33 @@ async fn run<T: Send + 'static>(
                         start_batch(&target, slot, &patcher, &tx)
                     }
                     Some(opened) => schedule_flush(target, opened + window),
-                    // Nothing waits: forget the target but keep its last value for monotonicity.
-                    None => {}
+                    None => forget_or_later(&mut slots, target, &schedule_flush, window),
                 }
             }
+            #[cfg(test)]
+            Command::Slots(reply) => {
+                let _ = reply.send(slots.len());
+            }
         }
+    }
+}
+
+/// Drops an idle target's slot, so that slots do not pile up with every target ever patched.
+/// Its last value is safe to forget once the clock is past it (the next value is then `now`,
+/// greater); until then, look again a window later.
+fn forget_or_later<T>(
+    slots: &mut HashMap<Target, Slot<T>>,
+    target: Target,
+    schedule_flush: &impl Fn(Target, Instant),
+    window: Duration,
+) {
+    let past = slots
+        .get(&target)
+        .is_some_and(|slot| slot.last_value.is_none_or(|last| Utc::now() > last));
+    if past {
+        slots.remove(&target);
+    } else {
+        schedule_flush(target, Instant::now() + window);
     }
 }
 
@@ -249,6 +290,29 @@ mod tests {
             2,
             "nothing more without deliveries"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_targets_slot_is_dropped_and_its_next_value_still_increases() {
+        let recorded = Arc::new(Recorded::default());
+        let coalescer = Coalescer::spawn(WINDOW, recorded.clone());
+        for name in ["a", "b", "c"] {
+            coalescer.submit(target(name), 1);
+        }
+        assert_eq!(coalescer.slots().await, 3);
+        tokio::time::sleep(2 * WINDOW).await;
+        assert_eq!(recorded.patches().len(), 3);
+        assert_eq!(coalescer.slots().await, 0, "patched and idle: no slot kept");
+
+        coalescer.submit(target("a"), 2);
+        tokio::time::sleep(2 * WINDOW).await;
+        let patches = recorded.patches();
+        let values: Vec<&str> = (patches.iter())
+            .filter(|(name, _, _)| name == "a")
+            .map(|(_, value, _)| value.as_str())
+            .collect();
+        assert_eq!(values.len(), 2);
+        assert!(values[0] < values[1], "requestedAt increases: {values:?}");
     }
 
     #[test]
