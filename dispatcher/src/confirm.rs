@@ -3,8 +3,10 @@
 //! time -- and `handled` is recorded for each delivery of the batch with its webhook-to-handled
 //! latency; `not_handled` when that does not happen within the confirm timeout (a suspended
 //! target, a controller that is down). Best effort: a restart forgets confirmations under way.
+//! One watch per kind and namespace serves every confirmation there, not one per target.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -12,6 +14,7 @@ use futures::StreamExt as _;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
@@ -19,8 +22,15 @@ use crate::outcome::Recorder;
 use crate::targets::{Resolver, Target, describe};
 use fluxgate_shared::contract::Event;
 
+/// Watches open at once: one per kind and namespace with confirmations under way. A
+/// confirmation in a further scope waits for one to close (within its timeout).
+const MAX_WATCHES: usize = 256;
+/// How often a watch without events drops the confirmations that timed out.
+const PRUNE_EVERY: Duration = Duration::from_secs(5);
+
 pub struct Confirmer {
     pub resolver: Arc<Resolver>,
+    pub watches: Arc<Watches>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     /// Zero turns confirmation off.
@@ -77,29 +87,166 @@ impl Confirmer {
         }
     }
 
-    /// Watches `target` until it reports `requested_at` (or later) handled; the value it reports.
+    /// Waits until `target` reports `requested_at` (or later) handled, on the shared watch of
+    /// its kind and namespace; the value it reports.
     async fn handled(&self, target: &Target, requested_at: &str) -> Result<String, String> {
-        let resource = self
-            .resolver
-            .api_resource(&target.api_version, &target.kind)
+        let (done, handled) = oneshot::channel();
+        let waiter = Waiter {
+            requested_at: requested_at.to_owned(),
+            done,
+        };
+        let scope = Scope {
+            api_version: target.api_version.clone(),
+            kind: target.kind.clone(),
+            namespace: target.namespace.clone(),
+        };
+        // A new scope waits for a free watch first: at most `MAX_WATCHES` at once.
+        let permit = if self.watches.has(&scope) {
+            None
+        } else {
+            let permit = self.watches.slots.clone().acquire_owned().await;
+            Some(permit.map_err(|_| "shutting down".to_owned())?)
+        };
+        if let Some(started) = self.watches.wait(&scope, &target.name, waiter, permit) {
+            let resource = self
+                .resolver
+                .api_resource(&target.api_version, &target.kind)
+                .await
+                .map_err(|e| describe(&e))?;
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.resolver.client().clone(), &target.namespace, &resource);
+            tokio::spawn(self.watches.clone().run(scope, api, started));
+        }
+        handled
             .await
-            .map_err(|e| describe(&e))?;
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.resolver.client().clone(), &target.namespace, &resource);
-        let config = watcher::Config::default().fields(&format!("metadata.name={}", target.name));
-        let mut objects = watcher::watcher(api, config)
+            .map_err(|_| "the watch of the target ended".to_owned())
+    }
+}
+
+/// Where a shared watch looks: one kind in one namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Scope {
+    api_version: String,
+    kind: String,
+    namespace: String,
+}
+
+/// A confirmation waiting for one object's `status.lastHandledReconcileAt`.
+struct Waiter {
+    requested_at: String,
+    done: oneshot::Sender<String>,
+}
+
+/// Confirmations under way, by scope and object name.
+type Waiting = HashMap<String, Vec<Waiter>>;
+
+/// One watch per scope, shared by every confirmation waiting in it, at most `MAX_WATCHES` at
+/// once; a watch ends once no confirmation waits in its scope.
+pub struct Watches {
+    scopes: Mutex<HashMap<Scope, Waiting>>,
+    slots: Arc<Semaphore>,
+}
+
+impl Watches {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            scopes: Mutex::default(),
+            slots: Arc::new(Semaphore::new(MAX_WATCHES)),
+        })
+    }
+
+    fn has(&self, scope: &Scope) -> bool {
+        self.scopes.lock().is_ok_and(|s| s.contains_key(scope))
+    }
+
+    /// Adds a waiter; the permit when it opened the scope, whose watch the caller then starts.
+    fn wait(
+        &self,
+        scope: &Scope,
+        name: &str,
+        waiter: Waiter,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Option<OwnedSemaphorePermit> {
+        let Ok(mut scopes) = self.scopes.lock() else {
+            return None;
+        };
+        let opened = !scopes.contains_key(scope);
+        let waiting = scopes.entry(scope.clone()).or_default();
+        waiting.entry(name.to_owned()).or_default().push(waiter);
+        // Another confirmation may have opened it meanwhile: then the permit goes back.
+        permit.filter(|_| opened)
+    }
+
+    /// Watches the scope's objects, answering its waiters, until none is left (those whose
+    /// confirmation timed out are dropped as they are found).
+    async fn run(
+        self: Arc<Self>,
+        scope: Scope,
+        api: Api<DynamicObject>,
+        _slot: OwnedSemaphorePermit,
+    ) {
+        let mut objects = watcher::watcher(api, watcher::Config::default())
             .default_backoff()
             .applied_objects()
             .boxed();
-        while let Some(object) = objects.next().await {
-            let Ok(object) = object else { continue };
-            if let Some(handled) = object.data["status"]["lastHandledReconcileAt"].as_str()
-                && is_handled(handled, requested_at)
-            {
-                return Ok(handled.to_owned());
+        let mut prune = tokio::time::interval(PRUNE_EVERY);
+        loop {
+            tokio::select! {
+                object = objects.next() => match object {
+                    Some(Ok(object)) => self.seen(&scope, &object),
+                    Some(Err(_)) => {}
+                    None => break,
+                },
+                _ = prune.tick() => {}
+            }
+            if self.close_if_idle(&scope) {
+                return;
             }
         }
-        Err("the watch of the target ended".into())
+        // The stream ended: its waiters hear that their watch did.
+        if let Ok(mut scopes) = self.scopes.lock() {
+            scopes.remove(&scope);
+        }
+    }
+
+    /// Answers the waiters of `object` whose request it reports handled.
+    fn seen(&self, scope: &Scope, object: &DynamicObject) {
+        let Some(handled) = object.data["status"]["lastHandledReconcileAt"].as_str() else {
+            return;
+        };
+        let (Some(name), Ok(mut scopes)) = (object.metadata.name.as_deref(), self.scopes.lock())
+        else {
+            return;
+        };
+        let Some(waiters) = scopes.get_mut(scope).and_then(|w| w.get_mut(name)) else {
+            return;
+        };
+        for waiter in std::mem::take(waiters) {
+            if is_handled(handled, &waiter.requested_at) {
+                let _ = waiter.done.send(handled.to_owned());
+            } else {
+                waiters.push(waiter);
+            }
+        }
+    }
+
+    /// Drops waiters that stopped waiting; ends the scope (true) when none is left.
+    fn close_if_idle(&self, scope: &Scope) -> bool {
+        let Ok(mut scopes) = self.scopes.lock() else {
+            return true;
+        };
+        let Some(waiting) = scopes.get_mut(scope) else {
+            return true;
+        };
+        waiting.retain(|_, waiters| {
+            waiters.retain(|w| !w.done.is_closed());
+            !waiters.is_empty()
+        });
+        let idle = waiting.is_empty();
+        if idle {
+            scopes.remove(scope);
+        }
+        idle
     }
 }
 

@@ -139,6 +139,7 @@ impl Service {
         let resolver = Arc::new(Resolver::new(kube.clone(), config.no_cross_namespace_refs));
         let confirmer = Arc::new(Confirmer {
             resolver: resolver.clone(),
+            watches: confirm::Watches::new(),
             recorder: recorder.clone(),
             metrics: metrics.clone(),
             timeout: config.confirm_timeout,

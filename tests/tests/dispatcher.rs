@@ -773,3 +773,34 @@ fn requests_to_collection(p: &Stack, method: &str) -> Vec<u16> {
         .map(|r| r.status)
         .collect()
 }
+
+#[tokio::test]
+async fn confirmations_in_one_namespace_share_one_watch() {
+    let p = start().await;
+    let _dispatcher = p.start_dispatcher(&["--coalesce-window", "50ms"]).await;
+    // "labels" patches web-1 and web-2, "flaky" a third repository of the namespace; the
+    // controllers start once all three wait for confirmation.
+    trigger(&p, "labels").await;
+    trigger(&p, "flaky").await;
+    p.outcomes_until("three targets patched", |e| {
+        of_type(e, "patched").len() == 3
+    })
+    .await;
+    p.api().play_flux_controllers(Duration::from_millis(50));
+    let events = p
+        .outcomes_until("three targets handled", |e| {
+            of_type(e, "handled").len() == 3
+        })
+        .await;
+    let mut handled: Vec<&str> = of_type(&events, "handled")
+        .iter()
+        .filter_map(|e| e["target"]["name"].as_str())
+        .collect();
+    handled.sort();
+    assert_eq!(handled, ["flaky", "web-1", "web-2"]);
+    let path = format!("/apis/source.toolkit.fluxcd.io/v1/namespaces/{NS}/gitrepositories");
+    let watches = (p.api().requests().into_iter())
+        .filter(|r| r.path == path && r.query.contains("watch=true"))
+        .count();
+    assert_eq!(watches, 1, "one watch for the namespace's GitRepositories");
+}

@@ -210,24 +210,36 @@ impl ApiServer {
 
     /// Plays the Flux controllers' part from now on: whenever an object's
     /// `reconcile.fluxcd.io/requestedAt` annotation differs from its
-    /// `status.lastHandledReconcileAt`, copies it there after `delay`, through the status
-    /// subresource's path of change -- except for objects with `spec.suspend: true`, which Flux
-    /// does not reconcile.
+    /// `status.lastHandledReconcileAt` -- already, or after a change -- copies it there after
+    /// `delay`, through the status subresource's path of change -- except for objects with
+    /// `spec.suspend: true`, which Flux does not reconcile.
     pub fn play_flux_controllers(&self, delay: std::time::Duration) {
         let shared = self.shared.clone();
-        let mut events = shared
-            .store
-            .lock()
-            .expect("stand-in state")
-            .live
-            .subscribe();
+        let (mut events, pending): (_, Vec<ObjectKey>) = {
+            let store = shared.store.lock().expect("stand-in state");
+            let pending = (store.objects.iter())
+                .filter(|(_, object)| pending_request(object).is_some())
+                .map(|(key, _)| key.clone())
+                .collect();
+            (store.live.subscribe(), pending)
+        };
         tokio::spawn(async move {
-            while let Ok(event) = events.recv().await {
-                if event.kind == EventType::Deleted || pending_request(&event.object).is_none() {
-                    continue;
-                }
+            let mut pending = pending.into_iter();
+            loop {
+                let key = match pending.next() {
+                    Some(key) => key,
+                    None => match events.recv().await {
+                        Ok(event)
+                            if event.kind != EventType::Deleted
+                                && pending_request(&event.object).is_some() =>
+                        {
+                            event.key.clone()
+                        }
+                        Ok(_) => continue,
+                        Err(_) => break,
+                    },
+                };
                 let shared = shared.clone();
-                let key = event.key.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
                     let mut store = shared.store.lock().expect("stand-in state");
