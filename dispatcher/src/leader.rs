@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use fluxgate_shared::within_deadline;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
@@ -111,7 +112,7 @@ impl LeaderElector {
     }
 
     async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
-        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+        let Some(mut lease) = within_deadline(self.api.get_opt(&self.name)).await? else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.name.clone()),
@@ -119,7 +120,7 @@ impl LeaderElector {
                 },
                 spec: Some(self.spec(None, 0)),
             };
-            return match self.api.create(&PostParams::default(), &lease).await {
+            return match within_deadline(self.api.create(&PostParams::default(), &lease)).await {
                 Ok(created) => {
                     self.observe(&created);
                     Ok(true)
@@ -151,11 +152,7 @@ impl LeaderElector {
         let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!ours);
         let acquired = if ours { spec.acquire_time } else { None };
         lease.spec = Some(self.spec(acquired, transitions));
-        match self
-            .api
-            .replace(&self.name, &PostParams::default(), &lease)
-            .await
-        {
+        match within_deadline(self.api.replace(&self.name, &PostParams::default(), &lease)).await {
             Ok(updated) => {
                 self.observe(&updated);
                 Ok(true)
@@ -177,7 +174,7 @@ impl LeaderElector {
     }
 
     async fn release(&mut self) -> Result<(), kube::Error> {
-        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+        let Some(mut lease) = within_deadline(self.api.get_opt(&self.name)).await? else {
             return Ok(());
         };
         let Some(spec) = lease.spec.as_mut() else {
@@ -189,8 +186,7 @@ impl LeaderElector {
         spec.holder_identity = None;
         spec.renew_time = None;
         spec.acquire_time = None;
-        self.api
-            .replace(&self.name, &PostParams::default(), &lease)
+        within_deadline(self.api.replace(&self.name, &PostParams::default(), &lease))
             .await
             .map(|_| ())
     }

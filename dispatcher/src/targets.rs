@@ -9,6 +9,7 @@ use std::sync::Mutex;
 pub use fluxgate_shared::contract::Target;
 use fluxgate_shared::filter::{self, Expression};
 use fluxgate_shared::receivers::{Receiver, ResourceRef};
+use fluxgate_shared::within_deadline;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -93,7 +94,8 @@ impl Resolver {
         }
         let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
         let gvk = GroupVersionKind::gvk(group, version, kind);
-        let (resource, _) = kube::discovery::pinned_kind(&self.client, &gvk).await?;
+        let (resource, _) =
+            within_deadline(kube::discovery::pinned_kind(&self.client, &gvk)).await?;
         if let Ok(mut discovered) = self.discovered.lock() {
             discovered.insert(key, resource.clone());
         }
@@ -166,7 +168,7 @@ impl Resolver {
         let api_resource = self.api_resource(&target.api_version, &target.kind).await?;
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &target.namespace, &api_resource);
-        Ok(api.get(&target.name).await?.metadata)
+        Ok(within_deadline(api.get(&target.name)).await?.metadata)
     }
 
     async fn resolve_one(
@@ -230,7 +232,9 @@ impl Resolver {
         if !selector.is_empty() {
             params = params.labels(&selector);
         }
-        let listed = api.list(&params).await.map_err(Refusal::from)?;
+        let listed = within_deadline(api.list(&params))
+            .await
+            .map_err(Refusal::from)?;
         Ok(listed
             .items
             .into_iter()

@@ -7,6 +7,7 @@ pub mod contract;
 mod error;
 pub mod filter;
 pub mod gojson;
+mod kube_call;
 mod nats;
 mod nats_auth;
 pub mod pubsub;
@@ -16,6 +17,7 @@ mod telemetry;
 
 pub use config::{CommonConfig, SERVICE_HELP, undescribed_flags};
 pub use error::Error;
+pub use kube_call::{KUBE_CALL_TIMEOUT, within_deadline};
 pub use nats::{
     client_options as nats_client_options, connect as nats_connect, is_refusal as nats_is_refusal,
     refusal_reason as nats_refusal_reason, servers as nats_servers,

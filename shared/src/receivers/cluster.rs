@@ -234,7 +234,7 @@ impl Loader {
             return cached.clone();
         }
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.0);
-        let data = match api.get_opt(&key.1).await {
+        let data = match crate::within_deadline(api.get_opt(&key.1)).await {
             Ok(Some(secret)) => Some(decode(secret)),
             Ok(None) => None,
             Err(error) => {
