@@ -293,7 +293,9 @@ async fn plan(streams: &Streams, format: Format, args: &Args, seqs: &[u64]) -> R
                     meta.namespace, meta.receiver
                 ))
             })?;
-        let inputs = Inputs::of(&streams.jetstream, receiver, &meta, &message.payload).await?;
+        let inputs = std::sync::Arc::new(
+            Inputs::of(&streams.jetstream, receiver, &meta, &message.payload).await?,
+        );
         let resolved = resolver
             .resolve(receiver, &inputs)
             .await

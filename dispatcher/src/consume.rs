@@ -188,7 +188,7 @@ impl Dispatcher {
                 .await;
             return Ok(Disposition::Ack);
         }
-        let inputs = Inputs::of(&self.jetstream, receiver, meta, &message.payload).await?;
+        let inputs = Arc::new(Inputs::of(&self.jetstream, receiver, meta, &message.payload).await?);
         let resolved = self.resolver.resolve(receiver, &inputs).await?;
         let targets = resolved.targets;
         self.recorder

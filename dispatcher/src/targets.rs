@@ -4,7 +4,8 @@
 //! dynamic API and discovery; then the receiver's CEL filters decide which of them to keep.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub use fluxgate_shared::contract::Target;
 use fluxgate_shared::filter::{self, Expression};
@@ -15,6 +16,9 @@ use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::{ApiResource, GroupVersionKind};
 
 use crate::request::Inputs;
+
+/// How long a delivery's filters may take for one entry of `spec.resources`.
+const FILTER_BUDGET: Duration = Duration::from_secs(1);
 
 /// Flux's apiVersion for a kind named without one; other kinds must say theirs.
 pub fn default_api_version(kind: &str) -> Option<&'static str> {
@@ -110,16 +114,15 @@ impl Resolver {
     pub async fn resolve(
         &self,
         receiver: &Receiver,
-        inputs: &Inputs,
+        inputs: &Arc<Inputs>,
     ) -> Result<Resolved, kube::Error> {
         let mut targets = BTreeSet::new();
         let mut filtered_out = BTreeSet::new();
         let mut refused = Vec::new();
         for resource in &receiver.resources {
-            let filters: Vec<&Expression> = receiver
-                .resource_filter
-                .iter()
+            let filters: Vec<Expression> = (receiver.resource_filter.iter())
                 .chain(resource.filter.iter())
+                .cloned()
                 .collect();
             let candidates = match self.resolve_one(receiver, resource).await {
                 Ok(found) => found,
@@ -129,6 +132,7 @@ impl Resolver {
                 }
                 Err(Refusal::Transient(error)) => return Err(error),
             };
+            let mut to_filter = Vec::new();
             for (target, metadata) in candidates {
                 if filters.is_empty() {
                     targets.insert(target);
@@ -145,7 +149,10 @@ impl Resolver {
                         Err(Refusal::Transient(error)) => return Err(error),
                     },
                 };
-                match passes(&filters, &target, &metadata, inputs) {
+                to_filter.push((target, metadata));
+            }
+            for (target, verdict) in filter_all(filters, to_filter, inputs).await {
+                match verdict {
                     Ok(true) => {
                         targets.insert(target);
                     }
@@ -243,9 +250,50 @@ impl Resolver {
     }
 }
 
+/// Each candidate with whether every filter holds for it, evaluated on a blocking thread --
+/// a costly expression must not stall the async workers (and the Lease renewal with them) --
+/// within [`FILTER_BUDGET`]; past it, each is refused with the reason. The evaluation itself
+/// cannot be stopped: its thread runs on until it is done.
+async fn filter_all(
+    filters: Vec<Expression>,
+    candidates: Vec<(Target, ObjectMeta)>,
+    inputs: &Arc<Inputs>,
+) -> Vec<(Target, Result<bool, String>)> {
+    if candidates.is_empty() {
+        return Vec::new();
+    }
+    let names: Vec<Target> = candidates
+        .iter()
+        .map(|(target, _)| target.clone())
+        .collect();
+    let inputs = inputs.clone();
+    let evaluation = tokio::task::spawn_blocking(move || {
+        (candidates.into_iter())
+            .map(|(target, metadata)| {
+                let verdict = passes(&filters, &target, &metadata, &inputs);
+                (target, verdict)
+            })
+            .collect()
+    });
+    match tokio::time::timeout(FILTER_BUDGET, evaluation).await {
+        Ok(Ok(verdicts)) => verdicts,
+        Ok(Err(panicked)) => refuse_all(names, format!("the filters failed: {panicked}")),
+        Err(_) => refuse_all(
+            names,
+            format!("the filters did not finish within {FILTER_BUDGET:?}"),
+        ),
+    }
+}
+
+fn refuse_all(targets: Vec<Target>, reason: String) -> Vec<(Target, Result<bool, String>)> {
+    (targets.into_iter())
+        .map(|target| (target, Err(reason.clone())))
+        .collect()
+}
+
 /// Whether every filter holds for `target`; the first false one stops, an error fails.
 fn passes(
-    filters: &[&Expression],
+    filters: &[Expression],
     target: &Target,
     metadata: &ObjectMeta,
     inputs: &Inputs,

@@ -66,6 +66,13 @@ fn receivers_yaml() -> String {
             "plain",
             "    - kind: GitRepository\n      name: app\n      filter: req.action == 'deploy'\n    - kind: GitRepository\n      name: api\n      filter: req.missing == 'x'\n",
         ),
+        // Its filter's cost grows with the cube of the request's list.
+        receiver(
+            "costly",
+            "generic",
+            "plain",
+            "    - kind: GitRepository\n      name: app\n      filter: req.items.all(x, req.items.all(y, req.items.all(z, x + y + z >= 0)))\n",
+        ),
         receiver(
             "broken",
             "generic",
@@ -803,4 +810,30 @@ async fn confirmations_in_one_namespace_share_one_watch() {
         .filter(|r| r.path == path && r.query.contains("watch=true"))
         .count();
     assert_eq!(watches, 1, "one watch for the namespace's GitRepositories");
+}
+
+#[tokio::test]
+async fn a_filter_past_its_budget_fails_its_delivery_and_stalls_nothing() {
+    let p = start().await;
+    let dispatcher = p
+        .start_dispatcher(&["--identity", "a", "--lease-duration", "2s"])
+        .await;
+    let items: Vec<u32> = (0..400).collect();
+    let costly = trigger_json(&p, "costly", json!({ "items": items })).await;
+    let events = p
+        .outcomes_until("the costly delivery failed", |e| {
+            !of_type(e, "failed").is_empty()
+        })
+        .await;
+    let failed = of_type(&events, "failed");
+    assert_eq!(failed[0]["delivery"], costly.as_str());
+    assert_eq!(
+        failed[0]["reason"], "the filters did not finish within 1s",
+        "{failed:?}"
+    );
+    // While it still runs on its thread, the dispatcher leads and patches on.
+    trigger(&p, "flaky").await;
+    p.outcomes_until("the next patch", |e| !of_type(e, "patched").is_empty())
+        .await;
+    wait_metric(&dispatcher, "fluxgate_dispatcher_leader 1").await;
 }
