@@ -25,6 +25,9 @@ use crate::targets::{Resolver, Target};
 
 /// Deliveries handled at once.
 const CONCURRENCY: usize = 256;
+/// How long one pull request waits for messages, and how often the server says it is alive.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long JetStream waits before redelivering a delivery whose handling failed transiently.
 const RETRY_DELAY: Duration = Duration::from_secs(5);
 
@@ -52,7 +55,15 @@ impl Dispatcher {
         mut stop: watch::Receiver<bool>,
         mut leading: watch::Receiver<bool>,
     ) -> Result<(), Error> {
-        let messages = consumer.messages().await.map_err(Error::nats)?;
+        // Short pulls with frequent heartbeats: when the consumer's leader moves (a NATS node
+        // lost or partitioned), a pull request is lost with it, and only a missed heartbeat or
+        // the pull's expiry tells the client to ask again.
+        let messages = (consumer.stream())
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_HEARTBEAT)
+            .messages()
+            .await
+            .map_err(Error::nats)?;
         let (mut stop_seen, mut leading_seen) = (stop.clone(), leading.clone());
         let ended = async move {
             tokio::select! {

@@ -13,6 +13,10 @@ use crate::dedup::Dedup;
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
 
+/// The first and the longest wait between attempts to mark a delivery finished.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const MAX_RETRY: Duration = Duration::from_secs(2);
+
 pub struct InFlight {
     pub delivery: Delivery,
     pub message: jetstream::Message,
@@ -26,14 +30,25 @@ impl InFlight {
         self.remaining.store(targets, Ordering::Release);
     }
 
+    /// Marks the delivery finished in the dedup bucket, retrying until NATS takes it: a lost
+    /// ack must find the mark, or the redelivery would patch again.
+    async fn finish(&self) {
+        let mut backoff = FIRST_RETRY;
+        while let Err(error) = self.registry.dedup.finish(&self.delivery).await {
+            if backoff == FIRST_RETRY {
+                tracing::warn!(%error, seq = self.delivery.sequence, "cannot mark the delivery finished yet; retrying");
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_RETRY);
+        }
+    }
+
     /// One target of this delivery is done; the last one marks the delivery finished and
     /// acknowledges the message.
     pub async fn target_done(&self) {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            if self.delivery.is_deduplicated()
-                && let Err(error) = self.registry.dedup.finish(&self.delivery).await
-            {
-                tracing::warn!(%error, seq = self.delivery.sequence, "cannot mark the delivery finished; were its ack lost too, it would be patched again");
+            if self.delivery.is_deduplicated() {
+                self.finish().await;
             }
             acknowledge(
                 &self.message,

@@ -62,6 +62,10 @@ async fn start() -> (NatsNodes, Stack) {
     (nodes, stack)
 }
 
+fn is_2xx(status: &u16) -> bool {
+    (200..300).contains(status)
+}
+
 /// One answer a sender saw.
 struct Answer {
     sent: Instant,
@@ -111,7 +115,7 @@ impl Load {
                         .is_ok_and(|r| r.header("retry-after").is_some()),
                     status: response.map(|r| r.status).map_err(|e| e.to_string()),
                 };
-                if answer.status.as_ref().is_ok_and(|s| (200..300).contains(s)) {
+                if answer.status.as_ref().is_ok_and(is_2xx) {
                     ids.push(id);
                     accepted_tx.send_modify(|n| *n += 1);
                 }
@@ -165,12 +169,12 @@ impl Load {
 /// What senders saw: requests, the share not answered 2xx, the longest stretch without a 2xx.
 fn report(fault: &str, answers: &[Answer]) -> (f64, Duration) {
     let failed = (answers.iter())
-        .filter(|a| !a.status.as_ref().is_ok_and(|s| (200..300).contains(s)))
+        .filter(|a| !a.status.as_ref().is_ok_and(is_2xx))
         .count();
     let mut longest = Duration::ZERO;
     let mut last_ok = answers.first().map(|a| a.at);
     for answer in answers {
-        if answer.status.as_ref().is_ok_and(|s| (200..300).contains(s)) {
+        if answer.status.as_ref().is_ok_and(is_2xx) {
             if let Some(last) = last_ok {
                 longest = longest.max(answer.at - last);
             }
@@ -235,43 +239,56 @@ fn patched_counts(events: &[Value]) -> HashMap<&str, usize> {
     counts
 }
 
+/// Starts the cluster and the stack, sends the steady load, lets it reach [`STEP`] 2xx answers,
+/// runs `fault`, then stops the load, prints what senders saw and checks that every accepted
+/// delivery was patched once. What `fault` returns, and the answers, are the caller's.
+async fn under_load<T>(
+    fault: &str,
+    act: impl AsyncFnOnce(&NatsNodes, &mut Load) -> T,
+) -> (T, Vec<Answer>) {
+    let (nodes, stack) = start().await;
+    let mut load = Load::start(stack.hook_url(TOKEN, "gh", NS));
+    load.accepts(STEP).await;
+    let acted = act(&nodes, &mut load).await;
+    let (answers, accepted) = load.finish().await;
+    report(fault, &answers);
+    each_patched_once(&stack, &accepted).await;
+    (acted, answers)
+}
+
 async fn deliveries_leader(nodes: &NatsNodes) -> &Node {
     nodes.stream_leader(contract::DELIVERIES_STREAM).await
 }
 
 #[tokio::test]
 async fn the_stream_leaders_node_killed_then_back_loses_nothing() {
-    let (nodes, stack) = start().await;
-    let mut load = Load::start(stack.hook_url(TOKEN, "gh", NS));
-    load.accepts(STEP).await;
-    let leader = deliveries_leader(&nodes).await;
-    let killed = Instant::now();
-    leader.kill().await;
-    load.accepts(STEP).await;
-    eprintln!("2xx again {:?} after the kill", killed.elapsed());
-    leader.start().await;
-    load.accepts(STEP).await;
-    let (answers, accepted) = load.finish().await;
-    report("stream leader killed", &answers);
-    each_patched_once(&stack, &accepted).await;
+    under_load("stream leader killed", async |nodes, load| {
+        let leader = deliveries_leader(nodes).await;
+        let killed = Instant::now();
+        leader.kill().await;
+        load.accepts(STEP).await;
+        eprintln!("2xx again {:?} after the kill", killed.elapsed());
+        leader.start().await;
+        load.accepts(STEP).await;
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn without_quorum_ingest_answers_503_with_retry_after_never_2xx() {
-    let (nodes, stack) = start().await;
-    let mut load = Load::start(stack.hook_url(TOKEN, "gh", NS));
-    load.accepts(STEP).await;
-    nodes.nodes[1].kill().await;
-    nodes.nodes[2].kill().await;
-    let lost = Instant::now();
-    // One more than needed: the request under way at `lost` was sent before it.
-    load.refusals(STEP + 1).await;
-    let restoring = Instant::now();
-    nodes.nodes[1].start().await;
-    nodes.nodes[2].start().await;
-    load.accepts(STEP).await;
-    let (answers, accepted) = load.finish().await;
-
+    let ((lost, restoring), answers) = under_load("no quorum", async |nodes, load| {
+        nodes.nodes[1].kill().await;
+        nodes.nodes[2].kill().await;
+        let lost = Instant::now();
+        // One more than needed: the request under way at `lost` was sent before it.
+        load.refusals(STEP + 1).await;
+        let restoring = Instant::now();
+        nodes.nodes[1].start().await;
+        nodes.nodes[2].start().await;
+        load.accepts(STEP).await;
+        (lost, restoring)
+    })
+    .await;
     let without_quorum: Vec<&Answer> = (answers.iter())
         .filter(|a| a.sent >= lost && a.at <= restoring)
         .collect();
@@ -281,75 +298,64 @@ async fn without_quorum_ingest_answers_503_with_retry_after_never_2xx() {
         assert!(answer.retry_after, "a 503 without Retry-After");
     }
     let first_2xx = (answers.iter())
-        .find(|a| a.sent >= restoring && a.status.as_ref().is_ok_and(|s| (200..300).contains(s)))
+        .find(|a| a.sent >= restoring && a.status.as_ref().is_ok_and(is_2xx))
         .expect("2xx again");
     eprintln!(
-        "without quorum: {} of {} webhooks answered 503 with Retry-After; 2xx again {:?} after the nodes were restarted",
-        without_quorum.len(),
+        "without quorum: all {} webhooks answered 503 with Retry-After; 2xx again {:?} after the nodes were restarted",
         without_quorum.len(),
         first_2xx.at - restoring
     );
-    report("no quorum", &answers);
-    each_patched_once(&stack, &accepted).await;
 }
 
 #[tokio::test]
 async fn a_node_paused_past_the_election_timeout_loses_nothing() {
-    let (nodes, stack) = start().await;
-    let mut load = Load::start(stack.hook_url(TOKEN, "gh", NS));
-    load.accepts(STEP).await;
-    let leader = deliveries_leader(&nodes).await;
-    let paused = Instant::now();
-    leader.pause().await;
-    // Cut off from its peers until they elect another leader, and then for a while more.
-    let successor =
-        (nodes.stream_leader_other_than(contract::DELIVERIES_STREAM, Some(leader))).await;
-    eprintln!(
-        "{} leads the deliveries after {:?}",
-        successor.name,
-        paused.elapsed()
-    );
-    load.accepts(STEP).await;
-    leader.unpause().await;
-    leader.wait_healthy().await;
-    load.accepts(STEP).await;
-    let (answers, accepted) = load.finish().await;
-    report("stream leader paused", &answers);
-    each_patched_once(&stack, &accepted).await;
+    under_load("stream leader paused", async |nodes, load| {
+        let leader = deliveries_leader(nodes).await;
+        let paused = Instant::now();
+        leader.pause().await;
+        // Cut off from its peers until they elect another leader, and then for a while more.
+        let successor = nodes
+            .stream_leader_other_than(contract::DELIVERIES_STREAM, Some(leader))
+            .await;
+        eprintln!(
+            "{} leads the deliveries after {:?}",
+            successor.name,
+            paused.elapsed()
+        );
+        load.accepts(STEP).await;
+        leader.unpause().await;
+        leader.wait_healthy().await;
+        load.accepts(STEP).await;
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_rolling_restart_of_every_node_loses_nothing() {
-    let (nodes, stack) = start().await;
-    let mut load = Load::start(stack.hook_url(TOKEN, "gh", NS));
-    load.accepts(STEP).await;
-    for node in &nodes.nodes {
-        let stopped = Instant::now();
-        node.restart().await;
-        eprintln!("{} restarted in {:?}", node.name, stopped.elapsed());
-        load.accepts(STEP).await;
-    }
-    let (answers, accepted) = load.finish().await;
-    report("rolling restart", &answers);
-    each_patched_once(&stack, &accepted).await;
+    under_load("rolling restart", async |nodes, load| {
+        for node in &nodes.nodes {
+            let stopped = Instant::now();
+            node.restart().await;
+            eprintln!("{} restarted in {:?}", node.name, stopped.elapsed());
+            load.accepts(STEP).await;
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn ingests_own_node_killed_loses_nothing() {
-    let (nodes, stack) = start().await;
-    let mut load = Load::start(stack.hook_url(TOKEN, "gh", NS));
-    load.accepts(STEP).await;
-    let own = nodes.serving("fluxgate-ingest").await;
-    let killed = Instant::now();
-    own.kill().await;
-    load.accepts(STEP).await;
-    eprintln!(
-        "2xx again {:?} after ingest's node was killed",
-        killed.elapsed()
-    );
-    own.start().await;
-    load.accepts(STEP).await;
-    let (answers, accepted) = load.finish().await;
-    report("ingest's node killed", &answers);
-    each_patched_once(&stack, &accepted).await;
+    under_load("ingest's node killed", async |nodes, load| {
+        let own = nodes.serving("fluxgate-ingest").await;
+        let killed = Instant::now();
+        own.kill().await;
+        load.accepts(STEP).await;
+        eprintln!(
+            "2xx again {:?} after ingest's node was killed",
+            killed.elapsed()
+        );
+        own.start().await;
+        load.accepts(STEP).await;
+    })
+    .await;
 }
