@@ -100,6 +100,12 @@ impl Confirmer {
             kind: target.kind.clone(),
             namespace: target.namespace.clone(),
         };
+        // Known before the waiter is added, so that a scope opened is always watched.
+        let resource = self
+            .resolver
+            .api_resource(&target.api_version, &target.kind)
+            .await
+            .map_err(|e| describe(&e))?;
         // A new scope waits for a free watch first: at most `MAX_WATCHES` at once.
         let permit = if self.watches.has(&scope) {
             None
@@ -108,11 +114,6 @@ impl Confirmer {
             Some(permit.map_err(|_| "shutting down".to_owned())?)
         };
         if let Some(started) = self.watches.wait(&scope, &target.name, waiter, permit) {
-            let resource = self
-                .resolver
-                .api_resource(&target.api_version, &target.kind)
-                .await
-                .map_err(|e| describe(&e))?;
             let api: Api<DynamicObject> =
                 Api::namespaced_with(self.resolver.client().clone(), &target.namespace, &resource);
             tokio::spawn(self.watches.clone().run(scope, api, started));
