@@ -99,8 +99,9 @@ pub struct Config {
     #[arg(long, env = "FLUXGATE_OUTCOMES_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
     pub outcomes_max_age: Duration,
 
-    /// Most bytes of outcome events kept; the oldest go first. -1: no limit.
-    #[arg(long, env = "FLUXGATE_OUTCOMES_MAX_BYTES", default_value_t = -1, allow_negative_numbers = true)]
+    /// Most bytes of outcome events kept (1 GiB); the oldest go first, so the dispatcher never
+    /// stops for want of room, and history is what shortens. -1: no limit.
+    #[arg(long, env = "FLUXGATE_OUTCOMES_MAX_BYTES", default_value_t = 1 << 30, allow_negative_numbers = true)]
     pub outcomes_max_bytes: i64,
 
     /// Time in-flight patches get to finish after SIGTERM.

@@ -57,9 +57,17 @@ pub struct Config {
     #[arg(long, env = "FLUXGATE_STREAM_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
     pub stream_max_age: Duration,
 
-    /// Most bytes of deliveries kept; the oldest go first. -1: no limit (only the age counts).
-    #[arg(long, env = "FLUXGATE_STREAM_MAX_BYTES", default_value_t = -1, allow_negative_numbers = true)]
+    /// Most bytes of deliveries kept (2 GiB). When they are reached, new webhooks get 503
+    /// "event store is full" until old deliveries age out: a stored delivery is never dropped
+    /// to make room, since the dispatcher may not have handled it yet. -1: no limit (the
+    /// server's storage is then the bound).
+    #[arg(long, env = "FLUXGATE_STREAM_MAX_BYTES", default_value_t = 2 << 30, allow_negative_numbers = true)]
     pub stream_max_bytes: i64,
+
+    /// Most bytes of the object store holding bodies above NATS's max_payload (1 GiB); full,
+    /// it refuses large bodies with 503 as the stream does. -1: no limit.
+    #[arg(long, env = "FLUXGATE_BODIES_MAX_BYTES", default_value_t = 1 << 30, allow_negative_numbers = true)]
+    pub bodies_max_bytes: i64,
 
     /// JetStream's `Nats-Msg-Id` duplicate window.
     #[arg(long, env = "FLUXGATE_STREAM_DUPLICATE_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]

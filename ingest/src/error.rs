@@ -29,6 +29,9 @@ pub enum Error {
     NotReady(String),
     #[error("event store unavailable, retry later: {0}")]
     Unavailable(String),
+    /// The deliveries stream or the object store reached its byte limit, or NATS its storage.
+    #[error("event store is full, retry later: {0}")]
+    StorageFull(String),
     /// Every body permit (`--max-concurrent-bodies`) stayed taken until the body timeout.
     #[error("too many webhooks are being received at once, retry later")]
     Busy,
@@ -52,9 +55,11 @@ impl Error {
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BodyRead(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Suspended(_) | Self::NotReady(_) | Self::Unavailable(_) | Self::Busy => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Suspended(_)
+            | Self::NotReady(_)
+            | Self::Unavailable(_)
+            | Self::StorageFull(_)
+            | Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Self::Receivers(_) | Self::Shared(_) | Self::Listen(_) | Self::Kube(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -70,6 +75,7 @@ impl Error {
             Self::BodyTimeout | Self::BodyRead(_) | Self::BadRequest(_) => "bad_request",
             Self::Unauthorized(_) => "unauthorized",
             Self::Suspended(_) | Self::NotReady(_) | Self::Unavailable(_) => "unavailable",
+            Self::StorageFull(_) => "storage_full",
             Self::Busy => "busy",
             Self::Receivers(_) | Self::Shared(_) | Self::Listen(_) | Self::Kube(_) => "internal",
         }
@@ -83,7 +89,10 @@ impl IntoResponse for Error {
             axum::Json(serde_json::json!({ "error": self.to_string() })),
         )
             .into_response();
-        if matches!(self, Self::Unavailable(_) | Self::Busy) {
+        if matches!(
+            self,
+            Self::Unavailable(_) | Self::StorageFull(_) | Self::Busy
+        ) {
             response.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECONDS),

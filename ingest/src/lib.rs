@@ -80,6 +80,7 @@ pub async fn run(
         replicas: config.stream_replicas,
         max_age: config.stream_max_age,
         max_bytes: config.stream_max_bytes,
+        bodies_max_bytes: config.bodies_max_bytes,
         duplicate_window: config.stream_duplicate_window,
     };
     let publisher = Publisher::connect(

@@ -30,6 +30,8 @@ pub struct StreamSettings {
     pub max_age: Duration,
     /// -1: unlimited.
     pub max_bytes: i64,
+    /// The object store's limit; -1: unlimited.
+    pub bodies_max_bytes: i64,
     pub duplicate_window: Duration,
 }
 
@@ -119,6 +121,9 @@ impl Publisher {
             max_age: self.settings.max_age,
             max_bytes: self.settings.max_bytes,
             duplicate_window: self.settings.duplicate_window,
+            // Full, the stream refuses new deliveries (503) rather than drop the oldest, which
+            // the dispatcher may not have handled yet.
+            discard: stream::DiscardPolicy::New,
             // Direct gets let the history CLI read single deliveries without a consumer.
             allow_direct: true,
             ..Default::default()
@@ -130,6 +135,7 @@ impl Publisher {
             tracing::warn!(%error, "cannot update the deliveries stream's configuration");
         }
         self.bodies().await?;
+        self.limit_bodies().await;
         tracing::info!(
             stream = contract::DELIVERIES_STREAM,
             "deliveries stream ready"
@@ -151,11 +157,32 @@ impl Publisher {
                 bucket: contract::BODIES_OBJECT_STORE.into(),
                 description: Some("webhook bodies larger than max_payload".into()),
                 max_age: self.settings.max_age,
+                max_bytes: self.settings.bodies_max_bytes,
                 num_replicas: self.settings.replicas,
                 storage: stream::StorageType::File,
                 ..Default::default()
             })
             .await?)
+    }
+
+    /// Applies `bodies_max_bytes` to an object store created before it was set (or with
+    /// another value); a refusal leaves the store as it is, which still stores bodies.
+    async fn limit_bodies(&self) {
+        let name = format!("OBJ_{}", contract::BODIES_OBJECT_STORE);
+        let Ok(mut stream) = self.jetstream.get_stream(&name).await else {
+            return;
+        };
+        let Ok(info) = stream.info().await else {
+            return;
+        };
+        if info.config.max_bytes == self.settings.bodies_max_bytes {
+            return;
+        }
+        let mut config = info.config.clone();
+        config.max_bytes = self.settings.bodies_max_bytes;
+        if let Err(error) = self.jetstream.update_stream(&config).await {
+            tracing::warn!(%error, "cannot update the object store's byte limit");
+        }
     }
 
     async fn store(&self, mut delivery: Delivery) -> Result<Stored, Error> {
@@ -192,7 +219,7 @@ impl Publisher {
         let store = self
             .bodies()
             .await
-            .map_err(|e| Error::Unavailable(format!("object store: {e}")))?;
+            .map_err(|e| refused(format!("object store: {e}")))?;
         if store.info(&name).await.is_ok() {
             return Ok(name);
         }
@@ -204,7 +231,7 @@ impl Publisher {
         store
             .put(meta, &mut body.as_ref())
             .await
-            .map_err(|e| Error::Unavailable(format!("object store: {e}")))?;
+            .map_err(|e| refused(format!("object store: {e}")))?;
         Ok(name)
     }
 
@@ -213,7 +240,25 @@ impl Publisher {
             // Someone deleted the stream, or NATS came back with an empty store.
             self.reprovision.notify_one();
         }
-        Error::Unavailable(error.to_string())
+        refused(error.to_string())
+    }
+}
+
+/// What JetStream says when it has no room: the stream's own byte limit (it discards new
+/// messages), or the storage of the server or the account. Matched in the error's text because
+/// the object store hands its errors on as text only.
+const NO_ROOM: [&str; 3] = [
+    "maximum bytes exceeded",
+    "insufficient resources",
+    "insufficient storage resources",
+];
+
+/// A publish JetStream refused or could not take: full storage, else unavailable.
+fn refused(error: String) -> Error {
+    if NO_ROOM.iter().any(|marker| error.contains(marker)) {
+        Error::StorageFull(error)
+    } else {
+        Error::Unavailable(error)
     }
 }
 

@@ -439,3 +439,65 @@ async fn slow_clients_are_cut_off() {
     assert!(response.contains("not received in time"), "{response}");
     assert_eq!(stack.stored().await, 0);
 }
+
+/// Posts distinct signed pushes of `size` bytes until one is refused (at most `limit`); returns
+/// how many were stored and the refusal.
+async fn push_until_refused(stack: &Stack, size: usize, limit: usize) -> (usize, Response) {
+    for n in 0..limit {
+        let mut body = github_push_body(size);
+        // Distinct bodies, so that large ones do not share an object.
+        body.extend_from_slice(format!("{n:08}").as_bytes());
+        let response = github_push(stack, &format!("fill-{n}"), &body).await;
+        if response.status != 202 {
+            return (n, response);
+        }
+    }
+    panic!("{limit} deliveries of {size} bytes were all stored");
+}
+
+/// A full store answers 503 `storage_full` with `Retry-After`, counted, and drops nothing it
+/// already acknowledged.
+async fn assert_full(stack: &Stack, stored: usize, refusal: &Response) {
+    assert!(stored > 0, "nothing was stored before the store was full");
+    assert_eq!(refusal.status, 503, "{:?}", refusal.body);
+    assert!(refusal.header("retry-after").is_some(), "no Retry-After");
+    let error = refusal.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.starts_with("event store is full"), "{error}");
+    let counted =
+        r#"fluxgate_ingest_requests_total{receiver_type="github",outcome="storage_full"} 1"#;
+    let metrics = stack.ingest().metrics().await;
+    assert!(metrics.contains(counted), "{metrics}");
+    assert_eq!(
+        stack.stored().await,
+        stored as u64,
+        "every acknowledged delivery must still be stored"
+    );
+}
+
+#[tokio::test]
+async fn a_full_deliveries_stream_refuses_new_webhooks_and_keeps_the_stored_ones() {
+    let stack = start("", &["--stream-max-bytes", "65536"]).await;
+    let (stored, refusal) = push_until_refused(&stack, 8 * 1024, 64).await;
+    assert_full(&stack, stored, &refusal).await;
+}
+
+#[tokio::test]
+async fn a_full_object_store_refuses_large_bodies() {
+    let stack = start("max_payload: 65536\n", &["--bodies-max-bytes", "700000"]).await;
+    let (stored, refusal) = push_until_refused(&stack, 300 * 1024, 8).await;
+    assert_full(&stack, stored, &refusal).await;
+}
+
+#[tokio::test]
+async fn nats_out_of_storage_refuses_new_webhooks() {
+    let stack = start(
+        "jetstream { max_file_store: 262144 }\n",
+        &["--stream-max-bytes", "-1", "--bodies-max-bytes", "-1"],
+    )
+    .await;
+    let (stored, refusal) = push_until_refused(&stack, 8 * 1024, 128).await;
+    assert_full(&stack, stored, &refusal).await;
+}
