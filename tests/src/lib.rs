@@ -9,6 +9,7 @@ pub mod ingest;
 pub mod nats;
 pub mod oidc;
 pub mod process;
+pub mod soak;
 pub mod stack;
 pub mod tls;
 pub mod webhook;

@@ -1,12 +1,14 @@
 //! `fluxgate-load`: fluxgate's benchmarks, each next to the raw JetStream rate on the same
 //! server. `ingest`: signed webhooks over keep-alive connections; `dispatcher`: draining a
-//! stored backlog into patches; `slow`: ingest's memory under slow senders of large bodies.
+//! stored backlog into patches; `slow`: ingest's memory under slow senders of large bodies;
+//! `soak`: both services under a long mix of good and bad requests and faults.
 //!
 //! Run with `cargo run --release -p fluxgate-tests --bin fluxgate-load -- ingest --requests 50000`.
 
 mod dispatcher;
 mod ingest;
 mod slow;
+mod soak;
 
 use clap::Parser;
 
@@ -18,6 +20,8 @@ enum Command {
     Dispatcher(dispatcher::Args),
     /// ingest's memory under many slow, unauthenticated senders of large bodies.
     Slow(slow::Args),
+    /// ingest and the dispatcher under a long request mix, a NATS restart and a SIGKILL.
+    Soak(soak::Args),
 }
 
 #[tokio::main]
@@ -26,5 +30,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Ingest(args) => ingest::run(args).await,
         Command::Dispatcher(args) => dispatcher::run(args).await,
         Command::Slow(args) => slow::run(args).await,
+        Command::Soak(args) => soak::run(args).await,
     }
 }
