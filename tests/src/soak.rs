@@ -422,7 +422,9 @@ async fn settle(stack: &Stack, accepted_ids: &[String], report: &mut Report) {
     let mut stored: HashMap<u64, String> = HashMap::new();
     let mut finished: HashSet<u64> = HashSet::new();
     let deadline = Instant::now() + DRAIN_DEADLINE;
+    let mut polling = tokio::time::interval(Duration::from_millis(500));
     loop {
+        polling.tick().await;
         for message in deliveries.read_on().await {
             if let Some(id) = message
                 .headers
@@ -447,7 +449,6 @@ async fn settle(stack: &Stack, accepted_ids: &[String], report: &mut Report) {
         if stored.keys().all(|s| finished.contains(s)) || Instant::now() >= deadline {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     report.stored = stored.len();
     report.terminal = stored.keys().filter(|s| finished.contains(s)).count();
