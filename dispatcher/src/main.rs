@@ -9,10 +9,11 @@ use tokio::net::TcpListener;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    fluxgate_shared::init_telemetry(config.common.log_format);
+    let tracing = fluxgate_shared::init_telemetry(config.common.log_format, "fluxgate-dispatcher")?;
     let admin = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
-    fluxgate_dispatcher::run(config, admin, fluxgate_shared::shutdown_signal()).await?;
-    Ok(())
+    let ran = fluxgate_dispatcher::run(config, admin, fluxgate_shared::shutdown_signal()).await;
+    tracing.shutdown();
+    Ok(ran?)
 }

@@ -23,6 +23,7 @@ pub fn build(
     verified: Verified,
     request: &RequestHeaders,
     body: Bytes,
+    traceparent: Option<String>,
 ) -> Result<(String, Delivery), Error> {
     if let Some(id) = &verified.delivery_id {
         header_safe(id).map_err(|refused| refused.naming("the delivery id"))?;
@@ -51,7 +52,7 @@ pub fn build(
         body_sha256: Some(hex::encode(Sha256::digest(&body))),
         body_size: body.len() as u64,
         body_object: None,
-        traceparent: Some(traceparent(request)),
+        traceparent: Some(traceparent.unwrap_or_else(|| given_or_new_traceparent(request))),
         replay_of: None,
         replay_actor: None,
         oidc_claims: verified.claims.map(|claims| claims.to_string()),
@@ -112,7 +113,7 @@ fn header_safe(value: &str) -> Result<(), Unsafe> {
 }
 
 /// The sender's W3C `traceparent` when it is well formed, else the root of a new trace.
-fn traceparent(request: &RequestHeaders) -> String {
+fn given_or_new_traceparent(request: &RequestHeaders) -> String {
     let given = request
         .get(header::TRACEPARENT)
         .and_then(|v| v.to_str().ok());
@@ -180,7 +181,8 @@ mod tests {
             ("authorization", "Bearer secret"),
             ("x-gitlab-token", "secret"),
         ]);
-        let (id, d) = build(&receiver(), verified, &req, Bytes::from_static(b"{}")).expect("built");
+        let (id, d) =
+            build(&receiver(), verified, &req, Bytes::from_static(b"{}"), None).expect("built");
         assert_eq!(id, "d-1");
         assert_eq!(d.msg_id, "flux-system/app.github/d-1");
         assert_eq!(d.subject, "fluxgate.deliveries.flux-system.app_github");
@@ -204,6 +206,7 @@ mod tests {
             Verified::default(),
             &request(&[]),
             Bytes::new(),
+            None,
         )
         .expect("built");
         let (b, _) = build(
@@ -211,6 +214,7 @@ mod tests {
             Verified::default(),
             &request(&[]),
             Bytes::new(),
+            None,
         )
         .expect("built");
         assert_ne!(a, b);
@@ -226,6 +230,7 @@ mod tests {
             Verified::default(),
             &request(&[("traceparent", tp)]),
             Bytes::new(),
+            None,
         )
         .expect("built");
         assert_eq!(get(&kept, header::TRACEPARENT), Some(tp));
@@ -234,11 +239,24 @@ mod tests {
             Verified::default(),
             &request(&[("traceparent", "junk")]),
             Bytes::new(),
+            None,
         )
         .expect("built");
         assert!(is_traceparent(
             get(&made, header::TRACEPARENT).expect("traceparent")
         ));
+        // The request's span, when spans are exported, wins over the sender's: it is that
+        // span's child the dispatcher continues.
+        let span = "00-4bf92f3577b34da6a3ce929d0e0e4736-1111111111111111-01";
+        let (_, spanned) = build(
+            &receiver(),
+            Verified::default(),
+            &request(&[("traceparent", tp)]),
+            Bytes::new(),
+            Some(span.to_owned()),
+        )
+        .expect("built");
+        assert_eq!(get(&spanned, header::TRACEPARENT), Some(span));
     }
 
     /// Each value a sender controls that reaches a header is refused, by name, when it could
@@ -290,7 +308,7 @@ mod tests {
             ),
         ];
         for (verified, pairs, says) in cases {
-            match build(&receiver(), verified, &request(&pairs), Bytes::new()) {
+            match build(&receiver(), verified, &request(&pairs), Bytes::new(), None) {
                 Err(Error::BadRequest(reason)) => assert!(reason.starts_with(says), "{reason}"),
                 other => panic!(
                     "{says}: expected a bad request, got {:?}",
@@ -304,6 +322,7 @@ mod tests {
             with(Some(&at_limit), Some("push")),
             &request(&[("user-agent", "GitHub-Hookshot/1 (~ok)")]),
             Bytes::new(),
+            None,
         )
         .expect("printable ASCII up to the limit is kept");
         assert_eq!(id, at_limit);

@@ -19,6 +19,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant as Deadline;
+use tracing::Instrument as _;
 
 use crate::error::Error;
 use crate::identity::Identity;
@@ -68,7 +69,50 @@ enum Accepted {
     },
 }
 
+/// The request's span, a child of the sender's `traceparent` when it sent one, with the HTTP
+/// semantic conventions' attributes; what the delivery carries on to the dispatcher.
 async fn receive(
+    state: State<Arc<AppState>>,
+    digest: Result<Path<String>, PathRejection>,
+    request: Request,
+) -> Response {
+    let span = tracing::info_span!(
+        "POST /hook/{digest}",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/hook/{digest}",
+        fluxgate.receiver = tracing::field::Empty,
+        fluxgate.receiver_type = tracing::field::Empty,
+        fluxgate.delivery_id = tracing::field::Empty,
+        fluxgate.outcome = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    if let Some(traceparent) = (request
+        .headers()
+        .get(fluxgate_shared::contract::header::TRACEPARENT))
+    .and_then(|v| v.to_str().ok())
+    {
+        fluxgate_shared::continue_trace(&span, traceparent);
+    }
+    let response = handle(state, digest, request)
+        .instrument(span.clone())
+        .await;
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    response
+}
+
+/// Records the `outcome` label on the request's span too.
+fn outcome(outcome: &'static str) -> &'static str {
+    tracing::Span::current().record("fluxgate.outcome", outcome);
+    outcome
+}
+
+async fn handle(
     State(state): State<Arc<AppState>>,
     // A path that does not decode (`/hook/%FF`) is no receiver's: a 404 like any other,
     // rather than the extractor's plain-text 400.
@@ -88,12 +132,19 @@ async fn receive(
     let Some(receiver) = digest.ok().and_then(|Path(digest)| catalog.get(&digest)) else {
         return reject(&state, NO_RECEIVER, None, Error::NotFound, started);
     };
+    let span = tracing::Span::current();
+    span.record(
+        "fluxgate.receiver",
+        tracing::field::display(format_args!("{}/{}", receiver.namespace, receiver.name)),
+    );
+    span.record("fluxgate.receiver_type", receiver.kind.as_str());
     match accept(&state, receiver, &headers, body).await {
         Ok(Accepted::Stored {
             delivery_id,
             duplicate,
         }) => {
-            let outcome = if duplicate { "duplicate" } else { "accepted" };
+            let outcome = outcome(if duplicate { "duplicate" } else { "accepted" });
+            tracing::Span::current().record("fluxgate.delivery_id", delivery_id.as_str());
             tracing::info!(
                 receiver = %format_args!("{}/{}", receiver.namespace, receiver.name),
                 receiver_type = receiver.kind.as_str(),
@@ -120,9 +171,11 @@ async fn receive(
                 %reason,
                 "webhook ignored"
             );
-            state
-                .metrics
-                .request(receiver.kind.as_str(), "ignored", started.elapsed());
+            state.metrics.request(
+                receiver.kind.as_str(),
+                outcome("ignored"),
+                started.elapsed(),
+            );
             // 200, not 4xx: GitLab disables a hook that keeps answering 4xx.
             (
                 StatusCode::OK,
@@ -154,21 +207,33 @@ async fn accept(
         return Err(Error::NotReady(name()));
     }
     let deadline = Deadline::now() + state.body_timeout;
-    let checked = match verify::before_body(&state.identity, receiver, headers).await {
-        Ok(checked) => checked,
-        Err(error) => {
-            // Refused on its headers alone: the body is never kept, only read and dropped.
-            drain(body, state.max_body_bytes, deadline).await;
-            return Err(error);
-        }
+    // Verification takes in the body's reading: a signature covers the body.
+    let verifying = async {
+        let checked = match verify::before_body(&state.identity, receiver, headers).await {
+            Ok(checked) => checked,
+            Err(error) => {
+                // Refused on its headers alone: the body is never kept, only read and dropped.
+                drain(body, state.max_body_bytes, deadline).await;
+                return Err(error);
+            }
+        };
+        // Held until the body is dropped, so that at most --max-concurrent-bodies are in memory.
+        let permit = tokio::time::timeout_at(deadline, state.bodies.clone().acquire_owned())
+            .await
+            .map_err(|_| Error::Busy)?
+            .map_err(|_| Error::Busy)?;
+        let body = read_body(body, headers, state.max_body_bytes, deadline)
+            .instrument(tracing::info_span!("read body"))
+            .await?;
+        let verified = verify::after_body(receiver, headers, &body, checked)?;
+        Ok((permit, body, verified))
     };
-    // Held until the body is dropped, so that at most --max-concurrent-bodies are in memory.
-    let _permit = tokio::time::timeout_at(deadline, state.bodies.clone().acquire_owned())
-        .await
-        .map_err(|_| Error::Busy)?
-        .map_err(|_| Error::Busy)?;
-    let body = read_body(body, headers, state.max_body_bytes, deadline).await?;
-    let verified = verify::after_body(receiver, headers, &body, checked)?;
+    let (_permit, body, verified) = verifying
+        .instrument(tracing::info_span!(
+            "verify",
+            fluxgate.receiver_type = receiver.kind.as_str()
+        ))
+        .await?;
     if receiver.has_filters() {
         // The dispatcher's filters read a JSON body as `req`: refuse one that is not JSON now,
         // as Flux does, rather than fail it later where the sender cannot hear.
@@ -184,9 +249,27 @@ async fn accept(
             event: event.clone(),
         });
     }
-    let (delivery_id, delivery) = delivery::build(receiver, verified, headers, body)?;
+    // The stored trace context is this request's span, so that the dispatcher's spans join
+    // its trace; without exported spans, the sender's `traceparent` or a new one.
+    let traceparent = fluxgate_shared::traceparent_of(&tracing::Span::current());
+    let (delivery_id, delivery) = delivery::build(receiver, verified, headers, body, traceparent)?;
+    let publish = tracing::info_span!(
+        "publish",
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+        messaging.destination.name = delivery.subject.as_str(),
+        messaging.message.id = delivery.msg_id.as_str(),
+        fluxgate.stream = fluxgate_shared::contract::DELIVERIES_STREAM,
+        fluxgate.sequence = tracing::field::Empty,
+    );
     let publishing = Instant::now();
-    let stored = state.store.publish(delivery).await?;
+    let stored = state
+        .store
+        .publish(delivery)
+        .instrument(publish.clone())
+        .await?;
+    publish.record("fluxgate.sequence", stored.sequence);
     state.metrics.published(publishing.elapsed());
     Ok(Accepted::Stored {
         delivery_id,
@@ -246,7 +329,7 @@ fn reject(
     tracing::warn!(receiver = name.as_deref().unwrap_or("-"), receiver_type, outcome = error.outcome(), reason = %error, "webhook rejected");
     state
         .metrics
-        .request(receiver_type, error.outcome(), started.elapsed());
+        .request(receiver_type, outcome(error.outcome()), started.elapsed());
     error.into_response()
 }
 

@@ -13,13 +13,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    fluxgate_shared::init_telemetry(config.common.log_format);
+    let tracing = fluxgate_shared::init_telemetry(config.common.log_format, "fluxgate-ingest")?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let admin = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
-    fluxgate_ingest::run(config, listener, admin, fluxgate_shared::shutdown_signal()).await?;
-    Ok(())
+    let ran =
+        fluxgate_ingest::run(config, listener, admin, fluxgate_shared::shutdown_signal()).await;
+    tracing.shutdown();
+    Ok(ran?)
 }

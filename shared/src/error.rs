@@ -42,6 +42,9 @@ pub enum Error {
     /// Credentials refused, or a TLS handshake that failed: retrying cannot help.
     #[error("NATS at {url} refused the connection: {reason}")]
     NatsRefused { url: String, reason: String },
+    /// An OTLP exporter that cannot be built from the `OTEL_*` variables.
+    #[error("tracing: {0}")]
+    Tracing(String),
     /// Kept whole, so that callers can tell transient failures from permanent ones.
     #[error("NATS: {0}")]
     Nats(#[source] async_nats::Error),

@@ -1,6 +1,20 @@
-//! Logging set-up shared by the binaries: structured logs to stderr, filtered by `RUST_LOG`.
+//! Logging and tracing set-up shared by the binaries: structured logs to stderr, filtered by
+//! `RUST_LOG`, and, when an OTLP endpoint is set, spans exported over OTLP as the standard
+//! `OTEL_*` variables say.
 
-use tracing_subscriber::EnvFilter;
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{WithHttpConfig as _, WithTonicConfig as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::runtime::Tokio;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
+
+use crate::Error;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,20 +39,170 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+/// The span exporter, while one runs: [`Tracing::shutdown`] sends the spans still batched.
+#[must_use = "shut it down when the service stops, or the last spans are lost"]
+pub struct Tracing(Option<SdkTracerProvider>);
+
+impl Tracing {
+    /// Whether spans are exported (an OTLP endpoint is set).
+    pub fn exporting(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Flushes the batched spans and stops the exporter; a collector that does not answer
+    /// costs at most the export timeout.
+    pub fn shutdown(&self) {
+        if let Some(provider) = &self.0
+            && let Err(error) = provider.shutdown()
+        {
+            tracing::warn!(%error, "cannot flush the last spans");
+        }
+    }
+}
+
 /// Installs the global subscriber; `RUST_LOG` overrides the default: `info`, and the NATS
 /// client's own lines from `warn` (its connection events are logged, with the server and the
-/// cause, by [`crate::nats_connect_options`]).
-pub fn init_telemetry(format: LogFormat) {
+/// cause, by [`crate::nats_connect_options`]). Spans are exported only when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; without it
+/// no OpenTelemetry layer exists, so spans cost what `tracing` alone costs. Call it inside the
+/// tokio runtime: the exporter batches on it.
+pub fn init_telemetry(format: LogFormat, service: &'static str) -> Result<Tracing, Error> {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // Colours only on a terminal: not in `docker compose logs` or a log collector.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        // Colours only on a terminal: not in `docker compose logs` or a log collector.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    // A second init (in-process tests) is harmless: keep the first subscriber.
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+        .with_ansi(ansi);
+    let logs = match format {
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_span_list(false)
+            .boxed(),
+        LogFormat::Text => logs.boxed(),
+    }
+    .with_filter(filter);
+    let provider = if endpoint_set() {
+        Some(provider(service)?)
+    } else {
+        None
     };
+    // Spans are fluxgate's own, at info and above, whatever level the logs are kept at.
+    let spans = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(service))
+            .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
+                metadata.target().starts_with("fluxgate")
+                    && *metadata.level() <= tracing::Level::INFO
+            }))
+    });
+    // A second init (in-process tests) is harmless: keep the first subscriber.
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
+        .try_init();
+    Ok(Tracing(provider))
+}
+
+fn endpoint_set() -> bool {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .iter()
+    .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
+}
+
+/// The first of these variables that is set.
+fn env(names: &[&str]) -> Option<String> {
+    names.iter().find_map(|name| std::env::var(name).ok())
+}
+
+/// A tracer provider exporting to the configured endpoint: HTTP/protobuf by default, as the
+/// specification says, or gRPC; sampled as `OTEL_TRACES_SAMPLER` says (read by the SDK), its
+/// resource from `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`, the service's own name
+/// when the first is not set.
+fn provider(service: &'static str) -> Result<SdkTracerProvider, Error> {
+    let protocol = env(&[
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ]);
+    let endpoint = env(&[
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ])
+    .unwrap_or_default();
+    let exporter = match protocol.as_deref() {
+        None | Some("http/protobuf") => {
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_native_roots()
+                .map_err(|e| Error::Tracing(format!("cannot load the system's CA roots: {e}")))?
+                .https_or_http()
+                .enable_http1()
+                .build();
+            let client =
+                opentelemetry_http::hyper::HyperClient::new(connector, EXPORT_TIMEOUT, None);
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_http_client(client)
+                .build()
+        }
+        Some("grpc") => {
+            let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+            if endpoint.starts_with("https:") {
+                builder = builder
+                    .with_tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots());
+            }
+            builder.build()
+        }
+        Some(other) => {
+            return Err(Error::Tracing(format!(
+                "OTLP protocol {other:?} is not supported (expected http/protobuf or grpc)"
+            )));
+        }
+    }
+    .map_err(|e| Error::Tracing(format!("cannot export spans to {endpoint:?}: {e}")))?;
+    let resource = if std::env::var_os("OTEL_SERVICE_NAME").is_some() {
+        Resource::builder().build()
+    } else {
+        Resource::builder().with_service_name(service).build()
+    };
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(BatchSpanProcessor::builder(exporter, Tokio).build())
+        .with_resource(resource)
+        .build())
+}
+
+/// How long one export may take: past it the batch is dropped, never a webhook delayed.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The W3C `traceparent` of a span, when spans are exported (else the span has no
+/// OpenTelemetry context): what a stored delivery carries to the dispatcher.
+pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let context = span.context();
+    if !context.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry_sdk::propagation::TraceContextPropagator::new()
+        .inject_context(&context, &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// Makes `span` a child of the span a W3C `traceparent` names (a sender's, or one stored with
+/// a delivery); a malformed value leaves it a root.
+pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let carrier =
+        std::collections::HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    let parent = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
 }

@@ -23,6 +23,17 @@ impl Dispatcher {
         kubeconfig: &Path,
         extra_args: &[&str],
     ) -> Self {
+        Self::start_with(nats_url, receivers_file, kubeconfig, extra_args, &[]).await
+    }
+
+    /// [`Dispatcher::start`] with environment variables added to the test's.
+    pub async fn start_with(
+        nats_url: &str,
+        receivers_file: Option<&Path>,
+        kubeconfig: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut args: Vec<String> = vec!["--nats-url".into(), nats_url.into()];
         if let Some(file) = receivers_file {
             args.extend(["--receivers-file".into(), file.display().to_string()]);
@@ -35,10 +46,12 @@ impl Dispatcher {
         ]);
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let kubeconfig = kubeconfig.display().to_string();
+        let mut env = env.to_vec();
+        env.push(("KUBECONFIG", kubeconfig.as_str()));
         let (service, ports) = Service::start(
             "fluxgate-dispatcher",
             &args,
-            &[("KUBECONFIG", kubeconfig.as_str())],
+            &env,
             "fluxgate_dispatcher::listen",
             &["admin"],
         )

@@ -26,7 +26,8 @@ impl Ingest {
         Self::start_with(nats_url, extra_args, &[("KUBECONFIG", kubeconfig.as_str())]).await
     }
 
-    async fn start_with(nats_url: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
+    /// Starts ingest with these flags and environment variables added to the test's.
+    pub async fn start_with(nats_url: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut args: Vec<String> = vec![
             "--nats-url".into(),
             nats_url.into(),

@@ -8,6 +8,7 @@ pub mod http;
 pub mod ingest;
 pub mod nats;
 pub mod oidc;
+pub mod otlp;
 pub mod process;
 pub mod soak;
 pub mod stack;

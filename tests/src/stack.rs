@@ -27,6 +27,7 @@ pub struct StackBuilder {
     rbac: Option<String>,
     ingest: Option<Vec<String>>,
     dispatcher: Option<Vec<String>>,
+    env: Vec<(String, String)>,
 }
 
 fn owned(args: &[&str]) -> Vec<String> {
@@ -34,6 +35,12 @@ fn owned(args: &[&str]) -> Vec<String> {
 }
 
 impl StackBuilder {
+    /// An environment variable of ingest and the dispatcher (`OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub fn services_env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
     /// Extra `nats-server` configuration lines (for example `max_payload: 65536`).
     pub fn nats_config(mut self, lines: &str) -> Self {
         self.nats.config = lines.to_owned();
@@ -133,6 +140,7 @@ impl StackBuilder {
             receivers_file,
             kubeconfig,
             dir,
+            env: self.env,
         };
         if let Some(args) = self.ingest {
             stack.ingest = Some(stack.start_ingest(&args).await);
@@ -155,6 +163,7 @@ pub struct Stack {
     receivers_file: Option<PathBuf>,
     kubeconfig: Option<PathBuf>,
     dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
 }
 
 impl Stack {
@@ -230,18 +239,33 @@ impl Stack {
     /// Starts another ingest with these flags: from the receivers file when there is one,
     /// else from the cluster.
     pub async fn start_ingest<S: AsRef<str>>(&self, args: &[S]) -> Ingest {
-        let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+        let mut args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+        // The receivers file's path, or the kubeconfig's: borrowed by `args` or `env`.
+        let source;
+        let mut env: Vec<(&str, &str)> = (self.env.iter())
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         match &self.receivers_file {
-            Some(file) => Ingest::start(&self.nats_url, file, &args).await,
-            None => Ingest::start_in_cluster(&self.nats_url, self.kubeconfig(), &args).await,
+            Some(file) => {
+                source = file.display().to_string();
+                args.splice(0..0, ["--receivers-file", source.as_str()]);
+            }
+            None => {
+                source = self.kubeconfig().display().to_string();
+                env.push(("KUBECONFIG", source.as_str()));
+            }
         }
+        Ingest::start_with(&self.nats_url, &args, &env).await
     }
 
     /// Starts another dispatcher with these flags, on the stand-in.
     pub async fn start_dispatcher<S: AsRef<str>>(&self, args: &[S]) -> Dispatcher {
         let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
         let file = self.receivers_file.as_deref();
-        Dispatcher::start(&self.nats_url, file, self.kubeconfig(), &args).await
+        let env: Vec<(&str, &str)> = (self.env.iter())
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Dispatcher::start_with(&self.nats_url, file, self.kubeconfig(), &args, &env).await
     }
 
     /// The webhook URL of a receiver on the stack's ingest.

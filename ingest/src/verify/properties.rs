@@ -104,7 +104,7 @@ proptest! {
         let receiver = receiver(kind, &token);
         let verified = verify_now(&receiver, &headers, &body);
         if let Ok(verified) = verified
-            && let Ok((_, delivery)) = delivery::build(&receiver, verified, &headers, Bytes::from(body))
+            && let Ok((_, delivery)) = delivery::build(&receiver, verified, &headers, Bytes::from(body), None)
         {
             for (name, values) in delivery.headers.iter() {
                 for value in values {
