@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
@@ -44,18 +45,39 @@ impl Confirmer {
         target: Target,
         requested_at: String,
         deliveries: Vec<Delivery>,
+        span: tracing::Span,
     ) {
         if self.timeout.is_zero() {
             return;
         }
         let this = self.clone();
-        tokio::spawn(async move { this.confirm(target, requested_at, deliveries).await });
+        tokio::spawn(
+            async move { this.confirm(target, requested_at, deliveries).await }.instrument(span),
+        );
     }
 
     async fn confirm(&self, target: Target, requested_at: String, deliveries: Vec<Delivery>) {
         let outcome =
             tokio::time::timeout(self.timeout, self.handled(&target, &requested_at)).await;
         let now = Utc::now();
+        // The trace's last span says how it ended, and how long after the first webhook.
+        let span = tracing::Span::current();
+        match &outcome {
+            Ok(Ok(handled_at)) => {
+                span.record("fluxgate.result", "handled");
+                span.record("fluxgate.handled_at", handled_at.as_str());
+            }
+            _ => {
+                span.record("fluxgate.result", "not_handled");
+            }
+        }
+        let first_received = deliveries.iter().filter_map(|d| d.meta.received_at).min();
+        if let (Ok(Ok(_)), Some(received)) = (&outcome, first_received) {
+            span.record(
+                "fluxgate.webhook_to_handled_ms",
+                (now - received).num_milliseconds(),
+            );
+        }
         for delivery in &deliveries {
             let event = match &outcome {
                 Ok(Ok(handled_at)) => {

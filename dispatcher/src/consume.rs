@@ -11,6 +11,7 @@ use fluxgate_shared::contract::{DeliveryMeta, Event};
 use fluxgate_shared::receivers::SharedCatalog;
 use futures::StreamExt as _;
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use crate::becomes;
 use crate::coalesce::Coalescer;
@@ -121,12 +122,31 @@ impl Dispatcher {
                     .await;
             }
         };
+        // The delivery's trace goes on from ingest's request span, stored with it.
+        let span = tracing::info_span!(
+            "consume",
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.destination.name = %message.subject,
+            messaging.message.id = %delivery.meta.key(),
+            fluxgate.sequence = sequence,
+            fluxgate.attempt = delivered,
+            fluxgate.delivery_id = %delivery.meta.id,
+            fluxgate.receiver = %format_args!("{}/{}", delivery.meta.namespace, delivery.meta.receiver),
+            fluxgate.targets = tracing::field::Empty,
+        );
+        if let Some(traceparent) = &delivery.meta.traceparent {
+            fluxgate_shared::continue_trace(&span, traceparent);
+        }
         // Registered before its handling starts, so that it is kept alive with progress acks
         // even while its dispatch waits (on NATS, on the API server), and a redelivery of it
         // meanwhile is recognised above.
-        let in_flight = self.registry.start(delivery, message);
+        let trace = fluxgate_shared::traceparent_of(&span);
+        let in_flight = self.registry.start(delivery, message, trace);
         let (delivery, message) = (&in_flight.delivery, &in_flight.message);
-        let disposition = match self.dispatch(delivery, message).await {
+        let dispatched = self.dispatch(delivery, message).instrument(span).await;
+        let disposition = match dispatched {
             Ok(disposition) => disposition,
             Err(error) => match disposition_of(&error) {
                 Disposition::Retry(delay) if delivered < self.max_deliver => {
@@ -167,7 +187,10 @@ impl Dispatcher {
         message: &jetstream::Message,
     ) -> Result<Disposition, Error> {
         if delivery.is_deduplicated() {
-            match self.dedup.claim(delivery).await? {
+            let span = tracing::info_span!("dedup", fluxgate.claim = tracing::field::Empty);
+            let claim = self.dedup.claim(delivery).instrument(span.clone()).await?;
+            span.record("fluxgate.claim", claim.label());
+            match claim {
                 Claim::DuplicateOf(first) => {
                     self.recorder
                         .record(delivery, Event::Duplicate { of_seq: first })
@@ -199,9 +222,13 @@ impl Dispatcher {
                 .await;
             return Ok(Disposition::Ack);
         }
-        let inputs = Arc::new(Inputs::of(&self.jetstream, receiver, meta, &message.payload).await?);
-        let resolved = self.resolver.resolve(receiver, &inputs).await?;
+        let resolving = async {
+            let inputs = Inputs::of(&self.jetstream, receiver, meta, &message.payload).await?;
+            Ok::<_, Error>(self.resolver.resolve(receiver, &Arc::new(inputs)).await?)
+        };
+        let resolved = resolving.instrument(tracing::info_span!("resolve")).await?;
         let targets = resolved.targets;
+        tracing::Span::current().record("fluxgate.targets", targets.len());
         self.recorder
             .record(
                 delivery,

@@ -25,6 +25,18 @@ pub enum Claim {
     DuplicateOf(u64),
 }
 
+impl Claim {
+    /// The claim as its span records it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::First => "first",
+            Self::Redelivery => "redelivery",
+            Self::Finished => "finished",
+            Self::DuplicateOf(_) => "duplicate",
+        }
+    }
+}
+
 /// What follows the stream sequence in the entry of a finished delivery.
 const FINISHED: &str = " finished";
 

@@ -20,6 +20,9 @@ const MAX_RETRY: Duration = Duration::from_secs(2);
 pub struct InFlight {
     pub delivery: Delivery,
     pub message: jetstream::Message,
+    /// The W3C `traceparent` of its `consume` span, when spans are exported: the patch that
+    /// carries it links there.
+    pub trace: Option<String>,
     remaining: AtomicUsize,
     registry: Registry,
 }
@@ -88,10 +91,16 @@ impl Registry {
     }
 
     /// Registers a delivery as it arrives; its targets are known later ([`InFlight::expect`]).
-    pub fn start(&self, delivery: Delivery, message: jetstream::Message) -> Arc<InFlight> {
+    pub fn start(
+        &self,
+        delivery: Delivery,
+        message: jetstream::Message,
+        trace: Option<String>,
+    ) -> Arc<InFlight> {
         let in_flight = Arc::new(InFlight {
             delivery,
             message,
+            trace,
             remaining: AtomicUsize::new(0),
             registry: self.clone(),
         });

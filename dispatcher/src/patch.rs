@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::coalesce::RunBatch;
 use crate::confirm::Confirmer;
@@ -44,6 +45,41 @@ impl RunBatch<Arc<InFlight>> for Patcher {
     /// every delivery and marks the target done for each.
     async fn run_batch(&self, target: &Target, requested_at: &str, batch: Vec<Arc<InFlight>>) {
         let batch_id = uuid::Uuid::now_v7().to_string();
+        // One span for the patch, in the trace of its first delivery, linked to every delivery
+        // it carries; retries are its events, confirmation its child.
+        let span = tracing::info_span!(
+            "patch",
+            otel.kind = "client",
+            http.request.method = "PATCH",
+            fluxgate.target = %target,
+            fluxgate.requested_at = requested_at,
+            fluxgate.batch = %batch_id,
+            fluxgate.batch_size = batch.len(),
+            fluxgate.attempts = tracing::field::Empty,
+            fluxgate.result = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        if let Some(first) = batch.first().and_then(|d| d.trace.as_deref()) {
+            fluxgate_shared::continue_trace(&span, first);
+        }
+        for trace in batch.iter().filter_map(|d| d.trace.as_deref()) {
+            fluxgate_shared::link_to(&span, trace);
+        }
+        self.patch_batch(target, requested_at, batch, batch_id, &span)
+            .instrument(span.clone())
+            .await;
+    }
+}
+
+impl Patcher {
+    async fn patch_batch(
+        &self,
+        target: &Target,
+        requested_at: &str,
+        batch: Vec<Arc<InFlight>>,
+        batch_id: String,
+        span: &tracing::Span,
+    ) {
         if batch.len() > 1 {
             self.metrics.coalesced(batch.len() - 1);
             let event = Event::Coalesced {
@@ -100,8 +136,13 @@ impl RunBatch<Arc<InFlight>> for Patcher {
                 }
             }
         };
+        span.record("fluxgate.result", final_event.label());
         if let Event::Failed { reason, .. } = &final_event {
+            span.record("otel.status_code", "ERROR");
             tracing::error!(%target, %reason, "reconcile request failed");
+        }
+        if let Event::Patched { attempts, .. } = &final_event {
+            span.record("fluxgate.attempts", attempts);
         }
         if matches!(final_event, Event::Patched { .. }) {
             let now = chrono::Utc::now();
@@ -113,14 +154,23 @@ impl RunBatch<Arc<InFlight>> for Patcher {
         self.record_all(&batch, &final_event).await;
         if matches!(final_event, Event::Patched { .. }) {
             let deliveries = batch.iter().map(|d| d.delivery.clone()).collect();
-            self.confirmer
-                .spawn(target.clone(), requested_at.to_owned(), deliveries);
+            let confirming = tracing::info_span!(
+                parent: span,
+                "confirm",
+                fluxgate.result = tracing::field::Empty,
+                fluxgate.handled_at = tracing::field::Empty,
+                fluxgate.webhook_to_handled_ms = tracing::field::Empty,
+            );
+            self.confirmer.spawn(
+                target.clone(),
+                requested_at.to_owned(),
+                deliveries,
+                confirming,
+            );
         }
         futures::future::join_all(batch.iter().map(|d| d.target_done())).await;
     }
-}
 
-impl Patcher {
     /// Records one event for every delivery of a batch, concurrently.
     async fn record_all(&self, batch: &[Arc<InFlight>], event: &Event) {
         futures::future::join_all(

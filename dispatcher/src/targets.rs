@@ -6,6 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::Instrument as _;
 
 pub use fluxgate_shared::contract::Target;
 use fluxgate_shared::filter::{self, Expression};
@@ -151,7 +152,13 @@ impl Resolver {
                 };
                 to_filter.push((target, metadata));
             }
-            for (target, verdict) in filter_all(filters, to_filter, inputs).await {
+            let candidates = to_filter.len();
+            let evaluating =
+                tracing::info_span!("evaluate filters", fluxgate.candidates = candidates);
+            for (target, verdict) in filter_all(filters, to_filter, inputs)
+                .instrument(evaluating)
+                .await
+            {
                 match verdict {
                     Ok(true) => {
                         targets.insert(target);

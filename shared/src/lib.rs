@@ -24,4 +24,4 @@ pub use nats::{
 };
 pub use nats_auth::NatsAuth;
 pub use shutdown::signal as shutdown_signal;
-pub use telemetry::{LogFormat, Tracing, continue_trace, init_telemetry, traceparent_of};
+pub use telemetry::{LogFormat, Tracing, continue_trace, init_telemetry, link_to, traceparent_of};

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry_otlp::{WithHttpConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::runtime::Tokio;
@@ -196,13 +196,28 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
 /// Makes `span` a child of the span a W3C `traceparent` names (a sender's, or one stored with
 /// a delivery); a malformed value leaves it a root.
 pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if let Some(parent) = parse(traceparent) {
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
+    }
+}
+
+/// The span context a W3C `traceparent` names, if it is well formed.
+fn parse(traceparent: &str) -> Option<opentelemetry::trace::SpanContext> {
     use opentelemetry::propagation::TextMapPropagator as _;
     use opentelemetry::trace::TraceContextExt as _;
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     let carrier =
         std::collections::HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
-    let parent = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
-    if parent.span().span_context().is_valid() {
-        let _ = span.set_parent(parent);
+    let context = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
+    let span = context.span().span_context().clone();
+    span.is_valid().then_some(span)
+}
+
+/// Links `span` to the span a W3C `traceparent` names: a coalesced patch to each delivery it
+/// carries, a replay to its original.
+pub fn link_to(span: &tracing::Span, traceparent: &str) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if let Some(linked) = parse(traceparent) {
+        span.add_link(linked);
     }
 }

@@ -1,8 +1,9 @@
-//! OpenTelemetry traces of the real binaries, caught by an in-process OTLP receiver: the spans
-//! of one webhook, their parents and attributes; and no export, and no harm, without a
-//! collector.
+//! OpenTelemetry traces of the real binaries, caught by an in-process OTLP receiver: one
+//! webhook's trace from the sender's span to Flux handling it, a coalesced patch linked to its
+//! deliveries; and no export, and no harm, without a collector.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use fluxgate_shared::contract::header;
 use fluxgate_tests::otlp::{self, Span};
@@ -11,37 +12,60 @@ use fluxgate_tests::webhook::{
     github_push_body, github_signature, receiver_manifest, secret_manifest,
 };
 use fluxgate_tests::{eventually, http};
+use serde_json::json;
 
 const NS: &str = "flux-system";
 const TOKEN: &str = "gh-secret";
 /// The sender's own span: its CI job, say.
 const SENDER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const SENDER_SPAN: &str = "00f067aa0ba902b7";
+const REQUEST: &str = "POST /hook/{digest}";
 
 fn receivers() -> String {
     [
         secret_manifest("gh-token", NS, TOKEN),
-        receiver_manifest("gh", NS, "github", "gh-token", ""),
+        // A filter, so that its evaluation has a span.
+        receiver_manifest(
+            "gh",
+            NS,
+            "github",
+            "gh-token",
+            "  resourceFilter: req.ref == 'refs/heads/main'\n",
+        ),
     ]
     .join("---\n")
 }
 
-/// A stack whose services export to `endpoint` (none: no variable at all).
+/// A stack whose services export to `endpoint` (none: no variable at all): ingest, the
+/// dispatcher (coalescing for 500 ms) and the API stand-in with the receiver's GitRepository,
+/// its controller played so that patches are confirmed.
 async fn start(endpoint: Option<&str>) -> Stack {
-    let mut builder = Stack::builder().receivers(receivers()).ingest(&[]);
+    let mut builder = Stack::builder()
+        .cluster([json!({
+            "apiVersion": "source.toolkit.fluxcd.io/v1",
+            "kind": "GitRepository",
+            "metadata": {"name": "app", "namespace": NS},
+            "spec": {"url": "https://example.org/repo", "interval": "10m"},
+        })])
+        .receivers(receivers())
+        .ingest(&[])
+        .dispatcher(&["--coalesce-window", "500ms"]);
     if let Some(endpoint) = endpoint {
         builder = builder
             .services_env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
             // Export each batch within 100 ms rather than the default 5 s.
             .services_env("OTEL_BSP_SCHEDULE_DELAY", "100");
     }
-    builder.start().await
+    let stack = builder.start().await;
+    stack.api().play_flux_controllers(Duration::from_millis(50));
+    stack
 }
 
-async fn push(stack: &Stack, delivery: &str) -> http::Response {
+/// A signed push sent from a span of trace `trace`.
+async fn push(stack: &Stack, delivery: &str, trace: &str) -> http::Response {
     let body = github_push_body(256);
     let signature = github_signature(TOKEN, &body);
-    let traceparent = format!("00-{SENDER_TRACE}-{SENDER_SPAN}-01");
+    let traceparent = format!("00-{trace}-{SENDER_SPAN}-01");
     http::post(
         &stack.hook_url(TOKEN, "gh", NS),
         &[
@@ -57,71 +81,100 @@ async fn push(stack: &Stack, delivery: &str) -> http::Response {
     .expect("request")
 }
 
-/// The spans of the sender's trace, by name, once all of `names` arrived.
-async fn trace(receiver: &otlp::Receiver, names: &[&str]) -> BTreeMap<String, Span> {
+/// The spans of trace `trace`, by name, once all of `names` arrived.
+async fn trace_of(
+    receiver: &otlp::Receiver,
+    trace: &str,
+    names: &[&str],
+) -> BTreeMap<String, Span> {
     eventually("the trace's spans", || async {
-        let all = receiver.spans();
-        let spans: BTreeMap<String, Span> = (all.iter())
-            .filter(|s| s.trace_id == SENDER_TRACE)
-            .map(|s| (s.name.clone(), s.clone()))
+        let spans: BTreeMap<String, Span> = (receiver.spans().into_iter())
+            .filter(|s| s.trace_id == trace)
+            .map(|s| (s.name.clone(), s))
             .collect();
         if names.iter().all(|n| spans.contains_key(*n)) {
             Ok(spans)
         } else {
-            Err(all
-                .into_iter()
-                .map(|s| (s.name, s.trace_id))
-                .collect::<Vec<_>>())
+            Err(spans.into_keys().collect::<Vec<_>>())
         }
     })
     .await
 }
 
+fn assert_attributes(span: &Span, expected: &[(&str, &str)]) {
+    for (name, value) in expected {
+        assert_eq!(span.attribute(name), Some(*value), "{} {name}", span.name);
+    }
+}
+
 #[tokio::test]
-async fn ingest_continues_the_senders_trace_with_verify_and_publish_spans() {
+async fn one_webhook_is_one_trace_from_the_senders_span_to_flux_handling_it() {
     let receiver = otlp::Receiver::start().await;
     let stack = start(Some(&receiver.endpoint())).await;
-    let response = push(&stack, "traced-1").await;
+    let response = push(&stack, "traced-1", SENDER_TRACE).await;
     assert_eq!(response.status, 202, "{:?}", response.body);
 
-    let request = "POST /hook/{digest}";
-    let spans = trace(&receiver, &[request, "verify", "read body", "publish"]).await;
-    let root = &spans[request];
-    assert_eq!(
-        root.parent_span_id, SENDER_SPAN,
-        "the sender's span is the parent"
-    );
-    assert_eq!(root.service, "fluxgate-ingest");
-    assert_eq!(root.kind, "SPAN_KIND_SERVER");
-    for (name, value) in [
-        ("http.request.method", "POST"),
-        ("http.route", "/hook/{digest}"),
-        ("http.response.status_code", "202"),
-        ("fluxgate.receiver", "flux-system/gh"),
-        ("fluxgate.receiver_type", "github"),
-        ("fluxgate.delivery_id", "traced-1"),
-        ("fluxgate.outcome", "accepted"),
-    ] {
-        assert_eq!(root.attribute(name), Some(value), "{request} {name}");
+    let names = [
+        REQUEST,
+        "verify",
+        "read body",
+        "publish",
+        "consume",
+        "dedup",
+        "resolve",
+        "evaluate filters",
+        "patch",
+        "confirm",
+    ];
+    let spans = trace_of(&receiver, SENDER_TRACE, &names).await;
+    eprintln!("the trace of one webhook, as the OTLP receiver caught it:");
+    for name in names {
+        let span = &spans[name];
+        let parent = (spans.values())
+            .find(|p| p.span_id == span.parent_span_id)
+            .map_or("the sender's span", |p| p.name.as_str());
+        eprintln!(
+            "  {:<20} {:<18} under {:<20} {:?}",
+            span.service, span.name, parent, span.attributes
+        );
     }
-    assert_eq!(spans["verify"].parent_span_id, root.span_id);
+
+    // ingest: the request continues the sender's span; verify (reading the body) and publish.
+    let request = &spans[REQUEST];
+    assert_eq!(request.parent_span_id, SENDER_SPAN);
+    assert_eq!(request.service, "fluxgate-ingest");
+    assert_eq!(request.kind, "SPAN_KIND_SERVER");
+    assert_attributes(
+        request,
+        &[
+            ("http.request.method", "POST"),
+            ("http.route", "/hook/{digest}"),
+            ("http.response.status_code", "202"),
+            ("fluxgate.receiver", "flux-system/gh"),
+            ("fluxgate.receiver_type", "github"),
+            ("fluxgate.delivery_id", "traced-1"),
+            ("fluxgate.outcome", "accepted"),
+        ],
+    );
+    assert_eq!(spans["verify"].parent_span_id, request.span_id);
     assert_eq!(spans["read body"].parent_span_id, spans["verify"].span_id);
     let publish = &spans["publish"];
-    assert_eq!(publish.parent_span_id, root.span_id);
+    assert_eq!(publish.parent_span_id, request.span_id);
     assert_eq!(publish.kind, "SPAN_KIND_PRODUCER");
-    for (name, value) in [
-        ("messaging.system", "nats"),
-        ("messaging.operation.type", "send"),
-        (
-            "messaging.destination.name",
-            "fluxgate.deliveries.flux-system.gh",
-        ),
-        ("messaging.message.id", "flux-system/gh/traced-1"),
-        ("fluxgate.stream", "FLUXGATE_DELIVERIES"),
-        ("fluxgate.sequence", "1"),
-    ] {
-        assert_eq!(publish.attribute(name), Some(value), "publish {name}");
-    }
+    assert_attributes(
+        publish,
+        &[
+            ("messaging.system", "nats"),
+            ("messaging.operation.type", "send"),
+            (
+                "messaging.destination.name",
+                "fluxgate.deliveries.flux-system.gh",
+            ),
+            ("messaging.message.id", "flux-system/gh/traced-1"),
+            ("fluxgate.stream", "FLUXGATE_DELIVERIES"),
+            ("fluxgate.sequence", "1"),
+        ],
+    );
     // The delivery carries the request's span on, for the dispatcher to continue.
     let stored = stack.last_delivery(NS, "gh").await;
     let traceparent = stored
@@ -130,14 +183,107 @@ async fn ingest_continues_the_senders_trace_with_verify_and_publish_spans() {
         .map(|v| v.to_string());
     assert_eq!(
         traceparent,
-        Some(format!("00-{SENDER_TRACE}-{}-01", root.span_id))
+        Some(format!("00-{SENDER_TRACE}-{}-01", request.span_id))
+    );
+
+    // The dispatcher: consume continues the request; dedup and resolve (with the filters'
+    // evaluation) under it; the patch, linked to the delivery; confirmation last.
+    let consume = &spans["consume"];
+    assert_eq!(consume.service, "fluxgate-dispatcher");
+    assert_eq!(consume.parent_span_id, request.span_id);
+    assert_eq!(consume.kind, "SPAN_KIND_CONSUMER");
+    assert_attributes(
+        consume,
+        &[
+            ("messaging.system", "nats"),
+            ("messaging.operation.type", "process"),
+            ("fluxgate.sequence", "1"),
+            ("fluxgate.delivery_id", "traced-1"),
+            ("fluxgate.receiver", "flux-system/gh"),
+            ("fluxgate.targets", "1"),
+        ],
+    );
+    for child in ["dedup", "resolve"] {
+        assert_eq!(spans[child].parent_span_id, consume.span_id, "{child}");
+    }
+    assert_attributes(&spans["dedup"], &[("fluxgate.claim", "first")]);
+    assert_eq!(
+        spans["evaluate filters"].parent_span_id,
+        spans["resolve"].span_id
+    );
+    let patch = &spans["patch"];
+    assert_eq!(patch.parent_span_id, consume.span_id);
+    assert_eq!(
+        patch.links,
+        vec![(SENDER_TRACE.to_owned(), consume.span_id.clone())]
+    );
+    assert_attributes(
+        patch,
+        &[
+            (
+                "fluxgate.target",
+                "source.toolkit.fluxcd.io/v1/GitRepository flux-system/app",
+            ),
+            ("fluxgate.batch_size", "1"),
+            ("fluxgate.attempts", "1"),
+            ("fluxgate.result", "patched"),
+        ],
+    );
+    let confirm = &spans["confirm"];
+    assert_eq!(confirm.parent_span_id, patch.span_id);
+    assert_attributes(confirm, &[("fluxgate.result", "handled")]);
+    let latency = confirm.attribute("fluxgate.webhook_to_handled_ms");
+    assert!(
+        latency
+            .and_then(|ms| ms.parse::<i64>().ok())
+            .is_some_and(|ms| ms >= 0),
+        "{:?}",
+        confirm.attributes
+    );
+}
+
+#[tokio::test]
+async fn a_coalesced_patch_links_every_delivery_it_carries() {
+    let receiver = otlp::Receiver::start().await;
+    let stack = start(Some(&receiver.endpoint())).await;
+    let traces = [
+        "11111111111111111111111111111111",
+        "22222222222222222222222222222222",
+    ];
+    // Both within the 500 ms window: one patch.
+    for (n, trace) in traces.iter().enumerate() {
+        let response = push(&stack, &format!("burst-{n}"), trace).await;
+        assert_eq!(response.status, 202, "{:?}", response.body);
+    }
+    let mut consumed = Vec::new();
+    for trace in traces {
+        let spans = trace_of(&receiver, trace, &["consume"]).await;
+        consumed.push((trace.to_owned(), spans["consume"].span_id.clone()));
+    }
+    let patch = eventually("one patch span", || async {
+        let patches: Vec<Span> = (receiver.spans().into_iter())
+            .filter(|s| s.name == "patch")
+            .collect();
+        match patches.as_slice() {
+            [patch] => Ok(patch.clone()),
+            other => Err(other.to_vec()),
+        }
+    })
+    .await;
+    assert_attributes(&patch, &[("fluxgate.batch_size", "2")]);
+    let mut links = patch.links.clone();
+    links.sort();
+    assert_eq!(links, consumed, "a link to each delivery's consume span");
+    assert!(
+        (consumed.iter()).any(|(t, s)| *t == patch.trace_id && *s == patch.parent_span_id),
+        "the patch is in the trace of one of its deliveries"
     );
 }
 
 #[tokio::test]
 async fn without_an_endpoint_nothing_is_exported_and_the_senders_traceparent_is_stored() {
     let stack = start(None).await;
-    assert_eq!(push(&stack, "untraced-1").await.status, 202);
+    assert_eq!(push(&stack, "untraced-1", SENDER_TRACE).await.status, 202);
     let stored = stack.last_delivery(NS, "gh").await;
     let traceparent = stored
         .headers
@@ -158,8 +304,13 @@ async fn an_unreachable_collector_fails_no_webhook() {
     drop(closed);
     let stack = start(Some(&endpoint)).await;
     for n in 0..20 {
-        let response = push(&stack, &format!("lost-spans-{n}")).await;
+        let response = push(&stack, &format!("lost-spans-{n}"), SENDER_TRACE).await;
         assert_eq!(response.status, 202, "{:?}", response.body);
     }
     assert_eq!(stack.stored().await, 20);
+    stack
+        .outcomes_until("every delivery patched", |events| {
+            events.iter().filter(|e| e["type"] == "patched").count() == 20
+        })
+        .await;
 }
