@@ -63,6 +63,11 @@ pub struct ShowArgs {
     /// Write the body, exactly as received, to this file.
     #[arg(long)]
     output_file: Option<PathBuf>,
+    /// A link to the delivery's trace: a URL with `{trace_id}` in it, as Grafana Tempo's
+    /// (`https://grafana.example/explore?...{trace_id}...`) or Jaeger's
+    /// (`https://jaeger.example/trace/{trace_id}`).
+    #[arg(long, env = "FLUXGATE_TRACE_URL")]
+    trace_url: Option<String>,
 }
 
 pub async fn run(command: Command, format: Format) -> Result<(), Error> {
@@ -153,11 +158,19 @@ async fn show(args: ShowArgs, format: Format) -> Result<(), Error> {
             std::io::stdout().write_all(&body)?;
             continue;
         }
+        let trace = trace_of(&meta, args.trace_url.as_deref());
         match format {
-            Format::Table => print!("{}", page(&summary, &body, std::io::stdout().is_terminal())),
+            Format::Table => print!(
+                "{}",
+                page(&summary, &body, trace, std::io::stdout().is_terminal())
+            ),
             _ => {
                 let mut value = serde_json::to_value(&summary).unwrap_or_default();
                 value["headers"] = headers_json(&summary);
+                if let Some(trace) = trace {
+                    value["trace_id"] = json!(trace.id);
+                    value["trace_url"] = json!(trace.url);
+                }
                 value["body"] = serde_json::from_slice(&body)
                     .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
                 render::structured(format, &value)?;
@@ -191,8 +204,26 @@ fn headers_json(summary: &Summary) -> Value {
     json!(headers)
 }
 
+/// A delivery's trace: its id, and a link when a URL template is given.
+struct Trace {
+    id: String,
+    url: Option<String>,
+}
+
+/// The trace id of the delivery's W3C `traceparent` (the sender's, or ingest's request span).
+fn trace_of(meta: &DeliveryMeta, url_template: Option<&str>) -> Option<Trace> {
+    let id = meta.traceparent.as_deref()?.split('-').nth(1)?;
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(Trace {
+        id: id.to_owned(),
+        url: url_template.map(|template| template.replace("{trace_id}", id)),
+    })
+}
+
 /// The human-readable page of one delivery.
-fn page(summary: &Summary, body: &[u8], colour: bool) -> String {
+fn page(summary: &Summary, body: &[u8], trace: Option<Trace>, colour: bool) -> String {
     let d = &summary.delivery;
     let mut out = String::new();
     let _ = writeln!(out, "Delivery {} (#{})", render::inert(&d.id), d.seq);
@@ -215,6 +246,10 @@ fn page(summary: &Summary, body: &[u8], colour: bool) -> String {
         summary.targets,
         if summary.targets == 1 { "" } else { "s" }
     );
+    if let Some(trace) = trace {
+        let url = trace.url.map_or(String::new(), |url| format!("  {url}"));
+        let _ = writeln!(out, "  Trace:     {}{url}", trace.id);
+    }
     let _ = writeln!(out, "Headers:");
     if let Some(headers) = headers_json(summary).as_object() {
         for (name, value) in headers {

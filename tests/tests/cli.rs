@@ -201,9 +201,23 @@ async fn deliveries_show_gives_headers_body_and_timeline() {
     );
     assert_eq!(std::fs::read(&file).expect("written"), body);
 
-    let page = cli(&s, &["deliveries", "show", "d-1"]);
+    let traceparent = shown["headers"]["traceparent"]
+        .as_str()
+        .expect("traceparent");
+    let trace_id = traceparent.split('-').nth(1).expect("a trace id");
+    assert_eq!(shown["trace_id"], trace_id);
+    let template = "https://jaeger.example/trace/{trace_id}";
+    let linked = cli_json(&s, &["deliveries", "show", "d-1", "--trace-url", template]);
+    let link = format!("https://jaeger.example/trace/{trace_id}");
+    assert_eq!(linked["trace_url"], link.as_str());
+
+    let page = cli(&s, &["deliveries", "show", "d-1", "--trace-url", template]);
     assert!(
         page.contains("Delivery d-1 (#1)") && page.contains("Timeline:"),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!("Trace:     {trace_id}  {link}")),
         "{page}"
     );
     assert!(

@@ -27,6 +27,10 @@ pub struct Args {
     /// Size of each webhook body.
     #[arg(long, default_value_t = 1024)]
     body_bytes: usize,
+    /// Export ingest's spans to an OTLP receiver in this process, sampling this share of
+    /// traces (`OTEL_TRACES_SAMPLER=traceidratio`); without it, no tracing.
+    #[arg(long)]
+    trace_ratio: Option<f64>,
 }
 
 const TOKEN: &str = "load-secret";
@@ -61,7 +65,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         receiver_manifest("github", "bench", "github", "token", ""),
     ];
     std::fs::write(&receivers, manifests.join("---\n"))?;
-    let ingest = Ingest::start(&nats.url(), &receivers, &[]).await;
+    let collector = match args.trace_ratio {
+        Some(_) => Some(fluxgate_tests::otlp::Receiver::start().await),
+        None => None,
+    };
+    let (endpoint, ratio) = (
+        collector.as_ref().map(|c| c.endpoint()).unwrap_or_default(),
+        args.trace_ratio.unwrap_or_default().to_string(),
+    );
+    let tracing_env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_TRACES_SAMPLER", "traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", ratio.as_str()),
+    ];
+    let file = receivers.display().to_string();
+    let ingest = Ingest::start_with(
+        &nats.url(),
+        &["--receivers-file", file.as_str()],
+        if collector.is_some() {
+            &tracing_env
+        } else {
+            &[]
+        },
+    )
+    .await;
     let url = ingest.hook_url(&hook_path(TOKEN, "github", "bench"));
     let (idle_rss, _) = memory_kib(ingest.pid())?;
     let body = Bytes::from(github_push_body(args.body_bytes));
@@ -108,8 +135,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let during_raw = cpu_delta(pids, before);
 
     let ratio = ingest_phase.rate() / raw_phase.rate();
+    let tracing = match (&collector, args.trace_ratio) {
+        (Some(collector), Some(ratio)) => format!(
+            "spans exported at sampling ratio {ratio} ({} received)",
+            collector.spans().len()
+        ),
+        _ => "no tracing".to_owned(),
+    };
     println!(
-        "fluxgate-load: {} requests of {} bytes over {} connections, nats-server on 127.0.0.1",
+        "fluxgate-load: {} requests of {} bytes over {} connections, nats-server on 127.0.0.1; {tracing}",
         args.requests, args.body_bytes, args.connections
     );
     println!(
