@@ -92,6 +92,21 @@ pub async fn run(args: Args, format: Format) -> Result<(), Error> {
         args.actor.clone().unwrap_or_else(os_user),
         args.nats.auth.identity(),
     );
+    // Each replay's span, when an OTLP endpoint is set: a new trace linked to the original's.
+    let tracing = fluxgate_shared::init_exporter_only("fluxgate-cli")?;
+    let replayed = replay_all(&streams, &args, seqs, &actor, format).await;
+    tracing.shutdown().await;
+    replayed
+}
+
+/// Replays `seqs` in order, at the requested rate, reporting each.
+async fn replay_all(
+    streams: &Streams,
+    args: &Args,
+    seqs: Vec<u64>,
+    actor: &str,
+    format: Format,
+) -> Result<(), Error> {
     let progress = indicatif::ProgressBar::new(seqs.len() as u64);
     let mut pace = args
         .rate
@@ -102,7 +117,7 @@ pub async fn run(args: Args, format: Format) -> Result<(), Error> {
         if let Some(pace) = &mut pace {
             pace.tick().await;
         }
-        let replayed = replay(&streams, seq, &actor).await?;
+        let replayed = replay(streams, seq, actor).await?;
         progress.inc(1);
         if format == Format::Table {
             progress.suspend(|| {
@@ -178,10 +193,28 @@ async fn original(streams: &Streams, seq: u64) -> Result<(DeliveryMeta, StreamMe
 /// Publishes delivery `seq` again and records that on the original.
 async fn replay(streams: &Streams, seq: u64, actor: &str) -> Result<Replayed, Error> {
     let (original, message) = original(streams, seq).await?;
+    let span = tracing::info_span!(
+        parent: None,
+        "replay",
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+        fluxgate.delivery_id = %original.id,
+        fluxgate.replay_of = seq,
+        fluxgate.actor = actor,
+        fluxgate.sequence = tracing::field::Empty,
+    );
+    if let Some(traceparent) = &original.traceparent {
+        fluxgate_shared::link_to(&span, traceparent);
+    }
+    // A trace of its own, which the dispatcher continues: a replay is a new event.
+    let traceparent =
+        fluxgate_shared::traceparent_of(&span).unwrap_or_else(fluxgate_shared::new_traceparent);
     let again = DeliveryMeta {
         received_at: Some(Utc::now()),
         replay_of: Some(seq),
         replay_actor: Some(actor.to_owned()),
+        traceparent: Some(traceparent),
         ..original.clone()
     };
     let mut headers = again.to_headers();
@@ -204,6 +237,7 @@ async fn replay(streams: &Streams, seq: u64, actor: &str) -> Result<Replayed, Er
         .map_err(Error::nats)?
         .await
         .map_err(Error::nats)?;
+    span.record("fluxgate.sequence", ack.sequence);
     let replayed = Event::Replayed {
         replay_seq: ack.sequence,
         actor: actor.to_owned(),

@@ -14,6 +14,6 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
     let ran = fluxgate_dispatcher::run(config, admin, fluxgate_shared::shutdown_signal()).await;
-    tracing.shutdown();
+    tracing.shutdown().await;
     Ok(ran?)
 }

@@ -119,13 +119,7 @@ fn given_or_new_traceparent(request: &RequestHeaders) -> String {
         .and_then(|v| v.to_str().ok());
     match given {
         Some(value) if is_traceparent(value) => value.to_owned(),
-        // Trace ids need to be unique, not secret: a fast non-cryptographic generator saves
-        // a getrandom system call per request.
-        _ => format!(
-            "00-{:032x}-{:016x}-01",
-            fastrand::u128(1..),
-            fastrand::u64(1..)
-        ),
+        _ => fluxgate_shared::new_traceparent(),
     }
 }
 

@@ -22,6 +22,6 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
     let ran =
         fluxgate_ingest::run(config, listener, admin, fluxgate_shared::shutdown_signal()).await;
-    tracing.shutdown();
+    tracing.shutdown().await;
     Ok(ran?)
 }

@@ -24,4 +24,7 @@ pub use nats::{
 };
 pub use nats_auth::NatsAuth;
 pub use shutdown::signal as shutdown_signal;
-pub use telemetry::{LogFormat, Tracing, continue_trace, init_telemetry, link_to, traceparent_of};
+pub use telemetry::{
+    LogFormat, Tracing, continue_trace, init_exporter_only, init_telemetry, link_to,
+    new_traceparent, traceparent_of,
+};

@@ -50,12 +50,16 @@ impl Tracing {
     }
 
     /// Flushes the batched spans and stops the exporter; a collector that does not answer
-    /// costs at most the export timeout.
-    pub fn shutdown(&self) {
-        if let Some(provider) = &self.0
-            && let Err(error) = provider.shutdown()
-        {
-            tracing::warn!(%error, "cannot flush the last spans");
+    /// costs at most the export timeout. The SDK waits for the flush synchronously: it does
+    /// so on a blocking thread, so that the runtime's workers stay free to do the export.
+    pub async fn shutdown(self) {
+        let Some(provider) = self.0 else {
+            return;
+        };
+        match tokio::task::spawn_blocking(move || provider.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "cannot flush the last spans"),
+            Err(error) => tracing::warn!(%error, "cannot flush the last spans"),
         }
     }
 }
@@ -88,14 +92,10 @@ pub fn init_telemetry(format: LogFormat, service: &'static str) -> Result<Tracin
     } else {
         None
     };
-    // Spans are fluxgate's own, at info and above, whatever level the logs are kept at.
     let spans = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer(service))
-            .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
-                metadata.target().starts_with("fluxgate")
-                    && *metadata.level() <= tracing::Level::INFO
-            }))
+            .with_filter(tracing_subscriber::filter::filter_fn(own_span))
     });
     // A second init (in-process tests) is harmless: keep the first subscriber.
     let _ = tracing_subscriber::registry()
@@ -103,6 +103,25 @@ pub fn init_telemetry(format: LogFormat, service: &'static str) -> Result<Tracin
         .with(spans)
         .try_init();
     Ok(Tracing(provider))
+}
+
+/// For a command-line tool: only the span exporter (its output is its own), and only when an
+/// OTLP endpoint is set.
+pub fn init_exporter_only(service: &'static str) -> Result<Tracing, Error> {
+    if !endpoint_set() {
+        return Ok(Tracing(None));
+    }
+    let provider = provider(service)?;
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(service))
+        .with_filter(tracing_subscriber::filter::filter_fn(own_span));
+    let _ = tracing_subscriber::registry().with(spans).try_init();
+    Ok(Tracing(Some(provider)))
+}
+
+/// Spans exported are fluxgate's own, at info and above, whatever level the logs are kept at.
+fn own_span(metadata: &tracing::Metadata<'_>) -> bool {
+    metadata.target().starts_with("fluxgate") && *metadata.level() <= tracing::Level::INFO
 }
 
 fn endpoint_set() -> bool {
@@ -191,6 +210,16 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
     opentelemetry_sdk::propagation::TraceContextPropagator::new()
         .inject_context(&context, &mut carrier);
     carrier.remove("traceparent")
+}
+
+/// The W3C `traceparent` of a new trace's root. Trace ids need to be unique, not secret: a
+/// fast non-cryptographic generator saves a getrandom system call per request.
+pub fn new_traceparent() -> String {
+    format!(
+        "00-{:032x}-{:016x}-01",
+        fastrand::u128(1..),
+        fastrand::u64(1..)
+    )
 }
 
 /// Makes `span` a child of the span a W3C `traceparent` names (a sender's, or one stored with

@@ -11,7 +11,7 @@ use fluxgate_tests::stack::Stack;
 use fluxgate_tests::webhook::{
     github_push_body, github_signature, receiver_manifest, secret_manifest,
 };
-use fluxgate_tests::{eventually, http};
+use fluxgate_tests::{eventually, fluxgate_cli, http};
 use serde_json::json;
 
 const NS: &str = "flux-system";
@@ -278,6 +278,58 @@ async fn a_coalesced_patch_links_every_delivery_it_carries() {
         (consumed.iter()).any(|(t, s)| *t == patch.trace_id && *s == patch.parent_span_id),
         "the patch is in the trace of one of its deliveries"
     );
+}
+
+#[tokio::test]
+async fn a_replay_starts_a_new_trace_linked_to_the_original() {
+    let receiver = otlp::Receiver::start().await;
+    let stack = start(Some(&receiver.endpoint())).await;
+    assert_eq!(push(&stack, "replayed-1", SENDER_TRACE).await.status, 202);
+    let original = trace_of(&receiver, SENDER_TRACE, &[REQUEST, "patch"]).await;
+
+    // On a blocking thread: the receiver answers on this test's runtime meanwhile.
+    let (nats_url, endpoint) = (stack.nats_url().to_owned(), receiver.endpoint());
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        fluxgate_cli(
+            &nats_url,
+            &["replay", "replayed-1", "--yes", "--actor", "tester"],
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+        )
+    })
+    .await
+    .expect("the CLI ran");
+    assert!(ok, "{out}{err}");
+    let replay = eventually("the replay span", || async {
+        let replays: Vec<Span> = (receiver.spans().into_iter())
+            .filter(|s| s.name == "replay")
+            .collect();
+        match replays.as_slice() {
+            [replay] => Ok(replay.clone()),
+            other => Err(other.to_vec()),
+        }
+    })
+    .await;
+    assert_eq!(replay.service, "fluxgate-cli");
+    assert_ne!(replay.trace_id, SENDER_TRACE, "a trace of its own");
+    assert!(replay.parent_span_id.is_empty(), "a root");
+    assert_eq!(
+        replay.links,
+        vec![(SENDER_TRACE.to_owned(), original[REQUEST].span_id.clone())],
+        "linked to the original's request"
+    );
+    assert_attributes(
+        &replay,
+        &[
+            ("fluxgate.delivery_id", "replayed-1"),
+            ("fluxgate.replay_of", "1"),
+            ("fluxgate.actor", "tester"),
+            ("fluxgate.sequence", "2"),
+        ],
+    );
+    // The dispatcher carries the replay's trace on.
+    let replayed = trace_of(&receiver, &replay.trace_id, &["consume", "patch"]).await;
+    assert_eq!(replayed["consume"].parent_span_id, replay.span_id);
+    assert_attributes(&replayed["consume"], &[("fluxgate.sequence", "2")]);
 }
 
 #[tokio::test]
