@@ -8,6 +8,7 @@ mod error;
 pub mod filter;
 pub mod gojson;
 mod kube_call;
+mod log_format;
 mod nats;
 mod nats_auth;
 pub mod pubsub;

@@ -79,11 +79,7 @@ pub fn init_telemetry(format: LogFormat, service: &'static str) -> Result<Tracin
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
     let logs = match format {
-        LogFormat::Json => logs
-            .json()
-            .flatten_event(true)
-            .with_span_list(false)
-            .boxed(),
+        LogFormat::Json => logs.event_format(crate::log_format::JsonLines).boxed(),
         LogFormat::Text => logs.boxed(),
     }
     .with_filter(filter);

@@ -64,6 +64,11 @@ impl Ingest {
         format!("http://127.0.0.1:{}{path}", self.admin_port)
     }
 
+    /// Its log lines so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.service.logs()
+    }
+
     pub fn pid(&self) -> u32 {
         self.service.pid()
     }

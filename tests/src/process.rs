@@ -1,14 +1,16 @@
 //! Runs a fluxgate binary as a child process on ports it picks itself, learning them from the
 //! start-up log line it writes under a target of its own (so parallel tests never race for a
-//! port). The child's other log lines are copied to this process's stderr.
+//! port). The child's other log lines are copied to this process's stderr, and kept.
 
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 use crate::{STARTUP_DEADLINE, eventually, workspace_binary};
 
 pub struct Service {
     child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Service {
@@ -38,17 +40,25 @@ impl Service {
             target.to_owned(),
             fields.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
         );
-        std::thread::spawn(move || forward_logs(stderr, &target, &fields, ports_tx));
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let kept = logs.clone();
+        std::thread::spawn(move || forward_logs(stderr, &target, &fields, ports_tx, &kept));
         let ports = match tokio::time::timeout(STARTUP_DEADLINE, ports_rx).await {
             Ok(Ok(ports)) => ports,
             Ok(Err(_)) => panic!("{binary} exited before listening: {:?}", child.wait()),
             Err(_) => panic!("{binary} did not start listening"),
         };
-        (Self { child }, ports)
+        (Self { child, logs }, ports)
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The log lines written so far (those at the level the test asked for: `RUST_LOG`, else
+    /// warnings and errors).
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited successfully.
@@ -91,12 +101,16 @@ fn forward_logs(
     target: &str,
     fields: &[String],
     ports: tokio::sync::oneshot::Sender<Vec<u16>>,
+    kept: &Mutex<Vec<String>>,
 ) {
     let mut ports = Some(ports);
     for line in std::io::BufReader::new(stderr)
         .lines()
         .map_while(Result::ok)
     {
+        if let Ok(mut kept) = kept.lock() {
+            kept.push(line.clone());
+        }
         let parsed: Option<serde_json::Value> = serde_json::from_str(&line).ok();
         let Some(entry) = parsed.filter(|e| e["target"] == target) else {
             eprintln!("{line}");

@@ -243,6 +243,41 @@ async fn one_webhook_is_one_trace_from_the_senders_span_to_flux_handling_it() {
 }
 
 #[tokio::test]
+async fn a_log_line_inside_a_span_names_its_trace_and_span() {
+    let receiver = otlp::Receiver::start().await;
+    let stack = start(Some(&receiver.endpoint())).await;
+    let forged = http::post(
+        &stack.hook_url(TOKEN, "gh", NS),
+        &[
+            ("content-type", "application/json"),
+            ("x-github-event", "push"),
+            ("x-hub-signature-256", "sha256=00"),
+            (
+                "traceparent",
+                &format!("00-{SENDER_TRACE}-{SENDER_SPAN}-01"),
+            ),
+        ],
+        "{}",
+    )
+    .await
+    .expect("request");
+    assert_eq!(forged.status, 401);
+    let request = trace_of(&receiver, SENDER_TRACE, &[REQUEST]).await[REQUEST].clone();
+    assert_attributes(&request, &[("fluxgate.outcome", "unauthorized")]);
+    let rejected: serde_json::Value = eventually("the rejection's log line", || async {
+        let logs = stack.ingest().logs();
+        (logs.iter())
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["message"] == "webhook rejected")
+            .ok_or(logs)
+    })
+    .await;
+    assert_eq!(rejected["trace_id"], SENDER_TRACE, "{rejected}");
+    assert_eq!(rejected["span_id"], request.span_id.as_str(), "{rejected}");
+    assert_eq!(rejected["outcome"], "unauthorized", "{rejected}");
+}
+
+#[tokio::test]
 async fn a_coalesced_patch_links_every_delivery_it_carries() {
     let receiver = otlp::Receiver::start().await;
     let stack = start(Some(&receiver.endpoint())).await;
