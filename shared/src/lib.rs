@@ -15,6 +15,7 @@ pub mod pubsub;
 pub mod receivers;
 mod shutdown;
 mod telemetry;
+mod trace_context;
 
 pub use config::{CommonConfig, SERVICE_HELP, undescribed_flags};
 pub use error::Error;
@@ -25,7 +26,5 @@ pub use nats::{
 };
 pub use nats_auth::NatsAuth;
 pub use shutdown::signal as shutdown_signal;
-pub use telemetry::{
-    LogFormat, Tracing, continue_trace, init_exporter_only, init_telemetry, link_to,
-    new_traceparent, traceparent_of,
-};
+pub use telemetry::{LogFormat, Tracing, init_exporter_only, init_telemetry};
+pub use trace_context::{continue_trace, link_to, new_traceparent, traceparent_of};

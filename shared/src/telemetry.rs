@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{WithHttpConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::runtime::Tokio;
@@ -156,8 +156,13 @@ fn provider(service: &'static str) -> Result<SdkTracerProvider, Error> {
                 .https_or_http()
                 .enable_http1()
                 .build();
-            let client =
-                opentelemetry_http::hyper::HyperClient::new(connector, EXPORT_TIMEOUT, None);
+            let timeout = env(&[
+                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                "OTEL_EXPORTER_OTLP_TIMEOUT",
+            ])
+            .and_then(|ms| ms.parse().ok())
+            .map_or(EXPORT_TIMEOUT, Duration::from_millis);
+            let client = opentelemetry_http::hyper::HyperClient::new(connector, timeout, None);
             opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_http_client(client)
@@ -189,60 +194,6 @@ fn provider(service: &'static str) -> Result<SdkTracerProvider, Error> {
         .build())
 }
 
-/// How long one export may take: past it the batch is dropped, never a webhook delayed.
+/// How long one export may take, unless `OTEL_EXPORTER_OTLP_TIMEOUT` says otherwise: past it
+/// the batch is dropped, never a webhook delayed.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The W3C `traceparent` of a span, when spans are exported (else the span has no
-/// OpenTelemetry context): what a stored delivery carries to the dispatcher.
-pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
-    use opentelemetry::propagation::TextMapPropagator as _;
-    use opentelemetry::trace::TraceContextExt as _;
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    let context = span.context();
-    if !context.span().span_context().is_valid() {
-        return None;
-    }
-    let mut carrier = std::collections::HashMap::new();
-    opentelemetry_sdk::propagation::TraceContextPropagator::new()
-        .inject_context(&context, &mut carrier);
-    carrier.remove("traceparent")
-}
-
-/// The W3C `traceparent` of a new trace's root. Trace ids need to be unique, not secret: a
-/// fast non-cryptographic generator saves a getrandom system call per request.
-pub fn new_traceparent() -> String {
-    format!(
-        "00-{:032x}-{:016x}-01",
-        fastrand::u128(1..),
-        fastrand::u64(1..)
-    )
-}
-
-/// Makes `span` a child of the span a W3C `traceparent` names (a sender's, or one stored with
-/// a delivery); a malformed value leaves it a root.
-pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    if let Some(parent) = parse(traceparent) {
-        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
-    }
-}
-
-/// The span context a W3C `traceparent` names, if it is well formed.
-fn parse(traceparent: &str) -> Option<opentelemetry::trace::SpanContext> {
-    use opentelemetry::propagation::TextMapPropagator as _;
-    use opentelemetry::trace::TraceContextExt as _;
-    let carrier =
-        std::collections::HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
-    let context = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
-    let span = context.span().span_context().clone();
-    span.is_valid().then_some(span)
-}
-
-/// Links `span` to the span a W3C `traceparent` names: a coalesced patch to each delivery it
-/// carries, a replay to its original.
-pub fn link_to(span: &tracing::Span, traceparent: &str) {
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    if let Some(linked) = parse(traceparent) {
-        span.add_link(linked);
-    }
-}
