@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
+use fluxgate_shared::TraceExemplar;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -30,8 +32,8 @@ pub struct Metrics {
     coalesced: Counter,
     patches: Family<ResultLabels, Counter>,
     patch_duration: Histogram,
-    webhook_to_patch: Histogram,
-    webhook_to_handled: Histogram,
+    webhook_to_patch: HistogramWithExemplars<TraceExemplar>,
+    webhook_to_handled: HistogramWithExemplars<TraceExemplar>,
     pending: Gauge,
     leader: Gauge,
     ack_failures: Family<AckLabels, Counter>,
@@ -65,14 +67,14 @@ impl Default for Metrics {
             "Time of one patch attempt",
             patch_duration.clone(),
         );
-        let webhook_to_patch = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        let webhook_to_patch = HistogramWithExemplars::new(exponential_buckets(0.01, 2.0, 14));
         registry.register(
             "webhook_to_patch_seconds",
             "Time from the webhook's arrival at ingest to its target's patch",
             webhook_to_patch.clone(),
         );
         // 0.1 s to ~14 min: controllers take seconds to minutes.
-        let webhook_to_handled = Histogram::new(exponential_buckets(0.1, 2.0, 14));
+        let webhook_to_handled = HistogramWithExemplars::new(exponential_buckets(0.1, 2.0, 14));
         registry.register(
             "webhook_to_handled_seconds",
             "Time from the webhook's arrival at ingest to its target's controller handling the request",
@@ -143,11 +145,15 @@ impl Metrics {
     }
 
     pub fn webhook_to_patch(&self, elapsed: Duration) {
-        self.webhook_to_patch.observe(elapsed.as_secs_f64());
+        // In the patch's span, the handled in the confirmation's: their sampled trace becomes
+        // the bucket's exemplar.
+        let exemplar = fluxgate_shared::current_exemplar();
+        (self.webhook_to_patch).observe(elapsed.as_secs_f64(), exemplar, None);
     }
 
     pub fn webhook_to_handled(&self, elapsed: Duration) {
-        self.webhook_to_handled.observe(elapsed.as_secs_f64());
+        let exemplar = fluxgate_shared::current_exemplar();
+        (self.webhook_to_handled).observe(elapsed.as_secs_f64(), exemplar, None);
     }
 
     pub fn set_pending(&self, pending: u64) {

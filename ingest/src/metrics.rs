@@ -6,8 +6,10 @@ use std::time::Duration;
 use fluxgate_shared::Error as CatalogError;
 use fluxgate_shared::receivers::Catalog;
 
+use fluxgate_shared::TraceExemplar;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -27,7 +29,7 @@ pub struct ReloadLabels {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
-    request_duration: Histogram,
+    request_duration: HistogramWithExemplars<TraceExemplar>,
     publish_duration: Histogram,
     reloads: Family<ReloadLabels, Counter>,
     receivers: Gauge,
@@ -35,8 +37,12 @@ pub struct Metrics {
 }
 
 /// 0.25 ms to ~4 s.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.000_25, 2.0, 15)
+}
+
 fn latency_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
+    Histogram::new(latency_buckets())
 }
 
 impl Default for Metrics {
@@ -48,7 +54,7 @@ impl Default for Metrics {
             "Webhook requests by receiver type and outcome",
             requests.clone(),
         );
-        let request_duration = latency_histogram();
+        let request_duration = HistogramWithExemplars::new(latency_buckets());
         registry.register(
             "request_duration_seconds",
             "Time from request to response",
@@ -94,7 +100,9 @@ impl Metrics {
                 outcome,
             })
             .inc();
-        self.request_duration.observe(elapsed.as_secs_f64());
+        // In the request's span: a sampled trace becomes the bucket's exemplar.
+        let exemplar = fluxgate_shared::current_exemplar();
+        (self.request_duration).observe(elapsed.as_secs_f64(), exemplar, None);
     }
 
     pub fn published(&self, elapsed: Duration) {

@@ -27,4 +27,6 @@ pub use nats::{
 pub use nats_auth::NatsAuth;
 pub use shutdown::signal as shutdown_signal;
 pub use telemetry::{LogFormat, Tracing, init_exporter_only, init_telemetry};
-pub use trace_context::{continue_trace, link_to, new_traceparent, traceparent_of};
+pub use trace_context::{
+    TraceExemplar, continue_trace, current_exemplar, link_to, new_traceparent, traceparent_of,
+};

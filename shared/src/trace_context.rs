@@ -20,6 +20,23 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
     carrier.remove("traceparent")
 }
 
+/// A latency observation's exemplar: the trace it was measured in.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct TraceExemplar {
+    pub trace_id: String,
+}
+
+/// The exemplar of the current span's trace, when that trace is sampled: a histogram bucket in
+/// Grafana then leads to a trace that exists.
+pub fn current_exemplar() -> Option<TraceExemplar> {
+    let context = tracing::Span::current().context();
+    let span = context.span();
+    let ids = span.span_context();
+    (ids.is_valid() && ids.is_sampled()).then(|| TraceExemplar {
+        trace_id: ids.trace_id().to_string(),
+    })
+}
+
 /// The W3C `traceparent` of a new trace's root. Trace ids need to be unique, not secret: a
 /// fast non-cryptographic generator saves a getrandom system call per request.
 pub fn new_traceparent() -> String {

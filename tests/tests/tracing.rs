@@ -240,6 +240,26 @@ async fn one_webhook_is_one_trace_from_the_senders_span_to_flux_handling_it() {
         "{:?}",
         confirm.attributes
     );
+
+    // The latency histograms carry the trace as an OpenMetrics exemplar.
+    let exemplar = format!("# {{trace_id=\"{SENDER_TRACE}\"}}");
+    let ingest = stack.ingest().metrics().await;
+    let bucket = "fluxgate_ingest_request_duration_seconds_bucket";
+    assert!(
+        (ingest.lines()).any(|l| l.starts_with(bucket) && l.contains(&exemplar)),
+        "{ingest}"
+    );
+    let dispatcher = http::get(&stack.dispatcher().admin_url("/metrics"))
+        .await
+        .expect("metrics");
+    let dispatcher = String::from_utf8_lossy(&dispatcher.body);
+    for histogram in ["webhook_to_patch", "webhook_to_handled"] {
+        let bucket = format!("fluxgate_dispatcher_{histogram}_seconds_bucket");
+        assert!(
+            (dispatcher.lines()).any(|l| l.starts_with(&bucket) && l.contains(&exemplar)),
+            "{histogram}: {dispatcher}"
+        );
+    }
 }
 
 #[tokio::test]
