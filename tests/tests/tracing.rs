@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use fluxgate_shared::contract::header;
+use fluxgate_tests::apiserver::{Fault, ObjectRef};
 use fluxgate_tests::otlp::{self, Span};
 use fluxgate_tests::stack::Stack;
 use fluxgate_tests::webhook::{
@@ -260,6 +261,28 @@ async fn one_webhook_is_one_trace_from_the_senders_span_to_flux_handling_it() {
             "{histogram}: {dispatcher}"
         );
     }
+}
+
+#[tokio::test]
+async fn each_retry_of_a_patch_is_an_event_of_its_span() {
+    let receiver = otlp::Receiver::start().await;
+    let stack = start(Some(&receiver.endpoint())).await;
+    let app = ObjectRef::new("source.toolkit.fluxcd.io/v1", "GitRepository", NS, "app");
+    stack.api().inject(&app, Fault::status(500).on("PATCH"));
+    assert_eq!(push(&stack, "retried-1", SENDER_TRACE).await.status, 202);
+    let patch = trace_of(&receiver, SENDER_TRACE, &["patch"]).await["patch"].clone();
+    assert_attributes(
+        &patch,
+        &[("fluxgate.attempts", "2"), ("fluxgate.result", "patched")],
+    );
+    assert_eq!(
+        (patch.events.iter())
+            .filter(|e| *e == "patch failed; retrying")
+            .count(),
+        1,
+        "{:?}",
+        patch.events
+    );
 }
 
 #[tokio::test]
