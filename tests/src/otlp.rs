@@ -1,6 +1,6 @@
-//! An OTLP/HTTP trace receiver for tests: collects the spans the binaries export (protobuf
-//! `POST /v1/traces`, decoded with `opentelemetry-proto`), so that a test can check a trace's
-//! shape -- names, parents, links, attributes.
+//! An OTLP trace receiver for tests: collects the spans the binaries export, over HTTP
+//! (protobuf `POST /v1/traces`) or gRPC, decoded with `opentelemetry-proto`, so that a test can
+//! check a trace's shape -- names, parents, links, attributes.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -8,6 +8,9 @@ use std::sync::{Arc, Mutex};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -60,6 +63,22 @@ impl Receiver {
         Self { port, spans }
     }
 
+    /// The same receiver over OTLP/gRPC (`OTEL_EXPORTER_OTLP_PROTOCOL=grpc`).
+    pub async fn start_grpc() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the OTLP receiver");
+        let port = listener.local_addr().expect("its address").port();
+        let spans = Collected::default();
+        let service = TraceServiceServer::new(Grpc(spans.clone()));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        Self { port, spans }
+    }
+
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` for the binaries.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
@@ -73,6 +92,26 @@ impl Receiver {
 
 async fn export(State(spans): State<Collected>, body: Bytes) -> Vec<u8> {
     if let Ok(request) = ExportTraceServiceRequest::decode(body) {
+        collect(&spans, request);
+    }
+    ExportTraceServiceResponse::default().encode_to_vec()
+}
+
+struct Grpc(Collected);
+
+#[tonic::async_trait]
+impl TraceService for Grpc {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        collect(&self.0, request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+fn collect(spans: &Collected, request: ExportTraceServiceRequest) {
+    {
         let mut collected = spans.lock().expect("spans");
         for resource in request.resource_spans {
             let service = (resource.resource.iter())
@@ -101,7 +140,6 @@ async fn export(State(spans): State<Collected>, body: Bytes) -> Vec<u8> {
             }
         }
     }
-    ExportTraceServiceResponse::default().encode_to_vec()
 }
 
 /// An attribute's value as text.

@@ -321,6 +321,24 @@ async fn a_log_line_inside_a_span_names_its_trace_and_span() {
 }
 
 #[tokio::test]
+async fn spans_go_over_grpc_when_the_protocol_says_so() {
+    let receiver = otlp::Receiver::start_grpc().await;
+    let stack = Stack::builder()
+        .receivers(receivers())
+        .ingest(&[])
+        .services_env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint())
+        .services_env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .services_env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .services_env("OTEL_SERVICE_NAME", "ingest-eu-1")
+        .start()
+        .await;
+    assert_eq!(push(&stack, "grpc-1", SENDER_TRACE).await.status, 202);
+    let spans = trace_of(&receiver, SENDER_TRACE, &[REQUEST, "publish"]).await;
+    assert_eq!(spans[REQUEST].service, "ingest-eu-1", "OTEL_SERVICE_NAME");
+    assert_eq!(spans["publish"].parent_span_id, spans[REQUEST].span_id);
+}
+
+#[tokio::test]
 async fn a_coalesced_patch_links_every_delivery_it_carries() {
     let receiver = otlp::Receiver::start().await;
     let stack = start(Some(&receiver.endpoint())).await;
