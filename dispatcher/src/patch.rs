@@ -45,10 +45,11 @@ impl RunBatch<Arc<InFlight>> for Patcher {
     /// every delivery and marks the target done for each.
     async fn run_batch(&self, target: &Target, requested_at: &str, batch: Vec<Arc<InFlight>>) {
         let batch_id = uuid::Uuid::now_v7().to_string();
-        // One span for the patch, in the trace of its first delivery, linked to every delivery
-        // it carries; retries are its events, confirmation its child.
+        // One span for the reconcile request, in the trace of its first delivery, linked to
+        // every delivery it carries; the API calls (a `patch` each attempt) and confirmation are
+        // its children, retries its events.
         let span = tracing::info_span!(
-            "patch",
+            "reconcile",
             otel.kind = "client",
             http.request.method = "PATCH",
             fluxgate.target = %target,

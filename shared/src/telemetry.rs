@@ -10,7 +10,8 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::runtime::Tokio;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
-use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::layer::{Context, SubscriberExt as _};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
@@ -91,7 +92,7 @@ pub fn init_telemetry(format: LogFormat, service: &'static str) -> Result<Tracin
     let spans = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer(service))
-            .with_filter(tracing_subscriber::filter::filter_fn(own_span))
+            .with_filter(tracing_subscriber::filter::dynamic_filter_fn(own_span))
     });
     // A second init (in-process tests) is harmless: keep the first subscriber.
     let _ = tracing_subscriber::registry()
@@ -110,14 +111,26 @@ pub fn init_exporter_only(service: &'static str) -> Result<Tracing, Error> {
     let provider = provider(service)?;
     let spans = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer(service))
-        .with_filter(tracing_subscriber::filter::filter_fn(own_span));
+        .with_filter(tracing_subscriber::filter::dynamic_filter_fn(own_span));
     let _ = tracing_subscriber::registry().with(spans).try_init();
     Ok(Tracing(Some(provider)))
 }
 
-/// Spans exported are fluxgate's own, at info and above, whatever level the logs are kept at.
-fn own_span(metadata: &tracing::Metadata<'_>) -> bool {
-    metadata.target().starts_with("fluxgate") && *metadata.level() <= tracing::Level::INFO
+/// Spans exported are fluxgate's own, at info and above, whatever level the logs are kept at;
+/// and the Kubernetes client's spans of the API calls made inside them (its `get`, `list`,
+/// `patch`, at debug), not those of the Lease and the watches, which would be traces of their
+/// own every few seconds.
+fn own_span<S>(metadata: &tracing::Metadata<'_>, context: &Context<'_, S>) -> bool
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    if metadata.target().starts_with("fluxgate") {
+        return *metadata.level() <= tracing::Level::INFO;
+    }
+    metadata.is_span()
+        && metadata.target().starts_with("kube_client")
+        && (context.lookup_current())
+            .is_some_and(|parent| parent.metadata().target().starts_with("fluxgate"))
 }
 
 fn endpoint_set() -> bool {

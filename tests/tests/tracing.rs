@@ -124,7 +124,7 @@ async fn one_webhook_is_one_trace_from_the_senders_span_to_flux_handling_it() {
         "dedup",
         "resolve",
         "evaluate filters",
-        "patch",
+        "reconcile",
         "confirm",
     ];
     let spans = trace_of(&receiver, SENDER_TRACE, &names).await;
@@ -212,7 +212,7 @@ async fn one_webhook_is_one_trace_from_the_senders_span_to_flux_handling_it() {
         spans["evaluate filters"].parent_span_id,
         spans["resolve"].span_id
     );
-    let patch = &spans["patch"];
+    let patch = &spans["reconcile"];
     assert_eq!(patch.parent_span_id, consume.span_id);
     assert_eq!(
         patch.links,
@@ -229,6 +229,24 @@ async fn one_webhook_is_one_trace_from_the_senders_span_to_flux_handling_it() {
             ("fluxgate.attempts", "1"),
             ("fluxgate.result", "patched"),
         ],
+    );
+    // The API calls, as the Kubernetes client's spans: reading the target under resolve, the
+    // PATCH under the reconcile request.
+    let calls: Vec<Span> = (receiver.spans().into_iter())
+        .filter(|s| s.trace_id == SENDER_TRACE)
+        .filter(|s| s.kind == "SPAN_KIND_CLIENT" && s.attribute("http.method").is_some())
+        .collect();
+    assert!(
+        (calls.iter()).any(|c| c.parent_span_id == spans["resolve"].span_id),
+        "{calls:?}"
+    );
+    let patched = (calls.iter())
+        .find(|c| c.parent_span_id == patch.span_id)
+        .unwrap_or_else(|| panic!("no API call under the reconcile request: {calls:?}"));
+    assert_eq!(patched.name, "patch");
+    assert_attributes(
+        patched,
+        &[("http.method", "PATCH"), ("http.status_code", "200")],
     );
     let confirm = &spans["confirm"];
     assert_eq!(confirm.parent_span_id, patch.span_id);
@@ -270,7 +288,7 @@ async fn each_retry_of_a_patch_is_an_event_of_its_span() {
     let app = ObjectRef::new("source.toolkit.fluxcd.io/v1", "GitRepository", NS, "app");
     stack.api().inject(&app, Fault::status(500).on("PATCH"));
     assert_eq!(push(&stack, "retried-1", SENDER_TRACE).await.status, 202);
-    let patch = trace_of(&receiver, SENDER_TRACE, &["patch"]).await["patch"].clone();
+    let patch = trace_of(&receiver, SENDER_TRACE, &["reconcile"]).await["reconcile"].clone();
     assert_attributes(
         &patch,
         &[("fluxgate.attempts", "2"), ("fluxgate.result", "patched")],
@@ -356,9 +374,9 @@ async fn a_coalesced_patch_links_every_delivery_it_carries() {
         let spans = trace_of(&receiver, trace, &["consume"]).await;
         consumed.push((trace.to_owned(), spans["consume"].span_id.clone()));
     }
-    let patch = eventually("one patch span", || async {
+    let patch = eventually("one reconcile span", || async {
         let patches: Vec<Span> = (receiver.spans().into_iter())
-            .filter(|s| s.name == "patch")
+            .filter(|s| s.name == "reconcile")
             .collect();
         match patches.as_slice() {
             [patch] => Ok(patch.clone()),
@@ -381,7 +399,7 @@ async fn a_replay_starts_a_new_trace_linked_to_the_original() {
     let receiver = otlp::Receiver::start().await;
     let stack = start(Some(&receiver.endpoint())).await;
     assert_eq!(push(&stack, "replayed-1", SENDER_TRACE).await.status, 202);
-    let original = trace_of(&receiver, SENDER_TRACE, &[REQUEST, "patch"]).await;
+    let original = trace_of(&receiver, SENDER_TRACE, &[REQUEST, "reconcile"]).await;
 
     // On a blocking thread: the receiver answers on this test's runtime meanwhile.
     let (nats_url, endpoint) = (stack.nats_url().to_owned(), receiver.endpoint());
@@ -423,7 +441,7 @@ async fn a_replay_starts_a_new_trace_linked_to_the_original() {
         ],
     );
     // The dispatcher carries the replay's trace on.
-    let replayed = trace_of(&receiver, &replay.trace_id, &["consume", "patch"]).await;
+    let replayed = trace_of(&receiver, &replay.trace_id, &["consume", "reconcile"]).await;
     assert_eq!(replayed["consume"].parent_span_id, replay.span_id);
     assert_attributes(&replayed["consume"], &[("fluxgate.sequence", "2")]);
 }
