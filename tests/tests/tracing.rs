@@ -447,6 +447,27 @@ async fn a_replay_starts_a_new_trace_linked_to_the_original() {
 }
 
 #[tokio::test]
+async fn the_last_spans_are_flushed_at_shutdown() {
+    let receiver = otlp::Receiver::start().await;
+    let mut stack = Stack::builder()
+        .receivers(receivers())
+        .ingest(&[])
+        .services_env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint())
+        // No export on schedule within the test: only the shutdown's flush can send them.
+        .services_env("OTEL_BSP_SCHEDULE_DELAY", "600000")
+        .start()
+        .await;
+    assert_eq!(push(&stack, "flushed-1", SENDER_TRACE).await.status, 202);
+    assert!(
+        receiver.spans().is_empty(),
+        "nothing is sent before the schedule"
+    );
+    assert!(stack.ingest_mut().terminate().await, "ingest exits cleanly");
+    let names: Vec<String> = receiver.spans().into_iter().map(|s| s.name).collect();
+    assert!(names.iter().any(|n| n == REQUEST), "{names:?}");
+}
+
+#[tokio::test]
 async fn without_an_endpoint_nothing_is_exported_and_the_senders_traceparent_is_stored() {
     let stack = start(None).await;
     assert_eq!(push(&stack, "untraced-1", SENDER_TRACE).await.status, 202);
