@@ -102,6 +102,20 @@ async fn trace_of(
     .await
 }
 
+/// The one span named `name`, once it arrived.
+async fn the_only(receiver: &otlp::Receiver, name: &str) -> Span {
+    eventually(&format!("one {name} span"), || async {
+        let named: Vec<Span> = (receiver.spans().into_iter())
+            .filter(|s| s.name == name)
+            .collect();
+        match named.as_slice() {
+            [span] => Ok(span.clone()),
+            other => Err(other.to_vec()),
+        }
+    })
+    .await
+}
+
 fn assert_attributes(span: &Span, expected: &[(&str, &str)]) {
     for (name, value) in expected {
         assert_eq!(span.attribute(name), Some(*value), "{} {name}", span.name);
@@ -374,16 +388,7 @@ async fn a_coalesced_patch_links_every_delivery_it_carries() {
         let spans = trace_of(&receiver, trace, &["consume"]).await;
         consumed.push((trace.to_owned(), spans["consume"].span_id.clone()));
     }
-    let patch = eventually("one reconcile span", || async {
-        let patches: Vec<Span> = (receiver.spans().into_iter())
-            .filter(|s| s.name == "reconcile")
-            .collect();
-        match patches.as_slice() {
-            [patch] => Ok(patch.clone()),
-            other => Err(other.to_vec()),
-        }
-    })
-    .await;
+    let patch = the_only(&receiver, "reconcile").await;
     assert_attributes(&patch, &[("fluxgate.batch_size", "2")]);
     let mut links = patch.links.clone();
     links.sort();
@@ -413,16 +418,7 @@ async fn a_replay_starts_a_new_trace_linked_to_the_original() {
     .await
     .expect("the CLI ran");
     assert!(ok, "{out}{err}");
-    let replay = eventually("the replay span", || async {
-        let replays: Vec<Span> = (receiver.spans().into_iter())
-            .filter(|s| s.name == "replay")
-            .collect();
-        match replays.as_slice() {
-            [replay] => Ok(replay.clone()),
-            other => Err(other.to_vec()),
-        }
-    })
-    .await;
+    let replay = the_only(&receiver, "replay").await;
     assert_eq!(replay.service, "fluxgate-cli");
     assert_ne!(replay.trace_id, SENDER_TRACE, "a trace of its own");
     assert!(replay.parent_span_id.is_empty(), "a root");
