@@ -107,7 +107,7 @@ async fn receive(
 }
 
 /// Records the `outcome` label on the request's span too.
-fn outcome(outcome: &'static str) -> &'static str {
+fn record_outcome(outcome: &'static str) -> &'static str {
     tracing::Span::current().record("fluxgate.outcome", outcome);
     outcome
 }
@@ -143,7 +143,7 @@ async fn handle(
             delivery_id,
             duplicate,
         }) => {
-            let outcome = outcome(if duplicate { "duplicate" } else { "accepted" });
+            let outcome = record_outcome(if duplicate { "duplicate" } else { "accepted" });
             tracing::Span::current().record("fluxgate.delivery_id", delivery_id.as_str());
             tracing::info!(
                 receiver = %format_args!("{}/{}", receiver.namespace, receiver.name),
@@ -173,7 +173,7 @@ async fn handle(
             );
             state.metrics.request(
                 receiver.kind.as_str(),
-                outcome("ignored"),
+                record_outcome("ignored"),
                 started.elapsed(),
             );
             // 200, not 4xx: GitLab disables a hook that keeps answering 4xx.
@@ -327,9 +327,11 @@ fn reject(
 ) -> Response {
     let name = receiver.map(|r| format!("{}/{}", r.namespace, r.name));
     tracing::warn!(receiver = name.as_deref().unwrap_or("-"), receiver_type, outcome = error.outcome(), reason = %error, "webhook rejected");
-    state
-        .metrics
-        .request(receiver_type, outcome(error.outcome()), started.elapsed());
+    state.metrics.request(
+        receiver_type,
+        record_outcome(error.outcome()),
+        started.elapsed(),
+    );
     error.into_response()
 }
 

@@ -10,10 +10,11 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::runtime::Tokio;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+use tracing_subscriber::filter::{FilterExt as _, dynamic_filter_fn, filter_fn};
 use tracing_subscriber::layer::{Context, SubscriberExt as _};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::{EnvFilter, Layer as _};
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::Error;
 
@@ -45,11 +46,6 @@ impl std::str::FromStr for LogFormat {
 pub struct Tracing(Option<SdkTracerProvider>);
 
 impl Tracing {
-    /// Whether spans are exported (an OTLP endpoint is set).
-    pub fn exporting(&self) -> bool {
-        self.0.is_some()
-    }
-
     /// Flushes the batched spans and stops the exporter; a collector that does not answer
     /// costs at most the export timeout. The SDK waits for the flush synchronously: it does
     /// so on a blocking thread, so that the runtime's workers stay free to do the export.
@@ -80,20 +76,15 @@ pub fn init_telemetry(format: LogFormat, service: &'static str) -> Result<Tracin
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
     let logs = match format {
-        LogFormat::Json => logs.event_format(crate::log_format::JsonLines).boxed(),
-        LogFormat::Text => logs.boxed(),
-    }
-    .with_filter(filter);
-    let provider = if endpoint_set() {
-        Some(provider(service)?)
-    } else {
-        None
+        // JSON lines name no span's fields (`log_format`): the spans are not the logs' to
+        // record, so that, without an exporter, a request's span costs nothing.
+        LogFormat::Json => (logs.event_format(crate::log_format::JsonLines))
+            .with_filter(filter.and(filter_fn(|metadata| !metadata.is_span())))
+            .boxed(),
+        LogFormat::Text => logs.with_filter(filter).boxed(),
     };
-    let spans = provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer(service))
-            .with_filter(tracing_subscriber::filter::dynamic_filter_fn(own_span))
-    });
+    let provider = endpoint_set().then(|| provider(service)).transpose()?;
+    let spans = provider.as_ref().map(|provider| spans(provider, service));
     // A second init (in-process tests) is harmless: keep the first subscriber.
     let _ = tracing_subscriber::registry()
         .with(logs)
@@ -109,11 +100,20 @@ pub fn init_exporter_only(service: &'static str) -> Result<Tracing, Error> {
         return Ok(Tracing(None));
     }
     let provider = provider(service)?;
-    let spans = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer(service))
-        .with_filter(tracing_subscriber::filter::dynamic_filter_fn(own_span));
-    let _ = tracing_subscriber::registry().with(spans).try_init();
+    let _ = (tracing_subscriber::registry())
+        .with(spans(&provider, service))
+        .try_init();
     Ok(Tracing(Some(provider)))
+}
+
+/// The layer that hands [`own_span`]s to the exporter.
+fn spans<S>(provider: &SdkTracerProvider, service: &'static str) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(service))
+        .with_filter(dynamic_filter_fn(own_span))
 }
 
 /// Spans exported are fluxgate's own, at info and above, whatever level the logs are kept at;

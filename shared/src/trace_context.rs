@@ -50,6 +50,10 @@ pub fn new_traceparent() -> String {
 /// Makes `span` a child of the span a W3C `traceparent` names (a sender's, or one stored with
 /// a delivery); a malformed value leaves it a root.
 pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
+    // A span no layer records (no exporter) has no parent to set: skip the parsing.
+    if span.is_disabled() {
+        return;
+    }
     if let Some(parent) = parse(traceparent) {
         let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
     }
@@ -66,6 +70,9 @@ fn parse(traceparent: &str) -> Option<SpanContext> {
 /// Links `span` to the span a W3C `traceparent` names: a coalesced patch to each delivery it
 /// carries, a replay to its original.
 pub fn link_to(span: &tracing::Span, traceparent: &str) {
+    if span.is_disabled() {
+        return;
+    }
     if let Some(linked) = parse(traceparent) {
         span.add_link(linked);
     }

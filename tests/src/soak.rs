@@ -135,7 +135,8 @@ pub struct Report {
 struct Tally {
     answers: BTreeMap<Kind, BTreeMap<String, usize>>,
     accepted: usize,
-    accepted_ids: Vec<String>,
+    /// Each with the receiver it went to.
+    accepted_ids: Vec<(String, usize)>,
 }
 
 impl Tally {
@@ -298,7 +299,7 @@ async fn send_mix(
             _ = pacing.tick() => {}
         }
         let kind = Kind::nth(n);
-        let url = &urls[n % urls.len()];
+        let mut receiver = n % urls.len();
         let mut id = format!("soak-{sender}-{n}");
         let (mut payload, mut signed) = (body.as_slice(), signature.clone());
         match kind {
@@ -308,19 +309,14 @@ async fn send_mix(
                     continue;
                 }
                 // Spread over the run: some within JetStream's duplicate window, most not.
-                id = tally.accepted_ids[(n * 7919) % tally.accepted_ids.len()].clone();
+                // To the receiver the original went to.
+                (id, receiver) = tally.accepted_ids[(n * 7919) % tally.accepted_ids.len()].clone();
             }
             Kind::BadSignature => signed = github_signature("not-the-secret", payload),
             Kind::Oversized => (payload, signed) = (&oversized, oversized_signature.clone()),
             Kind::Valid | Kind::Slow => {}
         }
-        // The receiver is the id's, so that a duplicate goes where its original went.
-        let receiver = receiver_of(&id, urls.len());
-        let url = if kind == Kind::Duplicate {
-            &urls[receiver]
-        } else {
-            url
-        };
+        let url = &urls[receiver];
         let headers = [
             ("content-type", "application/json"),
             ("x-github-event", "push"),
@@ -333,7 +329,7 @@ async fn send_mix(
                     .is_ok_and(|b| b["duplicate"] == true);
                 let mut tally = tally.lock().expect("tally");
                 if kind == Kind::Valid {
-                    tally.accepted_ids.push(id.clone());
+                    tally.accepted_ids.push((id.clone(), receiver));
                 }
                 if duplicate {
                     "202 duplicate".to_owned()
@@ -347,14 +343,6 @@ async fn send_mix(
         };
         tally.lock().expect("tally").count(kind, answer);
     }
-}
-
-/// `soak-<sender>-<n>` goes to receiver `n` modulo the receivers, as [`send_mix`] sent it.
-fn receiver_of(id: &str, receivers: usize) -> usize {
-    id.rsplit('-')
-        .next()
-        .and_then(|n| n.parse::<usize>().ok())
-        .map_or(0, |n| n % receivers)
 }
 
 /// One slow client after another: headers and a tenth of the declared body, then silence until
@@ -414,7 +402,7 @@ fn usage_of(pid: u32) -> Usage {
 
 /// Waits, up to [`DRAIN_DEADLINE`], until every stored delivery has a terminal outcome, and
 /// fills in what was stored, finished and lost.
-async fn settle(stack: &Stack, accepted_ids: &[String], report: &mut Report) {
+async fn settle(stack: &Stack, accepted_ids: &[(String, usize)], report: &mut Report) {
     let jetstream = jetstream::new(stack.client().await);
     let mut deliveries = Reader::new(&jetstream, contract::DELIVERIES_STREAM).await;
     let mut outcomes = Reader::new(&jetstream, contract::OUTCOMES_STREAM).await;
@@ -457,6 +445,7 @@ async fn settle(stack: &Stack, accepted_ids: &[String], report: &mut Report) {
         .map(|(_, id)| id.as_str())
         .collect();
     report.lost = (accepted_ids.iter())
+        .map(|(id, _)| id)
         .filter(|id| !done.contains(id.as_str()))
         .cloned()
         .collect();

@@ -134,36 +134,32 @@ impl Load {
 
     /// Waits until `more` further webhooks have been answered 2xx.
     async fn accepts(&mut self, more: usize) {
-        let target = *self.accepted.borrow() + more;
-        let waited = tokio::time::timeout(
-            fluxgate_tests::EVENTUALLY_DEADLINE,
-            self.accepted.wait_for(|n| *n >= target),
-        )
-        .await;
-        assert!(
-            matches!(waited, Ok(Ok(_))),
-            "the load did not reach {target} accepted webhooks"
-        );
+        count_up(&mut self.accepted, more, "accepted webhooks").await;
     }
 
     /// Waits until `more` further webhooks have been answered, whatever the answer.
     async fn refusals(&mut self, more: usize) {
-        let target = *self.answered.borrow() + more;
-        let waited = tokio::time::timeout(
-            fluxgate_tests::EVENTUALLY_DEADLINE,
-            self.answered.wait_for(|n| *n >= target),
-        )
-        .await;
-        assert!(
-            matches!(waited, Ok(Ok(_))),
-            "the load did not reach {target} answers"
-        );
+        count_up(&mut self.answered, more, "answers").await;
     }
 
     async fn finish(self) -> (Vec<Answer>, Vec<String>) {
         let _ = self.stop.send(true);
         self.task.await.expect("the load task")
     }
+}
+
+/// Waits until `counter` has grown by `more`.
+async fn count_up(counter: &mut watch::Receiver<usize>, more: usize, what: &str) {
+    let target = *counter.borrow() + more;
+    let waited = tokio::time::timeout(
+        fluxgate_tests::EVENTUALLY_DEADLINE,
+        counter.wait_for(|n| *n >= target),
+    )
+    .await;
+    assert!(
+        matches!(waited, Ok(Ok(_))),
+        "the load did not reach {target} {what}"
+    );
 }
 
 /// What senders saw: requests, the share not answered 2xx, the longest stretch without a 2xx.
