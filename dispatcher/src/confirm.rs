@@ -3,7 +3,7 @@
 //! time -- and `handled` is recorded for each delivery of the batch with its webhook-to-handled
 //! latency; `not_handled` when that does not happen within the confirm timeout (a suspended
 //! target, a controller that is down). Best effort: a restart forgets confirmations under way.
-//! One watch per kind and namespace serves every confirmation there, not one per target.
+//! The scopes' watch caches (shared with resolution) tell of the changes: no API call of its own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,27 +11,19 @@ use std::time::Duration;
 use tracing::Instrument as _;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt as _;
-use kube::api::{Api, DynamicObject};
-use kube::runtime::WatchStreamExt as _;
-use kube::runtime::watcher;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use kube::api::DynamicObject;
+use tokio::sync::oneshot;
 
+use crate::cache::Scope;
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
 use crate::outcome::Recorder;
-use crate::targets::{Resolver, Target, describe};
+use crate::targets::{Refusal, Resolver, Target, describe};
 use fluxgate_shared::contract::Event;
-
-/// Watches open at once: one per kind and namespace with confirmations under way. A
-/// confirmation in a further scope waits for one to close (within its timeout).
-const MAX_WATCHES: usize = 256;
-/// How often a watch without events drops the confirmations that timed out.
-const PRUNE_EVERY: Duration = Duration::from_secs(5);
 
 pub struct Confirmer {
     pub resolver: Arc<Resolver>,
-    pub watches: Arc<Watches>,
+    pub waiting: Arc<Waiting>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     /// Zero turns confirmation off.
@@ -109,49 +101,31 @@ impl Confirmer {
         }
     }
 
-    /// Waits until `target` reports `requested_at` (or later) handled, on the shared watch of
-    /// its kind and namespace; the value it reports.
+    /// Waits until `target` reports `requested_at` (or later) handled, as its scope's cache
+    /// sees it; the value it reports.
     async fn handled(&self, target: &Target, requested_at: &str) -> Result<String, String> {
-        let (done, handled) = oneshot::channel();
-        let waiter = Waiter {
-            requested_at: requested_at.to_owned(),
-            done,
-        };
-        let scope = Scope {
-            api_version: target.api_version.clone(),
-            kind: target.kind.clone(),
-            namespace: target.namespace.clone(),
-        };
-        // Known before the waiter is added, so that a scope opened is always watched.
         let resource = self
             .resolver
             .api_resource(&target.api_version, &target.kind)
             .await
             .map_err(|e| describe(&e))?;
-        // A new scope waits for a free watch first: at most `MAX_WATCHES` at once.
-        let permit = if self.watches.has(&scope) {
-            None
-        } else {
-            let permit = self.watches.slots.clone().acquire_owned().await;
-            Some(permit.map_err(|_| "shutting down".to_owned())?)
+        let scope = Scope::of(target);
+        let cache = match self.resolver.caches().synced(&scope, &resource).await {
+            Ok(cache) => cache,
+            Err(Refusal::Permanent(reason)) => return Err(reason),
+            Err(Refusal::Transient(error)) => return Err(describe(&error)),
         };
-        if let Some(started) = self.watches.wait(&scope, &target.name, waiter, permit) {
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(self.resolver.client().clone(), &target.namespace, &resource);
-            tokio::spawn(self.watches.clone().run(scope, api, started));
+        // Waiting first, then a look at the cache: an event stored in between is seen by one
+        // of the two, never by neither.
+        let handled = self.waiting.add(&scope, &target.name, requested_at);
+        if let Some(object) = cache.get(&target.name) {
+            self.waiting.seen(&scope, &object);
         }
-        handled
-            .await
-            .map_err(|_| "the watch of the target ended".to_owned())
+        let answer = handled.await;
+        // The cache is held until the answer: dropping it would end the watch it waits on.
+        drop(cache);
+        answer.map_err(|_| "the watch of the target ended".to_owned())
     }
-}
-
-/// Where a shared watch looks: one kind in one namespace.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Scope {
-    api_version: String,
-    kind: String,
-    namespace: String,
 }
 
 /// A confirmation waiting for one object's `status.lastHandledReconcileAt`.
@@ -160,116 +134,48 @@ struct Waiter {
     done: oneshot::Sender<String>,
 }
 
-/// Confirmations under way, by scope and object name.
-type Waiting = HashMap<String, Vec<Waiter>>;
+/// Confirmations under way, by scope and object name; the caches tell it of every object they
+/// see.
+#[derive(Default)]
+pub struct Waiting(Mutex<HashMap<(Scope, String), Vec<Waiter>>>);
 
-/// One watch per scope, shared by every confirmation waiting in it, at most `MAX_WATCHES` at
-/// once; a watch ends once no confirmation waits in its scope.
-pub struct Watches {
-    scopes: Mutex<HashMap<Scope, Waiting>>,
-    slots: Arc<Semaphore>,
-}
-
-impl Watches {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self {
-            scopes: Mutex::default(),
-            slots: Arc::new(Semaphore::new(MAX_WATCHES)),
-        })
-    }
-
-    fn has(&self, scope: &Scope) -> bool {
-        self.scopes.lock().is_ok_and(|s| s.contains_key(scope))
-    }
-
-    /// Adds a waiter; the permit when it opened the scope, whose watch the caller then starts.
-    fn wait(
-        &self,
-        scope: &Scope,
-        name: &str,
-        waiter: Waiter,
-        permit: Option<OwnedSemaphorePermit>,
-    ) -> Option<OwnedSemaphorePermit> {
-        let Ok(mut scopes) = self.scopes.lock() else {
-            return None;
-        };
-        let opened = !scopes.contains_key(scope);
-        let waiting = scopes.entry(scope.clone()).or_default();
-        waiting.entry(name.to_owned()).or_default().push(waiter);
-        // Another confirmation may have opened it meanwhile: then the permit goes back.
-        permit.filter(|_| opened)
-    }
-
-    /// Watches the scope's objects, answering its waiters, until none is left (those whose
-    /// confirmation timed out are dropped as they are found).
-    async fn run(
-        self: Arc<Self>,
-        scope: Scope,
-        api: Api<DynamicObject>,
-        _slot: OwnedSemaphorePermit,
-    ) {
-        let mut objects = watcher::watcher(api, watcher::Config::default())
-            .default_backoff()
-            .applied_objects()
-            .boxed();
-        let mut prune = tokio::time::interval(PRUNE_EVERY);
-        loop {
-            tokio::select! {
-                object = objects.next() => match object {
-                    Some(Ok(object)) => self.seen(&scope, &object),
-                    Some(Err(_)) => {}
-                    None => break,
-                },
-                _ = prune.tick() => {}
-            }
-            if self.close_if_idle(&scope) {
-                return;
-            }
-        }
-        // The stream ended: its waiters hear that their watch did.
-        if let Ok(mut scopes) = self.scopes.lock() {
-            scopes.remove(&scope);
-        }
+impl Waiting {
+    fn add(&self, scope: &Scope, name: &str, requested_at: &str) -> oneshot::Receiver<String> {
+        let (done, handled) = oneshot::channel();
+        let mut waiting = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let waiters = waiting.entry((scope.clone(), name.to_owned())).or_default();
+        // Confirmations that timed out leave their waiters here until the next one for the object.
+        waiters.retain(|w| !w.done.is_closed());
+        waiters.push(Waiter {
+            requested_at: requested_at.to_owned(),
+            done,
+        });
+        handled
     }
 
     /// Answers the waiters of `object` whose request it reports handled.
-    fn seen(&self, scope: &Scope, object: &DynamicObject) {
+    pub fn seen(&self, scope: &Scope, object: &DynamicObject) {
         let Some(handled) = object.data["status"]["lastHandledReconcileAt"].as_str() else {
             return;
         };
-        let (Some(name), Ok(mut scopes)) = (object.metadata.name.as_deref(), self.scopes.lock())
-        else {
+        let Some(name) = object.metadata.name.as_deref() else {
             return;
         };
-        let Some(waiters) = scopes.get_mut(scope).and_then(|w| w.get_mut(name)) else {
+        let mut waiting = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (scope.clone(), name.to_owned());
+        let Some(waiters) = waiting.get_mut(&key) else {
             return;
         };
         for waiter in std::mem::take(waiters) {
             if is_handled(handled, &waiter.requested_at) {
                 let _ = waiter.done.send(handled.to_owned());
-            } else {
+            } else if !waiter.done.is_closed() {
                 waiters.push(waiter);
             }
         }
-    }
-
-    /// Drops waiters that stopped waiting; ends the scope (true) when none is left.
-    fn close_if_idle(&self, scope: &Scope) -> bool {
-        let Ok(mut scopes) = self.scopes.lock() else {
-            return true;
-        };
-        let Some(waiting) = scopes.get_mut(scope) else {
-            return true;
-        };
-        waiting.retain(|_, waiters| {
-            waiters.retain(|w| !w.done.is_closed());
-            !waiters.is_empty()
-        });
-        let idle = waiting.is_empty();
-        if idle {
-            scopes.remove(scope);
+        if waiters.is_empty() {
+            waiting.remove(&key);
         }
-        idle
     }
 }
 

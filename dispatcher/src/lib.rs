@@ -3,6 +3,7 @@
 //! them, with retries, one leader at a time, and an outcome event for everything that happens.
 
 mod admin;
+mod cache;
 mod coalesce;
 mod config;
 mod confirm;
@@ -34,8 +35,9 @@ pub use error::Error;
 pub use request::Inputs;
 pub use targets::{Resolved, Resolver};
 
+use crate::cache::Caches;
 use crate::coalesce::Coalescer;
-use crate::confirm::Confirmer;
+use crate::confirm::{Confirmer, Waiting};
 use crate::consume::Dispatcher;
 use crate::dedup::Dedup;
 use crate::inflight::Registry;
@@ -103,12 +105,33 @@ impl Service {
                 },
             ),
         };
+        let waiting = Arc::new(Waiting::default());
+        let caches = {
+            let waiting = waiting.clone();
+            Caches::new(
+                kube.clone(),
+                Arc::new(move |scope, object| waiting.seen(scope, object)),
+                metrics.watch_caches(),
+            )
+        };
+        let resolver = Arc::new(Resolver::with_caches(
+            kube.clone(),
+            config.no_cross_namespace_refs,
+            caches,
+        ));
+        let catalog_changed = Arc::new(tokio::sync::Notify::new());
         let receivers = {
             let mut stop = stop.clone();
-            receivers::start(origin, |_| {}, async move {
+            let changed = catalog_changed.clone();
+            receivers::start(origin, move |_| changed.notify_one(), async move {
                 let _ = stop.wait_for(|s| *s).await;
             })?
         };
+        tokio::spawn(drop_unneeded_caches(
+            resolver.clone(),
+            receivers.catalog.clone(),
+            catalog_changed,
+        ));
 
         let admin_address = admin_listener.local_addr()?;
         let (leading_tx, leading) = watch::channel(!config.leader_election);
@@ -136,10 +159,9 @@ impl Service {
         )
         .await?;
         let dedup = Dedup::provision(&jetstream, config.dedup_ttl, config.stream_replicas).await?;
-        let resolver = Arc::new(Resolver::new(kube.clone(), config.no_cross_namespace_refs));
         let confirmer = Arc::new(Confirmer {
             resolver: resolver.clone(),
-            watches: confirm::Watches::new(),
+            waiting,
             recorder: recorder.clone(),
             metrics: metrics.clone(),
             timeout: config.confirm_timeout,
@@ -351,6 +373,23 @@ async fn drain(registry: &Registry, grace: Duration) {
             in_flight = registry.len(),
             "shutdown grace elapsed; JetStream will redeliver the rest"
         );
+    }
+}
+
+/// Drops the watch caches of scopes no Receiver names any more, after each change of the
+/// catalog (a burst of changes is one pass).
+async fn drop_unneeded_caches(
+    resolver: Arc<Resolver>,
+    catalog: receivers::SharedCatalog,
+    changed: Arc<tokio::sync::Notify>,
+) {
+    loop {
+        changed.notified().await;
+        let current = catalog.current();
+        let needed = (current.receivers())
+            .flat_map(|receiver| resolver.scopes_named(receiver))
+            .collect();
+        resolver.caches().retain(&needed);
     }
 }
 

@@ -36,6 +36,7 @@ pub struct Metrics {
     webhook_to_handled: HistogramWithExemplars<TraceExemplar>,
     pending: Gauge,
     leader: Gauge,
+    watch_caches: Gauge,
     ack_failures: Family<AckLabels, Counter>,
     outcome_retries: Counter,
 }
@@ -92,6 +93,12 @@ impl Default for Metrics {
             "1 while this replica holds the lease and consumes",
             leader.clone(),
         );
+        let watch_caches = Gauge::default();
+        registry.register(
+            "watch_caches",
+            "Watch caches open: one per kind and namespace that Receivers name",
+            watch_caches.clone(),
+        );
         let ack_failures = Family::default();
         registry.register(
             "ack_failures",
@@ -115,6 +122,7 @@ impl Default for Metrics {
             webhook_to_handled,
             pending,
             leader,
+            watch_caches,
             ack_failures,
         }
     }
@@ -158,6 +166,11 @@ impl Metrics {
 
     pub fn set_pending(&self, pending: u64) {
         self.pending.set(i64::try_from(pending).unwrap_or(i64::MAX));
+    }
+
+    /// The gauge the watch caches keep current.
+    pub fn watch_caches(&self) -> Gauge {
+        self.watch_caches.clone()
     }
 
     pub fn set_leader(&self, leader: bool) {

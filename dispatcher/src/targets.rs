@@ -1,7 +1,8 @@
 //! Target resolution: a Receiver's `spec.resources` become the objects to annotate, as Flux
 //! resolves them -- namespace and apiVersion defaults, `name: "*"` with `matchLabels` listed by
-//! label selector, optional refusal of cross-namespace references -- for any kind, through the
-//! dynamic API and discovery; then the receiver's CEL filters decide which of them to keep.
+//! label selector, optional refusal of cross-namespace references -- for any kind, through
+//! discovery and the scopes' watch caches (no API read per delivery); then the receiver's CEL
+//! filters decide which of them to keep.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -13,9 +14,9 @@ use fluxgate_shared::filter::{self, Expression};
 use fluxgate_shared::receivers::{Receiver, ResourceRef};
 use fluxgate_shared::within_deadline;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::{ApiResource, GroupVersionKind};
 
+use crate::cache::{Caches, Scope};
 use crate::request::Inputs;
 
 /// How long a delivery's filters may take for one entry of `spec.resources`.
@@ -45,6 +46,7 @@ pub struct Resolved {
 pub struct Resolver {
     client: kube::Client,
     no_cross_namespace_refs: bool,
+    caches: Arc<Caches>,
     /// apiVersion + kind -> what discovery said about it.
     discovered: Mutex<HashMap<(String, String), ApiResource>>,
 }
@@ -70,16 +72,31 @@ pub fn is_permanent(error: &kube::Error) -> bool {
 }
 
 impl Resolver {
+    /// A resolver with caches of its own, which tell no one of what they see (the CLI's).
     pub fn new(client: kube::Client, no_cross_namespace_refs: bool) -> Self {
+        let caches = Caches::new(client.clone(), Arc::new(|_, _| {}), Default::default());
+        Self::with_caches(client, no_cross_namespace_refs, caches)
+    }
+
+    pub fn with_caches(
+        client: kube::Client,
+        no_cross_namespace_refs: bool,
+        caches: Arc<Caches>,
+    ) -> Self {
         Self {
             client,
             no_cross_namespace_refs,
+            caches,
             discovered: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn client(&self) -> &kube::Client {
         &self.client
+    }
+
+    pub fn caches(&self) -> &Arc<Caches> {
+        &self.caches
     }
 
     /// The dynamic API of a kind, from discovery (cached).
@@ -177,19 +194,24 @@ impl Resolver {
         })
     }
 
-    /// A named target's metadata, for its filters.
+    /// A named target's metadata, for its filters, from its scope's cache.
     async fn metadata(&self, target: &Target) -> Result<ObjectMeta, Refusal> {
         let api_resource = self.api_resource(&target.api_version, &target.kind).await?;
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.client.clone(), &target.namespace, &api_resource);
-        Ok(within_deadline(api.get(&target.name)).await?.metadata)
+        let cache = self
+            .caches
+            .synced(&Scope::of(target), &api_resource)
+            .await?;
+        match cache.get(&target.name) {
+            Some(object) => Ok(object.metadata.clone()),
+            None => Err(Refusal::Permanent(format!(
+                "{} {}/{} not found",
+                target.kind, target.namespace, target.name
+            ))),
+        }
     }
 
-    async fn resolve_one(
-        &self,
-        receiver: &Receiver,
-        resource: &ResourceRef,
-    ) -> Result<Vec<(Target, Option<ObjectMeta>)>, Refusal> {
+    /// Where an entry of `spec.resources` points: its scope, or why it cannot be served.
+    fn scope_of(&self, receiver: &Receiver, resource: &ResourceRef) -> Result<Scope, Refusal> {
         let describe = || format!("{} {}", resource.kind, resource.name);
         let namespace = resource
             .namespace
@@ -213,46 +235,46 @@ impl Resolver {
                 })?
                 .to_owned(),
         };
-        let target = |name: String| Target {
-            api_version: api_version.clone(),
+        Ok(Scope {
+            api_version,
             kind: resource.kind.clone(),
-            namespace: namespace.clone(),
+            namespace,
+        })
+    }
+
+    /// The scopes `receiver` names, whose caches are kept while it exists.
+    pub fn scopes_named<'a>(&'a self, receiver: &'a Receiver) -> impl Iterator<Item = Scope> + 'a {
+        (receiver.resources.iter()).filter_map(|resource| self.scope_of(receiver, resource).ok())
+    }
+
+    async fn resolve_one(
+        &self,
+        receiver: &Receiver,
+        resource: &ResourceRef,
+    ) -> Result<Vec<(Target, Option<ObjectMeta>)>, Refusal> {
+        let scope = self.scope_of(receiver, resource)?;
+        let target = |name: String| Target {
+            api_version: scope.api_version.clone(),
+            kind: scope.kind.clone(),
+            namespace: scope.namespace.clone(),
             name,
         };
         if resource.name != "*" {
             // As in Flux, matchLabels only apply to the wildcard.
             return Ok(vec![(target(resource.name.clone()), None)]);
         }
-        // `matchLabels: {}` is an empty selector, which lists every object, as in Flux; only
+        // `matchLabels: {}` is an empty selector, which selects every object, as in Flux; only
         // no `matchLabels` at all is refused.
         let labels = resource.match_labels.as_ref().ok_or_else(|| {
             Refusal::Permanent(format!(
-                "{}: matchLabels field not set when using wildcard '*' as name",
-                describe()
+                "{} {}: matchLabels field not set when using wildcard '*' as name",
+                resource.kind, resource.name
             ))
         })?;
-        let selector = labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let api_resource = self
-            .api_resource(&api_version, &resource.kind)
-            .await
-            .map_err(Refusal::from)?;
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.client.clone(), &namespace, &api_resource);
-        let mut params = ListParams::default();
-        if !selector.is_empty() {
-            params = params.labels(&selector);
-        }
-        let listed = within_deadline(api.list(&params))
-            .await
-            .map_err(Refusal::from)?;
-        Ok(listed
-            .items
-            .into_iter()
-            .filter_map(|o| Some((target(o.metadata.name.clone()?), Some(o.metadata))))
+        let api_resource = self.api_resource(&scope.api_version, &scope.kind).await?;
+        let cache = self.caches.synced(&scope, &api_resource).await?;
+        Ok((cache.matching(labels).into_iter())
+            .filter_map(|o| Some((target(o.metadata.name.clone()?), Some(o.metadata.clone()))))
             .collect())
     }
 }
@@ -323,7 +345,8 @@ fn passes(
     Ok(true)
 }
 
-enum Refusal {
+/// Why a reference or a target cannot be served now: for good, or for a moment (retried).
+pub enum Refusal {
     Permanent(String),
     Transient(kube::Error),
 }

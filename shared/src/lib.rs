@@ -19,7 +19,7 @@ mod trace_context;
 
 pub use config::{CommonConfig, SERVICE_HELP, undescribed_flags};
 pub use error::Error;
-pub use kube_call::{KUBE_CALL_TIMEOUT, within_deadline};
+pub use kube_call::{KUBE_CALL_TIMEOUT, watch_backoff, within_deadline};
 pub use nats::{
     client_options as nats_client_options, connect as nats_connect, is_refusal as nats_is_refusal,
     refusal_reason as nats_refusal_reason, servers as nats_servers,

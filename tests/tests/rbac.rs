@@ -187,7 +187,6 @@ fn expected_dispatcher() -> BTreeSet<(String, String)> {
     pairs(&[
         ("list", "notification.toolkit.fluxcd.io/receivers"),
         ("watch", "notification.toolkit.fluxcd.io/receivers"),
-        ("get", "source.toolkit.fluxcd.io/gitrepositories"),
         ("list", "source.toolkit.fluxcd.io/gitrepositories"),
         ("watch", "source.toolkit.fluxcd.io/gitrepositories"),
         ("patch", "source.toolkit.fluxcd.io/gitrepositories"),

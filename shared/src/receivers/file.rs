@@ -66,8 +66,8 @@ async fn watch_loop(
         match Catalog::parse(&String::from_utf8_lossy(&content)) {
             Ok(catalog) => {
                 tracing::info!(path = %path.display(), receivers = catalog.len(), "receivers file reloaded");
-                on_reload(Ok(&catalog));
                 shared.replace(catalog);
+                on_reload(Ok(&shared.current()));
             }
             Err(error) => {
                 tracing::error!(path = %path.display(), %error, "receivers file is invalid; keeping the current catalog");

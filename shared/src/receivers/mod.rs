@@ -45,8 +45,8 @@ pub enum Origin {
     Cluster(kube::Client, ClusterSettings),
 }
 
-/// Starts keeping the catalog current until `shutdown`; `on_reload` hears of every new catalog
-/// or failed reload.
+/// Starts keeping the catalog current until `shutdown`; `on_reload` hears of every new catalog,
+/// once it is served, or failed reload.
 pub fn start(
     origin: Origin,
     on_reload: impl Fn(Result<&Catalog, &Error>) + Send + 'static,
