@@ -59,7 +59,6 @@ pub async fn run(command: Command, format: Format) -> Result<(), Error> {
             let settings = ClusterSettings {
                 namespace: args.watch_namespace.clone(),
                 read_secrets: true,
-                secret_refresh: std::time::Duration::ZERO,
             };
             list_cluster(client, &settings).await?
         }

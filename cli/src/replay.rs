@@ -310,7 +310,6 @@ async fn plan(streams: &Streams, format: Format, args: &Args, seqs: &[u64]) -> R
             let settings = ClusterSettings {
                 namespace: None,
                 read_secrets: false,
-                secret_refresh: std::time::Duration::ZERO,
             };
             list_cluster(client.clone(), &settings).await?.0
         }

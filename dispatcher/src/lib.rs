@@ -101,7 +101,6 @@ impl Service {
                 ClusterSettings {
                     namespace: config.common.watch_namespace.clone(),
                     read_secrets: false,
-                    secret_refresh: config.common.reload_interval,
                 },
             ),
         };

@@ -73,11 +73,6 @@ pub struct Config {
     #[arg(long, env = "FLUXGATE_STREAM_DUPLICATE_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
     pub stream_duplicate_window: Duration,
 
-    /// How often the token Secrets of the cluster's Receivers are read again (without a
-    /// receivers file): a rotated token takes effect within this time.
-    #[arg(long, env = "FLUXGATE_SECRET_REFRESH", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub secret_refresh: Duration,
-
     /// Google's ID-token keys (JWKS), which sign the Pub/Sub pushes of gcr receivers.
     #[arg(
         long,

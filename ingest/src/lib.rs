@@ -51,7 +51,6 @@ pub async fn run(
             ClusterSettings {
                 namespace: config.common.watch_namespace.clone(),
                 read_secrets: true,
-                secret_refresh: config.secret_refresh,
             },
         ),
     };
@@ -60,14 +59,6 @@ pub async fn run(
         let metrics = metrics.clone();
         let mut stop = stop_rx.clone();
         let on_reload = move |result: Result<&receivers::Catalog, &fluxgate_shared::Error>| {
-            if let Ok(catalog) = result {
-                for receiver in catalog.receivers() {
-                    if let Some(why) = receiver.open_to_anyone() {
-                        let name = format!("{}/{}", receiver.namespace, receiver.name);
-                        tracing::warn!(receiver = %name, "anyone can trigger this Receiver: {why}");
-                    }
-                }
-            }
             metrics.reload(result);
         };
         receivers::start(origin, on_reload, async move {

@@ -87,7 +87,7 @@ where
 async fn receivers_are_served_from_the_cluster_and_follow_its_changes() {
     let c = start().await;
     // Ingest::start waits for /readyz, which waits for the first full list.
-    let ingest = c.start_ingest(&["--secret-refresh", "200ms"]).await;
+    let ingest = c.start_ingest::<&str>(&[]).await;
     let ready = http::get(&ingest.admin_url("/readyz"))
         .await
         .expect("readyz");
@@ -120,23 +120,44 @@ async fn receivers_are_served_from_the_cluster_and_follow_its_changes() {
         .delete(&ObjectRef::new(RECEIVER, "Receiver", NS, "gh"));
     answers("deleted", 404, || push(&ingest, "second", "d-6")).await;
 
-    // Least privilege: Secrets are read one by one by name, never listed or watched.
+    // Least privilege: only the Secrets Receivers name are listed and watched, each by name;
+    // once listed, none is read again: the watch tells of the rotation.
     let secret_requests: Vec<_> = c
         .api()
         .requests()
         .into_iter()
         .filter(|r| r.path.contains("/secrets"))
         .collect();
-    assert!(!secret_requests.is_empty());
-    for request in secret_requests {
+    let mut lists = Vec::new();
+    for request in &secret_requests {
         assert_eq!(request.method, "GET", "{request:?}");
+        assert_eq!(request.path, format!("/api/v1/namespaces/{NS}/secrets"));
+        let selector = (request.query.split('&'))
+            .find_map(|p| p.strip_prefix("fieldSelector="))
+            .unwrap_or_default();
         assert!(
-            request
-                .path
-                .starts_with(&format!("/api/v1/namespaces/{NS}/secrets/")),
+            [
+                "metadata.name%3Dgh-token",
+                "metadata.name%3Dnope",
+                "metadata.name%3Dno-token"
+            ]
+            .contains(&selector),
             "{request:?}"
         );
+        if !request.query.contains("watch=true") {
+            lists.push(selector);
+        }
     }
+    lists.sort();
+    assert_eq!(
+        lists,
+        [
+            "metadata.name%3Dgh-token",
+            "metadata.name%3Dno-token",
+            "metadata.name%3Dnope"
+        ],
+        "one list per Secret named"
+    );
 }
 
 #[tokio::test]
@@ -212,20 +233,24 @@ async fn the_dispatcher_takes_receivers_from_the_cluster_without_reading_secrets
 #[tokio::test]
 async fn a_secret_that_cannot_be_read_for_a_while_keeps_its_receiver_served() {
     let c = start().await;
-    let ingest = c.start_ingest(&["--secret-refresh", "100ms"]).await;
+    let ingest = c.start_ingest::<&str>(&[]).await;
     let token = ObjectRef::new("v1", "Secret", NS, "gh-token");
-    let secret_path = format!("/api/v1/namespaces/{NS}/secrets/gh-token");
+    let secrets = ObjectRef::new("v1", "Secret", NS, "");
+    let secrets_path = format!("/api/v1/namespaces/{NS}/secrets");
     let failed_reads = || {
         (c.api().requests().into_iter())
-            .filter(|r| r.path == secret_path && r.status == 500)
+            .filter(|r| r.path == secrets_path && r.status == 500)
             .count()
     };
-    // The API server fails the next 10 reads of the Secret: a second of refreshes.
-    for _ in 0..10 {
-        c.api().inject(&token, Fault::status(500).on("GET"));
+    // The watches end and the API server fails the next 3 lists and watches of Secrets (the
+    // watches back off between them).
+    for _ in 0..3 {
+        c.api().inject(&secrets, Fault::status(500));
     }
-    let mut pushed = 0;
-    while failed_reads() < 10 {
+    c.api().end_watches();
+    let (mut pushed, mut pace) = (0, tokio::time::interval(Duration::from_millis(20)));
+    while failed_reads() < 3 {
+        pace.tick().await;
         let response = push(&ingest, "first", &format!("during-{pushed}")).await;
         assert_eq!(
             response.status,
@@ -238,7 +263,7 @@ async fn a_secret_that_cannot_be_read_for_a_while_keeps_its_receiver_served() {
     }
     let response = push(&ingest, "first", "after").await;
     assert_eq!(response.status, 202, "{:?}", response.body);
-    eprintln!("{pushed} webhooks accepted while 10 reads of the Secret failed");
+    eprintln!("{pushed} webhooks accepted while 3 reads of the Secrets failed");
 
     // A Secret really gone takes the receiver out, as in Flux.
     c.api().delete(&token);
@@ -251,7 +276,7 @@ async fn receivers_stay_served_while_their_watch_fails() {
     let ingest = c.start_ingest::<&str>(&[]).await;
     assert_eq!(push(&ingest, "first", "before").await.status, 202);
     // The watch ends and the API server fails the next 3 lists and watches of Receivers (the
-    // watcher backs off 0.8, 1.6, 3.2 s between them).
+    // watcher backs off between them).
     let receivers = ObjectRef::new(RECEIVER, "Receiver", "", "");
     for _ in 0..3 {
         c.api().inject(&receivers, Fault::status(500));

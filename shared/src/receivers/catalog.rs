@@ -1,19 +1,21 @@
 //! The catalog: every served receiver, found by hook digest (ingest) or by name (the
 //! dispatcher), and the one currently served, swapped atomically on reload.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use imbl::HashMap;
 
 use super::Receiver;
 
-/// All served receivers, indexed by hook digest (ingest) and by namespace and name (dispatcher),
-/// both O(1).
-#[derive(Debug, Default)]
+/// All served receivers, indexed by hook digest (ingest) and by namespace and name
+/// (dispatcher). The maps are persistent: a copy costs O(1) and shares all but what is changed
+/// after, so one Receiver's change makes a new catalog in O(log n) rather than rebuilding it.
+#[derive(Debug, Default, Clone)]
 pub struct Catalog {
     by_digest: HashMap<String, Arc<Receiver>>,
     by_name: HashMap<(String, String), Arc<Receiver>>,
+    not_ready: usize,
 }
 
 impl Catalog {
@@ -28,36 +30,55 @@ impl Catalog {
     }
 
     pub fn len(&self) -> usize {
-        self.by_digest.len()
+        self.by_name.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_digest.is_empty()
+        self.by_name.is_empty()
     }
 
     pub fn receivers(&self) -> impl Iterator<Item = &Arc<Receiver>> {
-        self.by_digest.values()
+        self.by_name.values()
     }
 
     /// How many receivers cannot serve (see [`Receiver::not_ready`]).
     pub fn not_ready(&self) -> usize {
-        self.receivers().filter(|r| r.not_ready.is_some()).count()
+        self.not_ready
     }
 
     /// Indexes receivers by hook digest and by name.
     pub fn new(receivers: impl IntoIterator<Item = Receiver>) -> Self {
         let mut catalog = Self::default();
         for receiver in receivers {
-            let receiver = Arc::new(receiver);
-            let digest = receiver.hook_path.trim_start_matches("/hook/").to_owned();
-            catalog.by_digest.insert(digest, receiver.clone());
-            catalog.by_name.insert(
-                (receiver.namespace.clone(), receiver.name.clone()),
-                receiver,
-            );
+            catalog.insert(receiver);
         }
         catalog
     }
+
+    /// Serves `receiver` in place of the one of the same namespace and name, whose hook path
+    /// goes with it.
+    pub fn insert(&mut self, receiver: Receiver) {
+        self.remove(&receiver.namespace, &receiver.name);
+        let receiver = Arc::new(receiver);
+        self.not_ready += usize::from(receiver.not_ready.is_some());
+        self.by_digest
+            .insert(digest_of(&receiver), receiver.clone());
+        let name = (receiver.namespace.clone(), receiver.name.clone());
+        self.by_name.insert(name, receiver);
+    }
+
+    /// Stops serving the receiver `namespace/name`.
+    pub fn remove(&mut self, namespace: &str, name: &str) {
+        let name = (namespace.to_owned(), name.to_owned());
+        if let Some(gone) = self.by_name.remove(&name) {
+            self.by_digest.remove(&digest_of(&gone));
+            self.not_ready -= usize::from(gone.not_ready.is_some());
+        }
+    }
+}
+
+fn digest_of(receiver: &Receiver) -> String {
+    receiver.hook_path.trim_start_matches("/hook/").to_owned()
 }
 
 /// The catalog currently served: swapped atomically on reload, read without locks.

@@ -1,10 +1,12 @@
 //! Receivers from the cluster: Flux `Receiver` objects watched with kube-runtime (all
-//! namespaces or one), each joined with its token Secret, read by name with a GET -- never
-//! listed or watched, so ingest needs no right to read every Secret -- and read again every
-//! `secret_refresh` so a rotated token takes effect within seconds.
+//! namespaces or one), each joined with its token Secret. Every Secret a Receiver names is
+//! watched on its own, listed and watched with the field selector `metadata.name=<name>` in its
+//! namespace (as the kubelet watches the Secrets its pods mount), so ingest never lists a Secret
+//! it does not need, a rotated token moves its hook path as soon as the watch tells, and the
+//! Secrets are read again only when they change. A change rebuilds the one receiver it touches
+//! (or the few that share a Secret), never the whole catalog.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::Duration;
 
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Secret;
@@ -12,10 +14,11 @@ use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::manifest::{ReceiverManifest, SecretLookup};
 use super::{Catalog, Receiver, SecretValue, SharedCatalog};
+use crate::watch_backoff;
 
 /// Which Receivers to serve, and whether to read their Secrets.
 #[derive(Debug, Clone)]
@@ -24,107 +27,352 @@ pub struct Settings {
     pub namespace: Option<String>,
     /// Ingest reads token Secrets; the dispatcher has no use for them.
     pub read_secrets: bool,
-    pub secret_refresh: Duration,
 }
 
+/// Namespace and name.
 type Key = (String, String);
 type SecretData = BTreeMap<String, SecretValue>;
 
-/// Keeps `shared` equal to the cluster's Receivers until `shutdown`; `synced` turns true after
-/// the first full list, and `on_reload` hears of every rebuilt catalog.
+/// What a Secret's watch says.
+#[derive(Debug)]
+enum SecretNews {
+    /// The Secret as listed or changed: its data, or `None` when there is no such Secret.
+    Data(Option<SecretData>),
+    /// Its first list failed (it is tried again): a receiver with no data read yet is left out.
+    Unreadable,
+}
+
+/// Keeps `shared` equal to the cluster's Receivers until `shutdown`; `synced` turns true once
+/// the Receivers are listed and each Secret they name has been answered for, and `on_change`
+/// hears of every new catalog, once it is served.
 pub async fn watch(
     client: kube::Client,
     settings: Settings,
     shared: SharedCatalog,
     synced: watch::Sender<bool>,
-    on_reload: impl Fn(&Catalog),
+    on_change: impl Fn(&Catalog),
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let api = receivers_api(client.clone(), &settings);
-    let mut events = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
+    let mut receivers = watcher::watcher(api, watcher::Config::default())
+        .backoff(watch_backoff())
         .boxed();
-    let mut loader = Loader {
+    let (news_tx, mut news) = mpsc::unbounded_channel();
+    let mut state = State {
         client,
         read_secrets: settings.read_secrets,
+        objects: HashMap::new(),
+        secret_of: HashMap::new(),
         secrets: HashMap::new(),
-        last_read: HashMap::new(),
-        used: HashSet::new(),
         problems: HashMap::new(),
+        news: news_tx,
+        listed: false,
     };
-    let mut receivers: BTreeMap<Key, DynamicObject> = BTreeMap::new();
-    let mut listing: BTreeMap<Key, DynamicObject> = BTreeMap::new();
-    let mut refresh = tokio::time::interval(settings.secret_refresh);
-    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut listing: HashMap<Key, DynamicObject> = HashMap::new();
     tokio::pin!(shutdown);
     loop {
-        let changed = tokio::select! {
+        let mut catalog = Catalog::clone(&shared.current());
+        tokio::select! {
             _ = &mut shutdown => return,
-            event = events.next() => match event {
+            event = receivers.next() => match event {
                 None => return,
                 Some(Err(error)) => {
                     tracing::warn!(%error, "watching Receivers failed; retrying");
-                    false
+                    continue;
                 }
                 Some(Ok(Event::Init)) => {
                     listing.clear();
-                    false
+                    continue;
                 }
                 Some(Ok(Event::InitApply(object))) => {
                     listing.insert(key(&object), object);
-                    false
+                    continue;
                 }
                 Some(Ok(Event::InitDone)) => {
-                    receivers = std::mem::take(&mut listing);
-                    true
+                    state.relisted(std::mem::take(&mut listing), &mut catalog);
                 }
-                Some(Ok(Event::Apply(object))) => {
-                    receivers.insert(key(&object), object);
-                    true
-                }
-                Some(Ok(Event::Delete(object))) => {
-                    receivers.remove(&key(&object));
-                    true
-                }
+                Some(Ok(Event::Apply(object))) => state.applied(object, &mut catalog),
+                Some(Ok(Event::Delete(object))) => state.deleted(&key(&object), &mut catalog),
             },
-            // Secrets are not watched: read them again now and then.
-            _ = refresh.tick(), if *synced.borrow() => {
-                loader.secrets.clear();
-                true
-            }
-        };
-        if changed {
-            let catalog = loader.load(&receivers).await;
-            on_reload(&catalog);
-            shared.replace(catalog);
+            Some((secret, said)) = news.recv() => state.secret_news(secret, said, &mut catalog),
+        }
+        shared.replace(catalog);
+        on_change(&shared.current());
+        if state.synced() {
             synced.send_if_modified(|synced| !std::mem::replace(synced, true));
         }
     }
 }
 
+/// What the cluster holds and what is served of it.
+struct State {
+    client: kube::Client,
+    read_secrets: bool,
+    /// Every Receiver, as last seen.
+    objects: HashMap<Key, DynamicObject>,
+    /// The Secret each Receiver names (only when Secrets are read).
+    secret_of: HashMap<Key, Key>,
+    /// Each watched Secret.
+    secrets: HashMap<Key, WatchedSecret>,
+    /// What is wrong with each receiver, as last logged: a problem is logged when it appears or
+    /// changes.
+    problems: HashMap<Key, String>,
+    news: mpsc::UnboundedSender<(Key, SecretNews)>,
+    /// The Receivers have been listed once.
+    listed: bool,
+}
+
+struct WatchedSecret {
+    /// Its data once its watch answered (`Some(None)`: no such Secret).
+    data: Option<Option<SecretData>>,
+    /// The Receivers naming it.
+    users: HashSet<Key>,
+    watch: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WatchedSecret {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
+}
+
+impl State {
+    /// Every Receiver listed and every Secret they name answered for.
+    fn synced(&self) -> bool {
+        self.listed && self.secrets.values().all(|s| s.data.is_some())
+    }
+
+    /// A full list (the first, or after the watch lost its place): what changed is applied,
+    /// what is gone removed; unchanged Receivers are not rebuilt.
+    fn relisted(&mut self, listing: HashMap<Key, DynamicObject>, catalog: &mut Catalog) {
+        let gone: Vec<Key> = (self.objects.keys())
+            .filter(|k| !listing.contains_key(*k))
+            .cloned()
+            .collect();
+        for receiver in gone {
+            self.deleted(&receiver, catalog);
+        }
+        for (receiver, object) in listing {
+            let unchanged = self.objects.get(&receiver).is_some_and(|known| {
+                known.metadata.resource_version == object.metadata.resource_version
+            });
+            if !unchanged {
+                self.applied(object, catalog);
+            }
+        }
+        if !self.listed {
+            self.listed = true;
+            tracing::info!(
+                receivers = self.objects.len(),
+                secrets = self.secrets.len(),
+                "Receivers listed"
+            );
+        }
+    }
+
+    fn applied(&mut self, object: DynamicObject, catalog: &mut Catalog) {
+        let receiver = key(&object);
+        let secret = (self.read_secrets)
+            .then(|| secret_name(&object).map(|name| (receiver.0.clone(), name.to_owned())))
+            .flatten();
+        self.objects.insert(receiver.clone(), object);
+        if self.secret_of.get(&receiver) != secret.as_ref() {
+            self.forget_secret_of(&receiver);
+            if let Some(secret) = secret {
+                self.use_secret(&receiver, secret);
+            }
+        }
+        self.rebuild(&receiver, catalog);
+    }
+
+    fn deleted(&mut self, receiver: &Key, catalog: &mut Catalog) {
+        self.objects.remove(receiver);
+        self.forget_secret_of(receiver);
+        self.problems.remove(receiver);
+        catalog.remove(&receiver.0, &receiver.1);
+    }
+
+    /// Notes that `receiver` names `secret`, watching it if no other Receiver did.
+    fn use_secret(&mut self, receiver: &Key, secret: Key) {
+        self.secret_of.insert(receiver.clone(), secret.clone());
+        let watched = self
+            .secrets
+            .entry(secret.clone())
+            .or_insert_with(|| WatchedSecret {
+                data: None,
+                users: HashSet::new(),
+                watch: tokio::spawn(watch_secret(self.client.clone(), secret, self.news.clone())),
+            });
+        watched.users.insert(receiver.clone());
+    }
+
+    /// Forgets the Secret `receiver` named; one no Receiver names any more is no longer watched.
+    fn forget_secret_of(&mut self, receiver: &Key) {
+        let Some(secret) = self.secret_of.remove(receiver) else {
+            return;
+        };
+        if let Some(watched) = self.secrets.get_mut(&secret) {
+            watched.users.remove(receiver);
+            if watched.users.is_empty() {
+                self.secrets.remove(&secret);
+            }
+        }
+    }
+
+    fn secret_news(&mut self, secret: Key, news: SecretNews, catalog: &mut Catalog) {
+        let Some(watched) = self.secrets.get_mut(&secret) else {
+            return; // No longer watched.
+        };
+        match news {
+            SecretNews::Data(data) => watched.data = Some(data),
+            // Data read before stays: the receiver stays served while the API server is away.
+            SecretNews::Unreadable => {
+                watched.data.get_or_insert(None);
+            }
+        }
+        let users: Vec<Key> = watched.users.iter().cloned().collect();
+        for receiver in users {
+            self.rebuild(&receiver, catalog);
+        }
+    }
+
+    /// Serves `receiver` as its object and Secret are now, or takes it out of the catalog (a
+    /// Secret not read yet, none, no token, a bad spec: answered 404, as Flux does); logs what is
+    /// wrong with it when that changes.
+    fn rebuild(&mut self, receiver: &Key, catalog: &mut Catalog) {
+        let Some(object) = self.objects.get(receiver) else {
+            return;
+        };
+        let secret = match self.secret_of.get(receiver) {
+            None if self.read_secrets => SecretLookup::Missing,
+            None => SecretLookup::NotRead,
+            Some(secret) => match self.secrets.get(secret).and_then(|s| s.data.as_ref()) {
+                // Its Secret's first answer is still to come: served once it is.
+                None => {
+                    catalog.remove(&receiver.0, &receiver.1);
+                    return;
+                }
+                Some(Some(data)) => SecretLookup::Found(data),
+                Some(None) => SecretLookup::Missing,
+            },
+        };
+        let problem = match build(object, secret) {
+            Ok(built) => {
+                let problem = match (&built.not_ready, self.read_secrets) {
+                    (Some(reason), _) => Some(format!("not ready: {reason}")),
+                    (None, true) => built
+                        .open_to_anyone()
+                        .map(|why| format!("anyone can trigger it: {why}")),
+                    (None, false) => None,
+                };
+                catalog.insert(built);
+                problem
+            }
+            Err(reason) => {
+                catalog.remove(&receiver.0, &receiver.1);
+                Some(format!("not served: {reason}"))
+            }
+        };
+        match problem {
+            Some(problem) if self.problems.get(receiver) != Some(&problem) => {
+                let name = format!("{}/{}", receiver.0, receiver.1);
+                tracing::warn!(receiver = %name, %problem, "Receiver cannot be served as it is");
+                self.problems.insert(receiver.clone(), problem);
+            }
+            Some(_) => {}
+            None => {
+                self.problems.remove(receiver);
+            }
+        }
+    }
+}
+
+/// Watches one Secret by name, telling `news` of its data at the first list and at every
+/// change, until aborted.
+async fn watch_secret(
+    client: kube::Client,
+    secret: Key,
+    news: mpsc::UnboundedSender<(Key, SecretNews)>,
+) {
+    let api: Api<Secret> = Api::namespaced(client, &secret.0);
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", secret.1));
+    let mut events = watcher::watcher(api, config)
+        .backoff(watch_backoff())
+        .boxed();
+    let (mut listed, mut answered) = (None, false);
+    while let Some(event) = events.next().await {
+        let said = match event {
+            Ok(Event::Init) => {
+                listed = None;
+                continue;
+            }
+            Ok(Event::InitApply(object)) => {
+                listed = Some(decode(object));
+                continue;
+            }
+            Ok(Event::InitDone) => SecretNews::Data(listed.take()),
+            Ok(Event::Apply(object)) => SecretNews::Data(Some(decode(object))),
+            Ok(Event::Delete(_)) => SecretNews::Data(None),
+            Err(error) => {
+                let name = format!("{}/{}", secret.0, secret.1);
+                tracing::warn!(secret = %name, %error, "cannot watch a Receiver's Secret; retrying");
+                if answered {
+                    continue;
+                }
+                SecretNews::Unreadable
+            }
+        };
+        answered = true;
+        if news.send((secret.clone(), said)).is_err() {
+            return;
+        }
+    }
+}
+
 /// The cluster's Receivers as they are now, for a one-off look (the CLI): the catalog, and why
-/// each Receiver left out of it is.
+/// each Receiver left out of it is. Secrets are read by name, each once.
 pub async fn list(
     client: kube::Client,
     settings: &Settings,
 ) -> Result<(Catalog, BTreeMap<String, String>), kube::Error> {
     let api = receivers_api(client.clone(), settings);
-    let receivers = api
-        .list(&Default::default())
+    let objects = crate::within_deadline(api.list(&Default::default()))
         .await?
-        .items
-        .into_iter()
-        .map(|o| (key(&o), o))
-        .collect();
-    let mut loader = Loader {
-        client,
-        read_secrets: settings.read_secrets,
-        secrets: HashMap::new(),
-        last_read: HashMap::new(),
-        used: HashSet::new(),
-        problems: HashMap::new(),
-    };
-    Ok(loader.build(&receivers).await)
+        .items;
+    let mut secrets: HashMap<Key, Option<SecretData>> = HashMap::new();
+    let mut catalog = Catalog::default();
+    let mut left_out = BTreeMap::new();
+    for object in objects {
+        let secret = match (settings.read_secrets, secret_name(&object)) {
+            (false, _) => None,
+            (true, None) => Some(None),
+            (true, Some(name)) => {
+                let secret = (
+                    object.metadata.namespace.clone().unwrap_or_default(),
+                    name.to_owned(),
+                );
+                if !secrets.contains_key(&secret) {
+                    let api: Api<Secret> = Api::namespaced(client.clone(), &secret.0);
+                    let data = crate::within_deadline(api.get_opt(&secret.1)).await?;
+                    secrets.insert(secret.clone(), data.map(decode));
+                }
+                Some(secrets.get(&secret).and_then(Option::as_ref))
+            }
+        };
+        let lookup = match secret {
+            None => SecretLookup::NotRead,
+            Some(Some(data)) => SecretLookup::Found(data),
+            Some(None) => SecretLookup::Missing,
+        };
+        let (namespace, name) = key(&object);
+        match build(&object, lookup) {
+            Ok(receiver) => catalog.insert(receiver),
+            Err(reason) => {
+                left_out.insert(format!("{namespace}/{name}"), reason);
+            }
+        }
+    }
+    Ok((catalog, left_out))
 }
 
 fn receivers_api(client: kube::Client, settings: &Settings) -> Api<DynamicObject> {
@@ -145,111 +393,19 @@ fn key(object: &DynamicObject) -> Key {
     )
 }
 
-/// Builds catalogs, remembering the Secrets it read until they are cleared.
-struct Loader {
-    client: kube::Client,
-    read_secrets: bool,
-    secrets: HashMap<Key, Option<SecretData>>,
-    /// Each Secret's data as last read, kept across refreshes for when a read fails.
-    last_read: HashMap<Key, SecretData>,
-    /// The Secrets the receivers of the last build refer to.
-    used: HashSet<Key>,
-    /// What is wrong with each receiver, as last logged: a problem is logged when it appears or
-    /// changes, not at every rebuild.
-    problems: HashMap<String, String>,
+/// `spec.secretRef.name`, when the Receiver names a Secret.
+fn secret_name(object: &DynamicObject) -> Option<&str> {
+    object.data["spec"]["secretRef"]["name"].as_str()
 }
 
-impl Loader {
-    /// The catalog of `receivers`, and why each one left out of it is (no Secret, no token, a
-    /// bad spec: answered 404, as Flux does). One with an invalid expression is in the catalog,
-    /// not ready (503).
-    async fn build(
-        &mut self,
-        receivers: &BTreeMap<Key, DynamicObject>,
-    ) -> (Catalog, BTreeMap<String, String>) {
-        let mut served = Vec::with_capacity(receivers.len());
-        let mut left_out = BTreeMap::new();
-        self.used.clear();
-        for (key, object) in receivers {
-            match self.receiver(object).await {
-                Ok(receiver) => served.push(receiver),
-                Err(reason) => {
-                    left_out.insert(format!("{}/{}", key.0, key.1), reason);
-                }
-            }
-        }
-        // Forget the Secrets no receiver refers to any more.
-        let used = &self.used;
-        self.last_read.retain(|key, _| used.contains(key));
-        (Catalog::new(served), left_out)
-    }
-
-    /// [`Self::build`], logging each receiver's problem when it appears or changes.
-    async fn load(&mut self, receivers: &BTreeMap<Key, DynamicObject>) -> Catalog {
-        let (catalog, left_out) = self.build(receivers).await;
-        let mut problems: HashMap<String, String> = left_out
-            .into_iter()
-            .map(|(name, reason)| (name, format!("not served: {reason}")))
-            .collect();
-        for receiver in catalog.receivers() {
-            if let Some(reason) = &receiver.not_ready {
-                let name = format!("{}/{}", receiver.namespace, receiver.name);
-                problems.insert(name, format!("not ready: {reason}"));
-            }
-        }
-        for (receiver, problem) in &problems {
-            if self.problems.get(receiver) != Some(problem) {
-                tracing::warn!(%receiver, %problem, "Receiver cannot be served as it is");
-            }
-        }
-        self.problems = problems;
-        catalog
-    }
-
-    async fn receiver(&mut self, object: &DynamicObject) -> Result<Receiver, String> {
-        let value = serde_json::to_value(object).map_err(|e| e.to_string())?;
-        let manifest: ReceiverManifest = serde_path_to_error::deserialize(value)
-            .map_err(|e| format!("{}: {}", e.path(), e.inner()))?;
-        let secret = match (self.read_secrets, manifest.secret_name()) {
-            (false, _) => None,
-            (true, None) => Some(None),
-            (true, Some(name)) => Some(self.secret(&(manifest.namespace(), name.to_owned())).await),
-        };
-        let lookup = match &secret {
-            None => SecretLookup::NotRead,
-            Some(Some(data)) => SecretLookup::Found(data),
-            Some(None) => SecretLookup::Missing,
-        };
-        manifest
-            .into_receiver(lookup)
-            .map_err(|invalid| invalid.to_string())
-    }
-
-    /// A Secret's data, `None` when it does not exist. One that cannot be read now (the API
-    /// server away, a timeout) is not gone: its last data read is kept, so the receiver stays
-    /// served, and it is read again at the next rebuild.
-    async fn secret(&mut self, key: &Key) -> Option<SecretData> {
-        self.used.insert(key.clone());
-        if let Some(cached) = self.secrets.get(key) {
-            return cached.clone();
-        }
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.0);
-        let data = match crate::within_deadline(api.get_opt(&key.1)).await {
-            Ok(Some(secret)) => Some(decode(secret)),
-            Ok(None) => None,
-            Err(error) => {
-                let kept = self.last_read.get(key).cloned();
-                tracing::warn!(secret = %format_args!("{}/{}", key.0, key.1), %error, kept_last_read = kept.is_some(), "cannot read a Receiver's Secret; reading it again at the next refresh");
-                return kept;
-            }
-        };
-        match &data {
-            Some(data) => self.last_read.insert(key.clone(), data.clone()),
-            None => self.last_read.remove(key),
-        };
-        self.secrets.insert(key.clone(), data.clone());
-        data
-    }
+/// A Receiver object and its Secret made into the served receiver, or why it cannot be.
+fn build(object: &DynamicObject, secret: SecretLookup<'_>) -> Result<Receiver, String> {
+    let value = serde_json::to_value(object).map_err(|e| e.to_string())?;
+    let manifest: ReceiverManifest = serde_path_to_error::deserialize(value)
+        .map_err(|e| format!("{}: {}", e.path(), e.inner()))?;
+    manifest
+        .into_receiver(secret)
+        .map_err(|invalid| invalid.to_string())
 }
 
 /// `data` (bytes) and `stringData` (which an API server folds into `data` on write).

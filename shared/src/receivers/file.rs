@@ -66,6 +66,7 @@ async fn watch_loop(
         match Catalog::parse(&String::from_utf8_lossy(&content)) {
             Ok(catalog) => {
                 tracing::info!(path = %path.display(), receivers = catalog.len(), "receivers file reloaded");
+                super::warn_open_to_anyone(&catalog);
                 shared.replace(catalog);
                 on_reload(Ok(&shared.current()));
             }

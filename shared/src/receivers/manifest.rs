@@ -294,10 +294,6 @@ impl ReceiverManifest {
         self.spec.secret_ref.as_ref().map(|r| r.name.as_str())
     }
 
-    pub fn namespace(&self) -> String {
-        self.metadata.namespace()
-    }
-
     pub fn into_receiver(self, secret: SecretLookup<'_>) -> Result<Receiver, Invalid> {
         let namespace = self.metadata.namespace();
         // The API server guarantees both; a receivers file does not, and they become NATS

@@ -62,6 +62,7 @@ pub fn start(
                 tracing::warn!(file = %path.display(), "the receivers file holds no Receiver: every webhook will be answered 404");
             }
             tracing::info!(receivers = loaded.len(), file = %path.display(), "receivers loaded");
+            warn_open_to_anyone(&loaded);
             on_reload(Ok(&loaded));
             let catalog = SharedCatalog::new(loaded);
             let (_, synced) = watch::channel(true);
@@ -90,7 +91,7 @@ pub fn start(
                 settings,
                 catalog.clone(),
                 synced_tx,
-                move |loaded| on_reload(Ok(loaded)),
+                move |changed| on_reload(Ok(changed)),
                 shutdown,
             ));
             Ok(Receivers {
@@ -98,6 +99,17 @@ pub fn start(
                 synced,
                 task,
             })
+        }
+    }
+}
+
+/// Warns of each receiver of a loaded file that anyone can trigger (the cluster source warns
+/// of each as it changes).
+fn warn_open_to_anyone(catalog: &Catalog) {
+    for receiver in catalog.receivers() {
+        if let Some(why) = receiver.open_to_anyone() {
+            let name = format!("{}/{}", receiver.namespace, receiver.name);
+            tracing::warn!(receiver = %name, "anyone can trigger this Receiver: {why}");
         }
     }
 }
