@@ -307,3 +307,68 @@ async fn receivers_stay_served_while_their_watch_fails() {
         .delete(&ObjectRef::new(RECEIVER, "Receiver", NS, "gh"));
     answers("deleted", 404, || push(&ingest, "first", "after")).await;
 }
+
+/// Requests for Secrets so far: (lists, watches).
+fn secret_reads(c: &Stack) -> (usize, usize) {
+    let requests = c.api().requests();
+    let secrets = requests.iter().filter(|r| r.path.ends_with("/secrets"));
+    let (watches, lists): (Vec<_>, Vec<_>) = secrets.partition(|r| r.query.contains("watch=true"));
+    (lists.len(), watches.len())
+}
+
+/// Waits until `lists` Secrets were listed and as many watched (a watch starts just after its
+/// list, maybe after the receiver is served).
+async fn secrets_read(c: &Stack, lists: usize) {
+    eventually(&format!("{lists} Secrets listed and watched"), || async {
+        match secret_reads(c) {
+            reads if reads == (lists, lists) => Ok(()),
+            reads => Err(reads),
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn secrets_are_read_once_each_and_again_only_when_they_change() {
+    let c = start().await;
+    for n in 0..20 {
+        c.api().apply(secret(
+            &format!("token-{n}"),
+            json!({"token": format!("t-{n}")}),
+        ));
+        c.api().apply(receiver(
+            &format!("hook-{n}"),
+            "generic",
+            &format!("token-{n}"),
+            json!({}),
+        ));
+    }
+    let ingest = c.start_ingest::<&str>(&[]).await;
+    for n in 0..20 {
+        assert_eq!(
+            generic(&ingest, &format!("t-{n}"), &format!("hook-{n}"))
+                .await
+                .status,
+            202
+        );
+    }
+    // The 3 Secrets of start() and these 20, each listed (before ingest is ready) and watched
+    // once.
+    assert_eq!(secret_reads(&c).0, 23);
+    secrets_read(&c, 23).await;
+
+    // A rotation comes by the watch: nothing is listed again.
+    c.api()
+        .apply(secret("token-7", json!({"token": "rotated"})));
+    answers("rotated", 202, || generic(&ingest, "rotated", "hook-7")).await;
+    assert_eq!(generic(&ingest, "t-7", "hook-7").await.status, 404);
+    // A Receiver moved to a new Secret costs that Secret's list and watch, nothing more.
+    c.api().apply(secret("fresh", json!({"token": "fresh"})));
+    c.api()
+        .apply(receiver("hook-3", "generic", "fresh", json!({})));
+    answers("moved", 202, || generic(&ingest, "fresh", "hook-3")).await;
+    assert_eq!(generic(&ingest, "t-3", "hook-3").await.status, 404);
+    secrets_read(&c, 24).await;
+    // The others were not touched.
+    assert_eq!(generic(&ingest, "t-12", "hook-12").await.status, 202);
+}

@@ -98,3 +98,40 @@ impl SharedCatalog {
         self.0.store(Arc::new(catalog));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::receivers::hook_digest;
+
+    /// Receiver `name` of namespace `ns`, whose Secret holds `token`.
+    fn receiver(name: &str, token: &str) -> Receiver {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\n  namespace: ns\nstringData:\n  token: {token}\n---\napiVersion: notification.toolkit.fluxcd.io/v1\nkind: Receiver\nmetadata:\n  name: {name}\n  namespace: ns\nspec:\n  type: generic\n  secretRef:\n    name: s\n  resources:\n    - kind: GitRepository\n      name: app\n"
+        );
+        let catalog = Catalog::parse(&yaml).expect("manifests");
+        Receiver::clone(catalog.by_name("ns", name).expect("parsed"))
+    }
+
+    #[test]
+    fn a_receiver_replaced_moves_its_hook_path_and_the_copy_before_keeps_its_own() {
+        let mut catalog = Catalog::new([receiver("a", "one"), receiver("b", "two")]);
+        let before = catalog.clone();
+        catalog.insert(receiver("a", "rotated"));
+        let (old, new) = (
+            hook_digest(b"one", "a", "ns"),
+            hook_digest(b"rotated", "a", "ns"),
+        );
+        assert!(catalog.get(&old).is_none());
+        assert_eq!(catalog.get(&new).map(|r| r.name.as_str()), Some("a"));
+        assert_eq!(catalog.len(), 2);
+        assert!(before.get(&old).is_some() && before.get(&new).is_none());
+
+        catalog.remove("ns", "b");
+        assert!(catalog.by_name("ns", "b").is_none());
+        assert!(catalog.get(&hook_digest(b"two", "b", "ns")).is_none());
+        assert_eq!((catalog.len(), before.len()), (1, 2));
+        catalog.remove("ns", "nothing");
+        assert_eq!(catalog.len(), 1);
+    }
+}
