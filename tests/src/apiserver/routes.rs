@@ -469,6 +469,38 @@ impl Selection {
         })
     }
 
+    /// The stored objects it selects. A namespace narrows the scan to its range of keys, and a
+    /// lone `metadata.name=` selector (how clients watch one object) to that key: thousands of
+    /// such watches stay cheap.
+    fn select<'a>(
+        &'a self,
+        store: &'a Store,
+    ) -> Box<dyn Iterator<Item = (&'a ObjectKey, &'a Value)> + 'a> {
+        let prefix = |namespace: &str, name: &str| ObjectKey {
+            group: self.group.clone(),
+            plural: self.plural.clone(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        let one_name = (self.fields.strip_prefix("metadata.name="))
+            .filter(|name| !name.contains(',') && !name.contains('='));
+        let scan: Box<dyn Iterator<Item = (&ObjectKey, &Value)>> = match (&self.namespace, one_name)
+        {
+            (Some(namespace), Some(name)) => Box::new(
+                store
+                    .objects
+                    .get_key_value(&prefix(namespace, name))
+                    .into_iter(),
+            ),
+            (Some(namespace), None) => Box::new(
+                (store.objects.range(prefix(namespace, "")..))
+                    .take_while(move |(key, _)| &key.namespace == namespace),
+            ),
+            (None, _) => Box::new(store.objects.iter()),
+        };
+        Box::new(scan.filter(|(key, object)| self.matches(key, object)))
+    }
+
     fn matches(&self, key: &ObjectKey, object: &Value) -> bool {
         key.group == self.group
             && key.plural == self.plural
@@ -489,10 +521,7 @@ fn list(
 ) -> Result<Response, ApiError> {
     let selection = Selection::new(ty, namespace, query)?;
     let store = shared.lock()?;
-    let items: Vec<Value> = store
-        .objects
-        .iter()
-        .filter(|(key, object)| selection.matches(key, object))
+    let items: Vec<Value> = (selection.select(&store))
         .map(|(_, object)| object.clone())
         .collect();
     Ok(axum::Json(json!({
@@ -526,17 +555,15 @@ fn watch(
     let store = shared.lock()?;
     // Replay and subscribe under one lock, so no event falls between them.
     let initial: Vec<Bytes> = if from == 0 {
-        store
-            .objects
-            .iter()
-            .filter(|(key, object)| selection.matches(key, object))
+        (selection.select(&store))
             .map(|(_, object)| event_line(EventType::Added, object))
             .collect()
     } else {
-        store
-            .history
+        // The history is in revision order: only what follows `from` is looked at.
+        let after = store.history.partition_point(|e| e.revision <= from);
+        store.history[after..]
             .iter()
-            .filter(|e| e.revision > from && selection.matches(&e.key, &e.object))
+            .filter(|e| selection.matches(&e.key, &e.object))
             .map(|e| event_line(e.kind, &e.object))
             .collect()
     };

@@ -1,10 +1,12 @@
 //! `fluxgate-load`: fluxgate's benchmarks, each next to the raw JetStream rate on the same
 //! server. `ingest`: signed webhooks over keep-alive connections; `dispatcher`: draining a
 //! stored backlog into patches; `slow`: ingest's memory under slow senders of large bodies;
-//! `soak`: both services under a long mix of good and bad requests and faults.
+//! `soak`: both services under a long mix of good and bad requests and faults; `catalog`: both
+//! services on thousands of Receivers and Secrets.
 //!
 //! Run with `cargo run --release -p fluxgate-tests --bin fluxgate-load -- ingest --requests 50000`.
 
+mod catalog;
 mod dispatcher;
 mod ingest;
 mod slow;
@@ -22,6 +24,8 @@ enum Command {
     Slow(slow::Args),
     /// ingest and the dispatcher under a long request mix, a NATS restart and a SIGKILL.
     Soak(soak::Args),
+    /// Start-up, memory and change latency of both services on thousands of Receivers.
+    Catalog(catalog::Args),
 }
 
 #[tokio::main]
@@ -31,5 +35,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Dispatcher(args) => dispatcher::run(args).await,
         Command::Slow(args) => slow::run(args).await,
         Command::Soak(args) => soak::run(args).await,
+        Command::Catalog(args) => catalog::run(args).await,
     }
 }
