@@ -133,51 +133,82 @@ fn row_json(summary: &Summary) -> Value {
 async fn show(args: ShowArgs, format: Format) -> Result<(), Error> {
     let streams = args.nats.connect().await?;
     let history = History::new(streams.clone());
-    let seqs = match as_sequence(&args.delivery) {
-        Some(seq) => vec![seq],
+    // An id names its first stored copy; its replays (and any copy stored again later) are
+    // listed on its page.
+    let (seq, copies) = match as_sequence(&args.delivery) {
+        Some(seq) => (seq, Vec::new()),
         None => {
             let found = history.find(&args.delivery, args.receiver.as_ref()).await?;
-            if found.is_empty() {
+            let Some((&first, later)) = found.split_first() else {
                 return Err(Error::NotFound(format!(
                     "no delivery {:?} in the stream: it never arrived, or it has aged out (see the stream's max age)",
                     args.delivery
                 )));
-            }
-            found
+            };
+            (first, later.to_vec())
         }
     };
-    for seq in seqs {
-        let (summary, payload) = history.by_seq(seq).await?;
-        let meta = DeliveryMeta::read(&summary.delivery.subject, Some(&summary.delivery.headers))?;
-        let body = meta.body(&streams.jetstream, &payload).await?;
-        if let Some(path) = &args.output_file {
-            std::fs::write(path, &body)?;
+    let (summary, payload) = history.by_seq(seq).await?;
+    let mut later = Vec::with_capacity(copies.len());
+    for copy in copies {
+        later.push(history.by_seq(copy).await?.0);
+    }
+    let meta = DeliveryMeta::read(&summary.delivery.subject, Some(&summary.delivery.headers))?;
+    let body = meta.body(&streams.jetstream, &payload).await?;
+    if let Some(path) = &args.output_file {
+        std::fs::write(path, &body)?;
+    }
+    if args.raw {
+        use std::io::Write as _;
+        std::io::stdout().write_all(&body)?;
+        return Ok(());
+    }
+    let trace = trace_of(&meta, args.trace_url.as_deref());
+    match format {
+        Format::Table => {
+            let colour = std::io::stdout().is_terminal();
+            print!("{}", page(&summary, &body, trace, colour));
+            print!("{}", copies_section(&later, colour));
         }
-        if args.raw {
-            use std::io::Write as _;
-            std::io::stdout().write_all(&body)?;
-            continue;
-        }
-        let trace = trace_of(&meta, args.trace_url.as_deref());
-        match format {
-            Format::Table => print!(
-                "{}",
-                page(&summary, &body, trace, std::io::stdout().is_terminal())
-            ),
-            _ => {
-                let mut value = serde_json::to_value(&summary).unwrap_or_default();
-                value["headers"] = headers_json(&summary);
-                if let Some(trace) = trace {
-                    value["trace_id"] = json!(trace.id);
-                    value["trace_url"] = json!(trace.url);
-                }
-                value["body"] = serde_json::from_slice(&body)
-                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
-                render::structured(format, &value)?;
+        _ => {
+            let mut value = serde_json::to_value(&summary).unwrap_or_default();
+            value["headers"] = headers_json(&summary);
+            if let Some(trace) = trace {
+                value["trace_id"] = json!(trace.id);
+                value["trace_url"] = json!(trace.url);
             }
+            value["body"] = serde_json::from_slice(&body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+            value["replays"] = later.iter().map(row_json).collect();
+            render::structured(format, &value)?;
         }
     }
     Ok(())
+}
+
+/// The later copies of a delivery (its replays, or the same id stored again), one per line.
+fn copies_section(copies: &[Summary], colour: bool) -> String {
+    let mut out = String::new();
+    if copies.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "Replays:");
+    for copy in copies {
+        let d = &copy.delivery;
+        let what = match (d.replay_of, &d.replay_actor) {
+            (Some(of), Some(actor)) => format!("replay of #{of} by {}", render::inert(actor)),
+            (Some(of), None) => format!("replay of #{of}"),
+            (None, _) => "stored again".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "  #{}  {}  {what}  {}",
+            d.seq,
+            render::time(d.received_at.unwrap_or(d.stored_at)),
+            render::status(copy.status, colour)
+        );
+    }
+    out
 }
 
 /// The headers stored with the delivery (without those a direct get adds about the message).

@@ -14,7 +14,7 @@ use async_nats::jetstream;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use chrono::{DateTime, Utc};
-use fluxgate_shared::contract::{self, DeliveryMeta, Event, Outcome, Target};
+use fluxgate_shared::contract::{self, DeliveryMeta, Event, IndexEntry, Outcome, Target};
 use futures::StreamExt as _;
 use serde::Serialize;
 
@@ -37,6 +37,9 @@ pub struct Stored {
     /// The sequence of the delivery this one replays.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<u64>,
+    /// Who replayed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_actor: Option<String>,
     /// The subject it was stored on (a delivery's or a replay's).
     #[serde(skip)]
     pub subject: String,
@@ -64,6 +67,7 @@ impl Stored {
             stored_at,
             body_size: meta.body_size,
             replay_of: meta.replay_of,
+            replay_actor: meta.replay_actor,
             subject: subject.to_owned(),
             headers,
         })
@@ -572,7 +576,10 @@ impl History {
         Ok((summary, message.payload))
     }
 
-    /// The sequences of the deliveries with this id (a delivery and its replays), oldest first.
+    /// The sequences of the deliveries with this id (a delivery and its replays), oldest first:
+    /// from the delivery index, which reads a few entries whatever the stream holds, when it
+    /// covers the whole deliveries stream; else by reading every delivery's headers (a stream
+    /// older than its index, kept from before fluxgate wrote one).
     pub async fn find(
         &self,
         id: &str,
@@ -583,6 +590,9 @@ impl History {
             receiver: receiver.cloned(),
             ..Default::default()
         };
+        if let Some(found) = self.find_indexed(&deliveries, id, &filter).await? {
+            return Ok(found);
+        }
         let mut found = Vec::new();
         scan(
             &deliveries,
@@ -607,6 +617,47 @@ impl History {
         )
         .await?;
         Ok(found)
+    }
+
+    /// The id's sequences from the index, or `None` when there is no index or it starts after
+    /// the oldest delivery kept.
+    async fn find_indexed(
+        &self,
+        deliveries: &Stream,
+        id: &str,
+        filter: &Filter,
+    ) -> Result<Option<Vec<u64>>, Error> {
+        let Ok(mut index) = self.stream(contract::INDEX_STREAM).await else {
+            return Ok(None);
+        };
+        let created = index.info().await.map_err(Error::nats)?.created;
+        let first = deliveries.cached_info().state.first_sequence;
+        let covered = match message_at(deliveries, first).await {
+            Ok(oldest) => oldest.time >= created,
+            // An empty stream: nothing to miss.
+            Err(_) => deliveries.cached_info().state.messages == 0,
+        };
+        if !covered {
+            return Ok(None);
+        }
+        let mut found = Vec::new();
+        let subject = contract::index_subject(id);
+        scan(&index, &subject, DeliverPolicy::All, false, |message| {
+            if let Ok(entry) = serde_json::from_slice::<IndexEntry>(&message.payload)
+                && entry.id == id
+                && filter.receiver.as_ref().is_none_or(|(namespace, name)| {
+                    entry.receiver.split_once('/') == Some((namespace.as_str(), name.as_str()))
+                })
+                && entry.seq >= first
+            {
+                found.push(entry.seq);
+            }
+            ControlFlow::Continue(())
+        })
+        .await?;
+        found.sort_unstable();
+        found.dedup();
+        Ok(Some(found))
     }
 }
 
@@ -727,6 +778,7 @@ mod tests {
             stored_at: Utc::now(),
             body_size: 0,
             replay_of: None,
+            replay_actor: None,
             subject: String::new(),
             headers: HeaderMap::new(),
         };

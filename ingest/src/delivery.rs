@@ -69,6 +69,8 @@ pub fn build(
         msg_id: meta.key(),
         headers,
         body,
+        id: meta.id.clone(),
+        receiver: format!("{}/{}", meta.namespace, meta.receiver),
     };
     Ok((meta.id, delivery))
 }

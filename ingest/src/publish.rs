@@ -13,7 +13,7 @@ use async_nats::jetstream::object_store::{self, ObjectMetadata};
 use async_nats::jetstream::{self, stream};
 use async_nats::{HeaderMap, connection::State};
 use bytes::Bytes;
-use fluxgate_shared::contract::{self, header};
+use fluxgate_shared::contract::{self, IndexEntry, header};
 use tokio::sync::Notify;
 
 use crate::error::Error;
@@ -42,6 +42,9 @@ pub struct Delivery {
     pub msg_id: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// Its id and receiver (`namespace/name`), for the delivery index.
+    pub id: String,
+    pub receiver: String,
 }
 
 /// The stream's acknowledgement of a delivery.
@@ -134,6 +137,9 @@ impl Publisher {
         if let Err(error) = self.jetstream.update_stream(&config).await {
             tracing::warn!(%error, "cannot update the deliveries stream's configuration");
         }
+        self.jetstream
+            .get_or_create_stream(index_config(&self.settings))
+            .await?;
         self.bodies().await?;
         self.limit_bodies().await;
         tracing::info!(
@@ -203,10 +209,32 @@ impl Publisher {
             .map_err(|e| self.unavailable(e.kind(), e))?
             .await
             .map_err(|e| self.unavailable(e.kind(), e))?;
+        if !ack.duplicate {
+            self.index(IndexEntry {
+                id: delivery.id,
+                seq: ack.sequence,
+                receiver: delivery.receiver,
+                replay_of: None,
+            })
+            .await;
+        }
         Ok(Stored {
             sequence: ack.sequence,
             duplicate: ack.duplicate,
         })
+    }
+
+    /// Adds a stored delivery to the index, with a plain publish the stream takes in: the
+    /// delivery is stored and answered whether or not this lands, so its ack is not awaited
+    /// (a second round trip per webhook). An id the index lacks is still found by `#<seq>`.
+    async fn index(&self, entry: IndexEntry) {
+        let Ok(payload) = serde_json::to_vec(&entry) else {
+            return;
+        };
+        let subject = contract::index_subject(&entry.id);
+        if let Err(error) = self.client.publish(subject, payload.into()).await {
+            tracing::debug!(%error, "delivery not indexed");
+        }
     }
 
     /// Writes a large body to the object store under its content hash (so a redelivery
@@ -241,6 +269,26 @@ impl Publisher {
             self.reprovision.notify_one();
         }
         refused(error.to_string())
+    }
+}
+
+/// The delivery index: as long-lived and replicated as the deliveries, an eighth of their room
+/// (an entry is ~150 bytes), the oldest entries dropped when full.
+fn index_config(settings: &StreamSettings) -> stream::Config {
+    stream::Config {
+        name: contract::INDEX_STREAM.into(),
+        subjects: vec![format!("{}.*", contract::INDEX_SUBJECT_PREFIX)],
+        storage: stream::StorageType::File,
+        num_replicas: settings.replicas,
+        max_age: settings.max_age,
+        max_bytes: if settings.max_bytes > 0 {
+            settings.max_bytes / 8
+        } else {
+            -1
+        },
+        discard: stream::DiscardPolicy::Old,
+        allow_direct: true,
+        ..Default::default()
     }
 }
 

@@ -679,3 +679,105 @@ fn receivers_list_warns_of_a_receiver_anyone_can_trigger() {
         [("flux-system/gh", false), ("flux-system/open", true)]
     );
 }
+
+#[tokio::test]
+async fn show_by_id_gives_the_original_with_its_replays_listed() {
+    let s = start().await;
+    push(&s, "d-1", github_push_body(200)).await;
+    push(&s, "d-2", github_push_body(200)).await;
+    settle(&s, 2).await;
+    cli(&s, &["replay", "d-1"]);
+    cli(&s, &["replay", "d-1"]);
+
+    let shown = cli_json(&s, &["deliveries", "show", "d-1"]);
+    assert_eq!(shown["seq"], 1, "the original: {shown}");
+    assert!(shown.get("replay_of").is_none());
+    let replays: Vec<(u64, u64)> = (shown["replays"].as_array().into_iter())
+        .flatten()
+        .filter_map(|r| Some((r["seq"].as_u64()?, r["replay_of"].as_u64()?)))
+        .collect();
+    assert_eq!(replays, [(3, 1), (4, 1)]);
+    let recorded = (shown["outcomes"].as_array().into_iter())
+        .flatten()
+        .filter(|o| o["type"] == "replayed")
+        .count();
+    assert_eq!(
+        recorded, 2,
+        "the original's timeline shows both replays: {shown}"
+    );
+
+    let page = cli(&s, &["deliveries", "show", "d-1"]);
+    assert!(page.starts_with("Delivery d-1 (#1)"), "{page}");
+    assert!(
+        page.contains("Replays:\n  #3  ") && page.contains("replay of #1 by"),
+        "{page}"
+    );
+    assert_eq!(
+        cli_json(&s, &["deliveries", "show", "d-2"])["replays"],
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn ids_are_found_through_the_index_which_only_ingest_and_replays_write() {
+    let s = start().await;
+    push(&s, "d-1", github_push_body(200)).await;
+    settle(&s, 1).await;
+    // A delivery put on the stream by someone else than ingest is not in the index: the index
+    // answers for every id, so it is found by its sequence only.
+    let meta = DeliveryMeta {
+        id: "unindexed".into(),
+        id_source: IdSource::Sender,
+        namespace: NS.into(),
+        receiver: "gh".into(),
+        receiver_type: "github".into(),
+        event: Some("push".into()),
+        received_at: None,
+        content_type: None,
+        body_sha256: None,
+        body_size: 2,
+        body_object: None,
+        traceparent: None,
+        replay_of: None,
+        replay_actor: None,
+        oidc_claims: None,
+    };
+    let ack = async_nats::jetstream::new(s.client().await)
+        .publish_with_headers(meta.subject(), meta.to_headers(), "{}".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    assert_eq!(cli_json(&s, &["deliveries", "show", "d-1"])["seq"], 1);
+    let (ok, _, error) = fluxgate_cli(s.nats_url(), &["deliveries", "show", "unindexed"], &[]);
+    assert!(
+        !ok && error.contains("no delivery \"unindexed\""),
+        "{error}"
+    );
+    let by_seq = cli_json(&s, &["deliveries", "show", &format!("#{}", ack.sequence)]);
+    assert_eq!(by_seq["id"], "unindexed");
+}
+
+#[tokio::test]
+async fn a_stream_older_than_its_index_is_searched_by_its_headers() {
+    let s = start().await;
+    // Stored before any index existed (an older ingest): the index is dropped, as if never made.
+    push(&s, "before", github_push_body(200)).await;
+    settle(&s, 1).await;
+    let jetstream = async_nats::jetstream::new(s.client().await);
+    jetstream
+        .delete_stream(fluxgate_shared::contract::INDEX_STREAM)
+        .await
+        .expect("delete the index");
+    jetstream
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: fluxgate_shared::contract::INDEX_STREAM.into(),
+            subjects: vec!["fluxgate.index.*".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("a newer index");
+    push(&s, "after", github_push_body(200)).await;
+    assert_eq!(cli_json(&s, &["deliveries", "show", "before"])["seq"], 1);
+    assert_eq!(cli_json(&s, &["deliveries", "show", "after"])["seq"], 2);
+}

@@ -3,9 +3,11 @@
 //! Changing any of these breaks stored data.
 
 mod delivery;
+mod index;
 mod outcome;
 
 pub use delivery::{DeliveryMeta, IdSource};
+pub use index::{INDEX_STREAM, INDEX_SUBJECT_PREFIX, IndexEntry, index_subject};
 pub use outcome::{Event, Outcome, Target};
 
 /// The event log of accepted webhooks.
