@@ -8,6 +8,7 @@
 
 mod catalog;
 mod dispatcher;
+mod history;
 mod ingest;
 mod slow;
 mod soak;
@@ -26,6 +27,8 @@ enum Command {
     Soak(soak::Args),
     /// Start-up, memory and change latency of both services on thousands of Receivers.
     Catalog(catalog::Args),
+    /// The CLI's look-ups by id and listings over a million stored deliveries.
+    History(history::Args),
 }
 
 #[tokio::main]
@@ -36,5 +39,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Slow(args) => slow::run(args).await,
         Command::Soak(args) => soak::run(args).await,
         Command::Catalog(args) => catalog::run(args).await,
+        Command::History(args) => history::run(args).await,
     }
 }
