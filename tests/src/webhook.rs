@@ -1,5 +1,6 @@
 //! Signed webhooks and receiver manifests, written the way GitHub and a Flux user write them.
 
+use fluxgate_shared::contract::{DeliveryMeta, IdSource};
 use fluxgate_shared::receivers::hook_digest;
 use hmac::{KeyInit, Mac};
 
@@ -66,4 +67,26 @@ pub fn receiver_manifest(
     format!(
         "apiVersion: notification.toolkit.fluxcd.io/v1\nkind: Receiver\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  type: {kind}\n  secretRef:\n    name: {secret}\n  resources:\n    - kind: GitRepository\n      name: app\n{extra_spec}"
     )
+}
+
+/// The metadata of a generic-looking delivery `id` of `namespace/receiver` from a sender, as a
+/// test or benchmark puts it on the stream itself (ingest's way, without ingest).
+pub fn sender_delivery(id: &str, namespace: &str, receiver: &str) -> DeliveryMeta {
+    DeliveryMeta {
+        id: id.into(),
+        id_source: IdSource::Sender,
+        namespace: namespace.into(),
+        receiver: receiver.into(),
+        receiver_type: "generic".into(),
+        event: Some("push".into()),
+        received_at: Some(chrono::Utc::now()),
+        content_type: None,
+        body_sha256: None,
+        body_size: 2,
+        body_object: None,
+        traceparent: None,
+        replay_of: None,
+        replay_actor: None,
+        oidc_claims: None,
+    }
 }

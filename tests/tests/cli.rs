@@ -8,6 +8,7 @@ use fluxgate_tests::eventually;
 use fluxgate_tests::stack::Stack;
 use fluxgate_tests::webhook::{
     github_push_body, hook_path, post_github_push, receiver_manifest, secret_manifest,
+    sender_delivery,
 };
 use fluxgate_tests::{fluxgate_cli, http};
 use serde_json::{Value, json};
@@ -725,23 +726,8 @@ async fn ids_are_found_through_the_index_which_only_ingest_and_replays_write() {
     settle(&s, 1).await;
     // A delivery put on the stream by someone else than ingest is not in the index: the index
     // answers for every id, so it is found by its sequence only.
-    let meta = DeliveryMeta {
-        id: "unindexed".into(),
-        id_source: IdSource::Sender,
-        namespace: NS.into(),
-        receiver: "gh".into(),
-        receiver_type: "github".into(),
-        event: Some("push".into()),
-        received_at: None,
-        content_type: None,
-        body_sha256: None,
-        body_size: 2,
-        body_object: None,
-        traceparent: None,
-        replay_of: None,
-        replay_actor: None,
-        oidc_claims: None,
-    };
+    let mut meta = sender_delivery("unindexed", NS, "gh");
+    meta.receiver_type = "github".into();
     let ack = async_nats::jetstream::new(s.client().await)
         .publish_with_headers(meta.subject(), meta.to_headers(), "{}".into())
         .await

@@ -6,10 +6,10 @@
 use std::time::Instant;
 
 use async_nats::jetstream;
-use fluxgate_shared::contract::{self, DeliveryMeta, IdSource, IndexEntry};
+use fluxgate_shared::contract::{self, DeliveryMeta, IndexEntry};
 use fluxgate_tests::ingest::Ingest;
 use fluxgate_tests::nats::NatsServer;
-use fluxgate_tests::webhook::{receiver_manifest, secret_manifest};
+use fluxgate_tests::webhook::{receiver_manifest, secret_manifest, sender_delivery};
 use futures::StreamExt as _;
 
 #[derive(clap::Args)]
@@ -48,23 +48,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut pending = futures::stream::FuturesUnordered::new();
     for i in 0..args.deliveries {
-        let meta = DeliveryMeta {
-            id: format!("delivery-{i}"),
-            id_source: IdSource::Sender,
-            namespace: NS.into(),
-            receiver: format!("hook-{}", i % args.receivers),
-            receiver_type: "generic".into(),
-            event: Some("push".into()),
-            received_at: Some(chrono::Utc::now()),
-            content_type: Some("application/json".into()),
-            body_sha256: None,
-            body_size: 2,
-            body_object: None,
-            traceparent: None,
-            replay_of: None,
-            replay_actor: None,
-            oidc_claims: None,
-        };
+        let meta = sender_delivery(
+            &format!("delivery-{i}"),
+            NS,
+            &format!("hook-{}", i % args.receivers),
+        );
         let ack = jetstream
             .publish_with_headers(meta.subject(), meta.to_headers(), "{}".into())
             .await?;
