@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use fluxgate_tests::apiserver::ApiServer;
+use fluxgate_tests::apiserver::{ApiServer, ObjectRef};
 use fluxgate_tests::dispatcher::Dispatcher;
 use fluxgate_tests::http;
 use fluxgate_tests::ingest::Ingest;
@@ -19,6 +19,10 @@ pub struct Args {
     /// Receivers, each with a Secret of its own.
     #[arg(long, default_value_t = 10_000)]
     receivers: usize,
+    /// Distinct Secrets they name (receiver i names Secret i mod this): fewer than receivers
+    /// when Receivers share a token Secret, as a namespace's often do.
+    #[arg(long)]
+    secrets: Option<usize>,
     /// Namespaces they are spread over.
     #[arg(long, default_value_t = 100)]
     namespaces: usize,
@@ -38,14 +42,14 @@ fn secret(name: &str, namespace: &str, token: &str) -> serde_json::Value {
     json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace}, "stringData": {"token": token}})
 }
 
-fn receiver(name: &str, namespace: &str) -> serde_json::Value {
+fn receiver(name: &str, namespace: &str, secret: &str) -> serde_json::Value {
     json!({
         "apiVersion": "notification.toolkit.fluxcd.io/v1",
         "kind": "Receiver",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "type": "generic",
-            "secretRef": {"name": format!("{name}-token")},
+            "secretRef": {"name": secret},
             "resources": [{"kind": "GitRepository", "name": name}],
         },
     })
@@ -56,14 +60,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let cluster = ApiServer::start_local().await;
     let dir = tempfile::tempdir()?;
     let kubeconfig = cluster.write_kubeconfig(dir.path())?;
+    let secrets = args
+        .secrets
+        .unwrap_or(args.receivers)
+        .clamp(1, args.receivers.max(1));
     for i in 0..args.receivers {
+        // Secret i mod `secrets`, in the receiver's namespace.
         let (name, ns) = (format!("hook-{i}"), namespace(i, &args));
-        cluster.apply(secret(&format!("{name}-token"), &ns, &format!("token-{i}")));
-        cluster.apply(receiver(&name, &ns));
+        let token = i % secrets;
+        let secret_name = format!("token-{token}");
+        if token == i
+            || cluster
+                .get(&ObjectRef::new("v1", "Secret", &ns, &secret_name))
+                .is_none()
+        {
+            cluster.apply(secret(&secret_name, &ns, &format!("token-{token}")));
+        }
+        cluster.apply(receiver(&name, &ns, &secret_name));
     }
     println!(
-        "fluxgate-load catalog: {} Receivers and Secrets over {} namespaces in the API stand-in",
-        args.receivers, args.namespaces
+        "fluxgate-load catalog: {} Receivers naming {} Secrets over {} namespaces in the API stand-in",
+        args.receivers, secrets, args.namespaces
     );
 
     let started = Instant::now();
@@ -90,12 +107,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let (name, ns) = (format!("new-{c}"), namespace(c, &args));
         let begun = Instant::now();
         cluster.apply(secret(&format!("{name}-token"), &ns, "fresh"));
-        cluster.apply(receiver(&name, &ns));
+        cluster.apply(receiver(&name, &ns, &format!("{name}-token")));
         served(&ingest, "fresh", &name, &ns).await?;
         created.push(begun.elapsed());
 
-        let old = c * (args.receivers / args.changes.max(1));
-        let (name, ns) = (format!("hook-{old}"), namespace(old, &args));
+        // A Receiver with a Secret of its own (one created above), so that the rotation moves
+        // one hook path.
         let begun = Instant::now();
         cluster.apply(secret(&format!("{name}-token"), &ns, "rotated"));
         served(&ingest, "rotated", &name, &ns).await?;
@@ -145,7 +162,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "Secret requests at start: {} lists, {} watches ({} Secrets); after {} creations and {} rotations: {} lists, {} watches",
         secret_reads_at_start.0,
         secret_reads_at_start.1,
-        args.receivers,
+        secrets,
         args.changes,
         args.changes,
         secret_requests(&cluster).0 - secret_reads_at_start.0,
