@@ -59,6 +59,7 @@ pub async fn run(command: Command, format: Format) -> Result<(), Error> {
             let settings = ClusterSettings {
                 namespace: args.watch_namespace.clone(),
                 read_secrets: true,
+                secrets_selector: None,
             };
             list_cluster(client, &settings).await?
         }

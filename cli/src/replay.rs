@@ -334,6 +334,7 @@ async fn plan(streams: &Streams, format: Format, args: &Args, seqs: &[u64]) -> R
             let settings = ClusterSettings {
                 namespace: None,
                 read_secrets: false,
+                secrets_selector: None,
             };
             list_cluster(client.clone(), &settings).await?.0
         }

@@ -101,6 +101,7 @@ impl Service {
                 ClusterSettings {
                     namespace: config.common.watch_namespace.clone(),
                     read_secrets: false,
+                    secrets_selector: None,
                 },
             ),
         };

@@ -73,6 +73,13 @@ pub struct Config {
     #[arg(long, env = "FLUXGATE_STREAM_DUPLICATE_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
     pub stream_duplicate_window: Duration,
 
+    /// Without a receivers file: read only the token Secrets carrying these labels (a label
+    /// selector, e.g. `fluxgate.io/webhook-token=true`), all in one watch, instead of watching
+    /// each Secret a Receiver names on its own (a connection to the API server each, ~47 KiB of
+    /// memory). For thousands of Receivers; a Secret without the labels is not read.
+    #[arg(long, env = "FLUXGATE_SECRETS_SELECTOR")]
+    pub secrets_selector: Option<String>,
+
     /// Google's ID-token keys (JWKS), which sign the Pub/Sub pushes of gcr receivers.
     #[arg(
         long,

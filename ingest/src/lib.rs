@@ -51,6 +51,7 @@ pub async fn run(
             ClusterSettings {
                 namespace: config.common.watch_namespace.clone(),
                 read_secrets: true,
+                secrets_selector: config.secrets_selector.clone(),
             },
         ),
     };

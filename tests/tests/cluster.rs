@@ -372,3 +372,47 @@ async fn secrets_are_read_once_each_and_again_only_when_they_change() {
     // The others were not touched.
     assert_eq!(generic(&ingest, "t-12", "hook-12").await.status, 202);
 }
+
+#[tokio::test]
+async fn with_a_secrets_selector_one_watch_reads_the_labelled_secrets_only() {
+    let c = start().await;
+    let labelled = |name: &str, token: &str| {
+        let mut secret = secret(name, json!({"token": token}));
+        secret["metadata"]["labels"] = json!({"fluxgate.io/webhook-token": "true"});
+        secret
+    };
+    c.api().apply(labelled("webhook", "one"));
+    c.api()
+        .apply(receiver("labelled", "generic", "webhook", json!({})));
+    let ingest = c
+        .start_ingest(&["--secrets-selector", "fluxgate.io/webhook-token=true"])
+        .await;
+    assert_eq!(generic(&ingest, "one", "labelled").await.status, 202);
+    // gh's Secret carries no label: it is not read, and gh is not served.
+    assert_eq!(push(&ingest, "first", "d-1").await.status, 404);
+
+    c.api().apply(labelled("webhook", "two"));
+    answers("rotated", 202, || generic(&ingest, "two", "labelled")).await;
+    c.api().apply(labelled("gh-token", "first"));
+    answers("labelled later", 202, || push(&ingest, "first", "d-2")).await;
+
+    // One list and one watch of Secrets, across namespaces, by label, whatever the Receivers.
+    let requests = c.api().requests();
+    let secrets: Vec<_> = (requests.iter())
+        .filter(|r| r.path.contains("/secrets"))
+        .collect();
+    let lists = secrets
+        .iter()
+        .filter(|r| !r.query.contains("watch=true"))
+        .count();
+    assert_eq!(lists, 1, "{secrets:#?}");
+    for request in &secrets {
+        assert_eq!(request.path, "/api/v1/secrets");
+        assert!(
+            request
+                .query
+                .contains("labelSelector=fluxgate.io%2Fwebhook-token%3Dtrue"),
+            "{request:?}"
+        );
+    }
+}

@@ -27,6 +27,10 @@ pub struct Settings {
     pub namespace: Option<String>,
     /// Ingest reads token Secrets; the dispatcher has no use for them.
     pub read_secrets: bool,
+    /// Read only the Secrets with these labels, all in one watch, instead of a watch per Secret
+    /// a Receiver names (a connection each): for thousands of Receivers, whose token Secrets are
+    /// labelled for fluxgate. A Secret a Receiver names without the labels is not read.
+    pub secrets_selector: Option<String>,
 }
 
 /// Namespace and name.
@@ -39,6 +43,17 @@ enum SecretNews {
     /// The Secret as listed or changed: its data, or `None` when there is no such Secret.
     Data(Option<SecretData>),
     /// Its first list failed (it is tried again): a receiver with no data read yet is left out.
+    Unreadable,
+}
+
+/// What the watch of labelled Secrets says.
+#[derive(Debug)]
+enum LabelledNews {
+    /// Every labelled Secret, at a (re)list.
+    Listed(HashMap<Key, SecretData>),
+    /// One changed (`None`: deleted, or its labels removed).
+    Changed(Key, Option<SecretData>),
+    /// The first list failed (it is tried again).
     Unreadable,
 }
 
@@ -58,8 +73,25 @@ pub async fn watch(
         .backoff(watch_backoff())
         .boxed();
     let (news_tx, mut news) = mpsc::unbounded_channel();
+    let (labelled_tx, mut labelled_news) = mpsc::unbounded_channel();
+    let labelled = match (&settings.secrets_selector, settings.read_secrets) {
+        (Some(selector), true) => {
+            let api: Api<Secret> = match &settings.namespace {
+                Some(namespace) => Api::namespaced(client.clone(), namespace),
+                None => Api::all(client.clone()),
+            };
+            let task = tokio::spawn(watch_labelled_secrets(api, selector.clone(), labelled_tx));
+            Some(Labelled {
+                data: HashMap::new(),
+                listed: false,
+                _watch: Task(task),
+            })
+        }
+        _ => None,
+    };
     let mut state = State {
         client,
+        labelled,
         read_secrets: settings.read_secrets,
         objects: HashMap::new(),
         secret_of: HashMap::new(),
@@ -95,6 +127,7 @@ pub async fn watch(
                 Some(Ok(Event::Delete(object))) => state.deleted(&key(&object), &mut catalog),
             },
             Some((secret, said)) = news.recv() => state.secret_news(secret, said, &mut catalog),
+            Some(said) = labelled_news.recv() => state.labelled_news(said, &mut catalog),
         }
         shared.replace(catalog);
         on_change(&shared.current());
@@ -107,6 +140,8 @@ pub async fn watch(
 /// What the cluster holds and what is served of it.
 struct State {
     client: kube::Client,
+    /// With `--secrets-selector`: the labelled Secrets, from one watch.
+    labelled: Option<Labelled>,
     read_secrets: bool,
     /// Every Receiver, as last seen.
     objects: HashMap<Key, DynamicObject>,
@@ -127,12 +162,23 @@ struct WatchedSecret {
     data: Option<Option<SecretData>>,
     /// The Receivers naming it.
     users: HashSet<Key>,
-    watch: tokio::task::JoinHandle<()>,
+    /// Its own watch; none when the labelled Secrets' watch tells of it.
+    _watch: Option<Task>,
 }
 
-impl Drop for WatchedSecret {
+/// Every labelled Secret's data, as one watch tells.
+struct Labelled {
+    data: HashMap<Key, SecretData>,
+    listed: bool,
+    _watch: Task,
+}
+
+/// A task that ends with its owner.
+struct Task(tokio::task::JoinHandle<()>);
+
+impl Drop for Task {
     fn drop(&mut self) {
-        self.watch.abort();
+        self.0.abort();
     }
 }
 
@@ -195,13 +241,26 @@ impl State {
     /// Notes that `receiver` names `secret`, watching it if no other Receiver did.
     fn use_secret(&mut self, receiver: &Key, secret: Key) {
         self.secret_of.insert(receiver.clone(), secret.clone());
+        let (client, news, labelled) = (&self.client, &self.news, &self.labelled);
         let watched = self
             .secrets
             .entry(secret.clone())
-            .or_insert_with(|| WatchedSecret {
-                data: None,
-                users: HashSet::new(),
-                watch: tokio::spawn(watch_secret(self.client.clone(), secret, self.news.clone())),
+            .or_insert_with(|| match labelled {
+                // The labelled Secrets' watch tells of it: known once that is listed.
+                Some(labelled) => WatchedSecret {
+                    data: labelled.listed.then(|| labelled.data.get(&secret).cloned()),
+                    users: HashSet::new(),
+                    _watch: None,
+                },
+                None => WatchedSecret {
+                    data: None,
+                    users: HashSet::new(),
+                    _watch: Some(Task(tokio::spawn(watch_secret(
+                        client.clone(),
+                        secret,
+                        news.clone(),
+                    )))),
+                },
             });
         watched.users.insert(receiver.clone());
     }
@@ -231,6 +290,48 @@ impl State {
             }
         }
         let users: Vec<Key> = watched.users.iter().cloned().collect();
+        for receiver in users {
+            self.rebuild(&receiver, catalog);
+        }
+    }
+
+    /// The labelled Secrets' watch: their data kept, and the receivers naming one that changed
+    /// rebuilt (all of them at a list).
+    fn labelled_news(&mut self, news: LabelledNews, catalog: &mut Catalog) {
+        let Some(labelled) = self.labelled.as_mut() else {
+            return;
+        };
+        let (changed, unreadable): (Vec<Key>, bool) = match news {
+            LabelledNews::Listed(data) => {
+                labelled.data = data;
+                labelled.listed = true;
+                (self.secrets.keys().cloned().collect(), false)
+            }
+            LabelledNews::Changed(secret, data) => {
+                match data {
+                    Some(data) => labelled.data.insert(secret.clone(), data),
+                    None => labelled.data.remove(&secret),
+                };
+                (vec![secret], false)
+            }
+            // Nothing read yet: the receivers are left out until a list succeeds.
+            LabelledNews::Unreadable => {
+                labelled.listed = true;
+                (self.secrets.keys().cloned().collect(), true)
+            }
+        };
+        let mut users = Vec::new();
+        for secret in changed {
+            let Some(watched) = self.secrets.get_mut(&secret) else {
+                continue;
+            };
+            if unreadable {
+                watched.data.get_or_insert(None);
+            } else {
+                watched.data = Some(labelled.data.get(&secret).cloned());
+            }
+            users.extend(watched.users.iter().cloned());
+        }
         for receiver in users {
             self.rebuild(&receiver, catalog);
         }
@@ -324,6 +425,55 @@ async fn watch_secret(
         };
         answered = true;
         if news.send((secret.clone(), said)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Watches the Secrets carrying the labels of `selector`, telling `news` of them all at each
+/// list and of each change, until aborted.
+async fn watch_labelled_secrets(
+    api: Api<Secret>,
+    selector: String,
+    news: mpsc::UnboundedSender<LabelledNews>,
+) {
+    let config = watcher::Config::default().labels(&selector);
+    let mut events = watcher::watcher(api, config)
+        .backoff(watch_backoff())
+        .boxed();
+    let (mut listing, mut answered) = (HashMap::new(), false);
+    let key_of = |secret: &Secret| {
+        let meta = &secret.metadata;
+        (
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default(),
+        )
+    };
+    while let Some(event) = events.next().await {
+        let said = match event {
+            Ok(Event::Init) => {
+                listing.clear();
+                continue;
+            }
+            Ok(Event::InitApply(secret)) => {
+                listing.insert(key_of(&secret), decode(secret));
+                continue;
+            }
+            Ok(Event::InitDone) => LabelledNews::Listed(std::mem::take(&mut listing)),
+            Ok(Event::Apply(secret)) => {
+                LabelledNews::Changed(key_of(&secret), Some(decode(secret)))
+            }
+            Ok(Event::Delete(secret)) => LabelledNews::Changed(key_of(&secret), None),
+            Err(error) => {
+                tracing::warn!(%error, %selector, "cannot watch the labelled Secrets; retrying");
+                if answered {
+                    continue;
+                }
+                LabelledNews::Unreadable
+            }
+        };
+        answered = true;
+        if news.send(said).is_err() {
             return;
         }
     }

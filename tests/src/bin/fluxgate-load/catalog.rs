@@ -23,6 +23,10 @@ pub struct Args {
     /// when Receivers share a token Secret, as a namespace's often do.
     #[arg(long)]
     secrets: Option<usize>,
+    /// Label the Secrets and have ingest read them with one watch (`--secrets-selector`)
+    /// instead of one per Secret.
+    #[arg(long)]
+    labelled: bool,
     /// Namespaces they are spread over.
     #[arg(long, default_value_t = 100)]
     namespaces: usize,
@@ -38,8 +42,10 @@ fn namespace(i: usize, args: &Args) -> String {
     format!("tenant-{}", i % args.namespaces.max(1))
 }
 
+const LABEL: &str = "fluxgate.io/webhook-token";
+
 fn secret(name: &str, namespace: &str, token: &str) -> serde_json::Value {
-    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace}, "stringData": {"token": token}})
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace, "labels": {LABEL: "true"}}, "stringData": {"token": token}})
 }
 
 fn receiver(name: &str, namespace: &str, secret: &str) -> serde_json::Value {
@@ -84,7 +90,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
 
     let started = Instant::now();
-    let ingest = Ingest::start_in_cluster(&nats.url(), &kubeconfig, &[]).await;
+    let selector = format!("{LABEL}=true");
+    let ingest_args: &[&str] = match args.labelled {
+        true => &["--secrets-selector", &selector],
+        false => &[],
+    };
+    let ingest = Ingest::start_in_cluster(&nats.url(), &kubeconfig, ingest_args).await;
     let ingest_ready = started.elapsed();
     let started = Instant::now();
     let dispatcher = Dispatcher::start(
