@@ -316,8 +316,9 @@ impl History {
         Ok(summaries)
     }
 
-    /// Reads deliveries back from the end of the stream (or from `since`) in growing windows
-    /// until `limit` of them match.
+    /// Reads deliveries back from the end of the stream in growing windows until `limit` of
+    /// them match, or the window reaches back past `since` (then it is read from `since`): the
+    /// cost follows what is listed, not the size of the stream or of the `--since` window.
     async fn list_by_delivery(&self, filter: &Filter) -> Result<Vec<Summary>, Error> {
         let mut deliveries = self.stream(contract::DELIVERIES_STREAM).await?;
         let state = deliveries.info().await.map_err(Error::nats)?.state.clone();
@@ -330,11 +331,20 @@ impl History {
                 .last_sequence
                 .saturating_sub(window - 1)
                 .max(state.first_sequence);
+            let reaches_since = match filter.since {
+                Some(since) => {
+                    from <= state.first_sequence
+                        || message_at(&deliveries, from)
+                            .await
+                            .is_ok_and(|m| from_offset(m.time) < since)
+                }
+                None => false,
+            };
             let start = match filter.since {
-                Some(since) => DeliverPolicy::ByStartTime {
+                Some(since) if reaches_since => DeliverPolicy::ByStartTime {
                     start_time: to_offset(since),
                 },
-                None => DeliverPolicy::ByStartSequence {
+                _ => DeliverPolicy::ByStartSequence {
                     start_sequence: from,
                 },
             };
@@ -361,10 +371,7 @@ impl History {
             }
             let mut summaries = self.with_trails(filter, found).await?;
             summaries.retain(|s| filter.status.is_none_or(|status| s.status == status));
-            if summaries.len() >= filter.limit
-                || filter.since.is_some()
-                || from <= state.first_sequence
-            {
+            if summaries.len() >= filter.limit || reaches_since || from <= state.first_sequence {
                 return Ok(summaries);
             }
             window = window.saturating_mul(4);

@@ -767,3 +767,31 @@ async fn a_stream_older_than_its_index_is_searched_by_its_headers() {
     assert_eq!(cli_json(&s, &["deliveries", "show", "before"])["seq"], 1);
     assert_eq!(cli_json(&s, &["deliveries", "show", "after"])["seq"], 2);
 }
+
+#[tokio::test]
+async fn since_keeps_what_came_after_whether_limit_or_since_ends_the_read() {
+    let s = start().await;
+    push(&s, "before-1", github_push_body(100)).await;
+    push(&s, "before-2", github_push_body(100)).await;
+    let since = chrono::Utc::now().to_rfc3339();
+    // More than the first window (64) after `since`: the newest two are found without reading
+    // back to it, and all 70 by reading from it.
+    for n in 0..70 {
+        push(&s, &format!("after-{n}"), github_push_body(100)).await;
+    }
+    let newest = cli_json(
+        &s,
+        &["deliveries", "list", "--since", &since, "--limit", "2"],
+    );
+    assert_eq!(ids(&newest), ["after-69", "after-68"]);
+    let all = cli_json(
+        &s,
+        &["deliveries", "list", "--since", &since, "--limit", "100"],
+    );
+    let listed = ids(&all);
+    assert_eq!(listed.len(), 70, "{listed:?}");
+    assert!(
+        listed.iter().all(|id| id.starts_with("after-")),
+        "{listed:?}"
+    );
+}

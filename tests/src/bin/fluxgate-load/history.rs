@@ -1,7 +1,7 @@
 //! The history benchmark: the release `fluxgate-ingest` provisions its streams, then a million
 //! deliveries are stored as it stores them -- the message, then its index entry -- and the
 //! `fluxgate` CLI's look-ups are timed over them: by id through the index, a missing id, the
-//! newest page, one receiver's, and a `--since` window.
+//! newest page, one receiver's, and a `--since` window; then by id once more without the index.
 
 use std::time::Instant;
 
@@ -129,6 +129,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         println!("  {name:<44} {best:>8.1}");
     }
+    // Without the index, as before it: every delivery's headers are read.
+    jetstream.delete_stream(contract::INDEX_STREAM).await?;
+    let started = Instant::now();
+    let output = std::process::Command::new(fluxgate_tests::workspace_binary("fluxgate"))
+        .env("NATS_URL", nats.url())
+        .args(["-o", "json", "deliveries", "show", middle.as_str()])
+        .output()?;
+    anyhow::ensure!(output.status.success(), "show without the index");
+    println!(
+        "  {:<44} {:>8.1}",
+        "deliveries show <id> (middle), no index",
+        started.elapsed().as_secs_f64() * 1e3
+    );
     Ok(())
 }
 
