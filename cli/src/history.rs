@@ -366,12 +366,18 @@ impl History {
             .await?;
             // The newest first: only they can be listed, and only their trails are read.
             found.sort_by_key(|d| std::cmp::Reverse(d.seq));
+            let last_window = reaches_since || from <= state.first_sequence;
+            // Without a status to check, the trails are read once, for the deliveries listed.
+            if filter.status.is_none() && found.len() < filter.limit && !last_window {
+                window = window.saturating_mul(4);
+                continue;
+            }
             if filter.status.is_none() {
                 found.truncate(filter.limit);
             }
             let mut summaries = self.with_trails(filter, found).await?;
             summaries.retain(|s| filter.status.is_none_or(|status| s.status == status));
-            if summaries.len() >= filter.limit || reaches_since || from <= state.first_sequence {
+            if summaries.len() >= filter.limit || last_window {
                 return Ok(summaries);
             }
             window = window.saturating_mul(4);

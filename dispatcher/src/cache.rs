@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt as _;
@@ -70,8 +71,16 @@ pub struct Cache {
     namespace: String,
     store: Store<DynamicObject>,
     sync: watch::Receiver<Listed>,
+    /// Bumped after every change to the store, so that a selection made before is known stale.
+    version: Arc<AtomicU64>,
+    /// Each label selector's objects as of a version: a burst of deliveries for one Receiver
+    /// selects once, not once per delivery over every object of the scope.
+    selections: Mutex<HashMap<BTreeMap<String, String>, (u64, Selected)>>,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// The objects a label selector selects.
+pub type Selected = Arc<[Arc<DynamicObject>]>;
 
 impl Drop for Cache {
     fn drop(&mut self) {
@@ -87,12 +96,26 @@ impl Cache {
     }
 
     /// The objects carrying every label of `labels` (an empty map selects all), as an
-    /// equality label selector does.
-    pub fn matching(&self, labels: &BTreeMap<String, String>) -> Vec<Arc<DynamicObject>> {
-        self.store.state_filter(|object| {
-            let own = object.metadata.labels.as_ref();
-            (labels.iter()).all(|(key, value)| own.and_then(|l| l.get(key)) == Some(value))
-        })
+    /// equality label selector does; chosen again only once the store has changed.
+    pub fn matching(&self, labels: &BTreeMap<String, String>) -> Selected {
+        // Read before the store: a change made meanwhile leaves this selection stale, to be
+        // made again next time, never a stale one marked current.
+        let version = self.version.load(Ordering::Acquire);
+        let lock = || self.selections.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((made, selected)) = lock().get(labels)
+            && *made == version
+        {
+            return selected.clone();
+        }
+        let selected: Selected = self
+            .store
+            .state_filter(|object| {
+                let own = object.metadata.labels.as_ref();
+                (labels.iter()).all(|(key, value)| own.and_then(|l| l.get(key)) == Some(value))
+            })
+            .into();
+        lock().insert(labels.clone(), (version, selected.clone()));
+        selected
     }
 }
 
@@ -158,11 +181,13 @@ impl Caches {
         let writer = reflector::store::Writer::new(resource.clone());
         let store = writer.as_reader();
         let (sync_tx, sync) = watch::channel(Listed::Listing);
+        let version = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(keep_current(
             api,
             scope.clone(),
             writer,
             sync_tx,
+            version.clone(),
             self.on_applied.clone(),
         ));
         let cache = Arc::new(Cache {
@@ -170,6 +195,8 @@ impl Caches {
             namespace: scope.namespace.clone(),
             store,
             sync,
+            version,
+            selections: Mutex::default(),
             task,
         });
         tracing::info!(%scope, "caching targets");
@@ -209,6 +236,7 @@ async fn keep_current(
     scope: Scope,
     writer: reflector::store::Writer<DynamicObject>,
     sync: watch::Sender<Listed>,
+    version: Arc<AtomicU64>,
     on_applied: OnApplied,
 ) {
     let mut events = watcher::watcher(api, watcher::Config::default())
@@ -217,6 +245,13 @@ async fn keep_current(
         .reflect(writer)
         .boxed();
     while let Some(event) = events.next().await {
+        // The store has taken the event in (all but a list's pages, held until it is done).
+        if matches!(
+            event,
+            Ok(Event::InitDone | Event::Apply(_) | Event::Delete(_))
+        ) {
+            version.fetch_add(1, Ordering::Release);
+        }
         match event {
             Ok(Event::InitDone) => {
                 sync.send_if_modified(|s| {

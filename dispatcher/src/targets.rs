@@ -273,7 +273,7 @@ impl Resolver {
         })?;
         let api_resource = self.api_resource(&scope.api_version, &scope.kind).await?;
         let cache = self.caches.synced(&scope, &api_resource).await?;
-        Ok((cache.matching(labels).into_iter())
+        Ok((cache.matching(labels).iter())
             .filter_map(|o| Some((target(o.metadata.name.clone()?), Some(o.metadata.clone()))))
             .collect())
     }
