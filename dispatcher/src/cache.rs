@@ -71,7 +71,9 @@ pub struct Cache {
     namespace: String,
     store: Store<DynamicObject>,
     sync: watch::Receiver<Listed>,
-    /// Bumped after every change to the store, so that a selection made before is known stale.
+    /// Bumped after every change to which objects there are or to their labels, so that a
+    /// selection made before is known stale (other changes, our own patches among them, leave
+    /// the selections as they are).
     version: Arc<AtomicU64>,
     /// Each label selector's objects as of a version: a burst of deliveries for one Receiver
     /// selects once, not once per delivery over every object of the scope.
@@ -79,8 +81,8 @@ pub struct Cache {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// The objects a label selector selects.
-pub type Selected = Arc<[Arc<DynamicObject>]>;
+/// The names of the objects a label selector selects.
+pub type Selected = Arc<[String]>;
 
 impl Drop for Cache {
     fn drop(&mut self) {
@@ -95,8 +97,8 @@ impl Cache {
         self.store.get(&key)
     }
 
-    /// The objects carrying every label of `labels` (an empty map selects all), as an
-    /// equality label selector does; chosen again only once the store has changed.
+    /// The names of the objects carrying every label of `labels` (an empty map selects all), as
+    /// an equality label selector does; chosen again only once objects or labels have changed.
     pub fn matching(&self, labels: &BTreeMap<String, String>) -> Selected {
         // Read before the store: a change made meanwhile leaves this selection stale, to be
         // made again next time, never a stale one marked current.
@@ -107,13 +109,13 @@ impl Cache {
         {
             return selected.clone();
         }
-        let selected: Selected = self
-            .store
-            .state_filter(|object| {
+        let selected: Selected = (self.store.state().iter())
+            .filter(|object| {
                 let own = object.metadata.labels.as_ref();
                 (labels.iter()).all(|(key, value)| own.and_then(|l| l.get(key)) == Some(value))
             })
-            .into();
+            .filter_map(|object| object.metadata.name.clone())
+            .collect();
         lock().insert(labels.clone(), (version, selected.clone()));
         selected
     }
@@ -244,12 +246,37 @@ async fn keep_current(
         .backoff(watch_backoff())
         .reflect(writer)
         .boxed();
+    // Each object's labels, and those of a list under way, to tell which events change what the
+    // selectors select.
+    let (mut labels, mut listing) = (HashMap::new(), HashMap::new());
+    let labels_of = |object: &DynamicObject| {
+        let name = object.metadata.name.clone().unwrap_or_default();
+        (name, object.metadata.labels.clone().unwrap_or_default())
+    };
     while let Some(event) = events.next().await {
         // The store has taken the event in (all but a list's pages, held until it is done).
-        if matches!(
-            event,
-            Ok(Event::InitDone | Event::Apply(_) | Event::Delete(_))
-        ) {
+        let selections_change = match &event {
+            Ok(Event::Init) => {
+                listing.clear();
+                false
+            }
+            Ok(Event::InitApply(object)) => {
+                let (name, own) = labels_of(object);
+                listing.insert(name, own);
+                false
+            }
+            Ok(Event::InitDone) => {
+                labels = std::mem::take(&mut listing);
+                true
+            }
+            Ok(Event::Apply(object)) => {
+                let (name, own) = labels_of(object);
+                labels.insert(name, own.clone()) != Some(own)
+            }
+            Ok(Event::Delete(object)) => labels.remove(&labels_of(object).0).is_some(),
+            Err(_) => false,
+        };
+        if selections_change {
             version.fetch_add(1, Ordering::Release);
         }
         match event {

@@ -273,8 +273,14 @@ impl Resolver {
         })?;
         let api_resource = self.api_resource(&scope.api_version, &scope.kind).await?;
         let cache = self.caches.synced(&scope, &api_resource).await?;
+        // By name, from the store: the metadata as it is now (a selection may be older).
         Ok((cache.matching(labels).iter())
-            .filter_map(|o| Some((target(o.metadata.name.clone()?), Some(o.metadata.clone()))))
+            .filter_map(|name| {
+                Some((
+                    target(name.clone()),
+                    Some(cache.get(name)?.metadata.clone()),
+                ))
+            })
             .collect())
     }
 }

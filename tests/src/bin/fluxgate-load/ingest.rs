@@ -1,14 +1,13 @@
-//! The ingest benchmark. Starts a private nats-server and the release
-//! `fluxgate-ingest`, sends N signed GitHub webhooks over C keep-alive connections, and prints
-//! throughput, latency percentiles and ingest's memory, next to the raw async-nats JetStream
-//! publish rate against the same server at the same concurrency.
+//! The ingest benchmark. Starts a private nats-server, the release `fluxgate-ingest` and
+//! `fluxgate-baseline` (a bare hyper handler that publishes each body to the same stream), sends
+//! N signed GitHub webhooks over C keep-alive connections to each in turn, and prints
+//! throughput, latency percentiles, CPU per webhook and ingest's memory, ingest's as ratios of
+//! the baseline's.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use async_nats::jetstream;
 use bytes::Bytes;
-use fluxgate_shared::contract;
 use fluxgate_tests::ingest::Ingest;
 use fluxgate_tests::nats::NatsServer;
 use fluxgate_tests::webhook::{
@@ -117,24 +116,33 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     .await?;
     let during_ingest = cpu_delta(pids, before);
     let (rss, peak) = memory_kib(ingest.pid())?;
-    // The raw publishers send exactly what ingest stored: the same body and the same headers.
-    let stored = jetstream::new(nats.client().await)
-        .get_stream(contract::DELIVERIES_STREAM)
-        .await?
-        .get_last_raw_message_by_subject(&contract::delivery_subject("bench", "github"))
-        .await?;
+
+    // The same requests, over as many connections, to the baseline on the same server.
+    let baseline = Baseline::start(&nats.url())?;
+    let baseline_port = baseline.port;
+    send_webhooks(
+        baseline_port,
+        &url,
+        &body,
+        args.connections,
+        args.connections * 10,
+        "warm",
+    )
+    .await?;
+    let pids = [baseline.child.id(), nats_pid, std::process::id()];
     let before = pids.map(cpu_seconds);
-    let mut raw_phase = publish_raw(
-        &nats.url(),
-        &stored.headers,
+    let mut baseline_phase = send_webhooks(
+        baseline_port,
+        &url,
         &body,
         args.connections,
         args.requests,
+        "load",
     )
     .await?;
-    let during_raw = cpu_delta(pids, before);
+    let during_baseline = cpu_delta(pids, before);
 
-    let ratio = ingest_phase.rate() / raw_phase.rate();
+    let ratio = ingest_phase.rate() / baseline_phase.rate();
     let tracing = match (&collector, args.trace_ratio) {
         (Some(collector), Some(ratio)) => format!(
             "spans exported at sampling ratio {ratio} ({} received)",
@@ -152,7 +160,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     for (name, phase) in [
         ("ingest (HTTP -> JetStream)", &mut ingest_phase),
-        ("raw JetStream publish", &mut raw_phase),
+        ("baseline (bare hyper publish)", &mut baseline_phase),
     ] {
         let (p50, p99) = (phase.percentile(0.50), phase.percentile(0.99));
         println!(
@@ -162,9 +170,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             p99.as_secs_f64() * 1e3
         );
     }
-    println!("ingest / raw throughput: {:.0}%", ratio * 100.0);
+    println!("ingest / baseline throughput: {:.0}%", ratio * 100.0);
+    let per_webhook = |cpu: f64| cpu * 1e6 / args.requests as f64;
     println!(
-        "CPU seconds (ingest, nats-server, load tool): ingest phase {during_ingest:.2?}, raw phase {during_raw:.2?}"
+        "CPU per webhook: ingest {:.0} µs, baseline {:.0} µs: {:.2}x",
+        per_webhook(during_ingest[0]),
+        per_webhook(during_baseline[0]),
+        during_ingest[0] / during_baseline[0].max(1e-9)
+    );
+    println!(
+        "CPU seconds (server, nats-server, load tool): ingest phase {during_ingest:.2?}, baseline phase {during_baseline:.2?}"
     );
     println!(
         "ingest RSS: {:.1} MiB idle before the run, {:.1} MiB after it (peak {:.1} MiB)",
@@ -258,39 +273,37 @@ async fn read_response(
     Ok(status)
 }
 
-/// Publishes `total` copies of a stored delivery (its headers, a fresh `Nats-Msg-Id` each)
-/// straight to the deliveries stream, `concurrency` publishers each awaiting its ack.
-async fn publish_raw(
-    nats_url: &str,
-    headers: &async_nats::HeaderMap,
-    body: &Bytes,
-    concurrency: usize,
-    total: usize,
-) -> anyhow::Result<Phase> {
-    let jetstream = jetstream::new(async_nats::connect(nats_url).await?);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for publisher in 0..concurrency {
-        let share = total / concurrency + usize::from(publisher < total % concurrency);
-        let (jetstream, body, headers) = (jetstream.clone(), body.clone(), headers.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(share);
-            for i in 0..share {
-                let message = jetstream::message::PublishMessage::build()
-                    .payload(body.clone())
-                    .headers(headers.clone())
-                    .message_id(format!("bench/raw/{publisher}-{i}"));
-                let sent = Instant::now();
-                jetstream
-                    .send_publish(contract::delivery_subject("bench", "raw"), message)
-                    .await?
-                    .await?;
-                latencies.push(sent.elapsed());
-            }
-            anyhow::Ok(latencies)
-        }));
+/// `fluxgate-baseline`, running until dropped.
+struct Baseline {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Baseline {
+    /// Starts it against `nats_url` and learns its port from its first line.
+    fn start(nats_url: &str) -> anyhow::Result<Self> {
+        use std::io::BufRead as _;
+        let mut child =
+            std::process::Command::new(fluxgate_tests::workspace_binary("fluxgate-baseline"))
+                .arg(nats_url)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .context("start fluxgate-baseline")?;
+        let mut line = String::new();
+        let stdout = child.stdout.take().context("its stdout")?;
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let port = (line.trim().strip_prefix("listening on "))
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("fluxgate-baseline said {line:?}"))?;
+        Ok(Self { child, port })
     }
-    collect(tasks, started).await
+}
+
+impl Drop for Baseline {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 async fn collect(
