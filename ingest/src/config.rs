@@ -75,7 +75,7 @@ pub struct Config {
 
     /// Without a receivers file: read only the token Secrets carrying these labels (a label
     /// selector, e.g. `fluxgate.io/webhook-token=true`), all in one watch, instead of watching
-    /// each Secret a Receiver names on its own (a connection to the API server each, ~47 KiB of
+    /// each Secret a Receiver names on its own (a connection to the API server each, ~25 KiB of
     /// memory). For thousands of Receivers; a Secret without the labels is not read.
     #[arg(long, env = "FLUXGATE_SECRETS_SELECTOR")]
     pub secrets_selector: Option<String>,

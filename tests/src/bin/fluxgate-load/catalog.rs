@@ -95,7 +95,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         true => &["--secrets-selector", &selector],
         false => &[],
     };
-    let ingest = Ingest::start_in_cluster(&nats.url(), &kubeconfig, ingest_args).await;
+    // Transparent huge pages off, as the image runs ingest (see docs/benchmarks.md).
+    let kubeconfig_path = kubeconfig.display().to_string();
+    let env = [
+        ("KUBECONFIG", kubeconfig_path.as_str()),
+        ("MIMALLOC_ALLOW_THP", "0"),
+    ];
+    let ingest = Ingest::start_with(&nats.url(), ingest_args, &env).await;
     let ingest_ready = started.elapsed();
     let started = Instant::now();
     let dispatcher = Dispatcher::start(
