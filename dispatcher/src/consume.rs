@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::{self, AckKind};
+use bytes::Bytes;
 use fluxgate_shared::contract::{DeliveryMeta, Event};
 use fluxgate_shared::receivers::SharedCatalog;
 use futures::StreamExt as _;
@@ -96,9 +98,12 @@ impl Dispatcher {
             Ok(info) => (info.stream_sequence, info.delivered),
             Err(error) => {
                 tracing::error!(%error, "message without JetStream metadata; terminating it");
-                return self.settle(&message, 0, Disposition::Terminate).await;
+                let (_, acker) = message.split();
+                return self.settle(&acker, 0, Disposition::Terminate).await;
             }
         };
+        // The body is read while dispatching, then dropped; only the acker stays in flight.
+        let (message, acker) = message.split();
         if self.registry.contains(sequence) {
             // Still in flight from an earlier delivery of the same message.
             return;
@@ -117,9 +122,7 @@ impl Dispatcher {
                     },
                 };
                 self.fail(&unknown, error.to_string()).await;
-                return self
-                    .settle(&message, sequence, disposition_of(&error))
-                    .await;
+                return self.settle(&acker, sequence, disposition_of(&error)).await;
             }
         };
         // The delivery's trace goes on from ingest's request span, stored with it.
@@ -143,9 +146,12 @@ impl Dispatcher {
         // even while its dispatch waits (on NATS, on the API server), and a redelivery of it
         // meanwhile is recognised above.
         let trace = fluxgate_shared::traceparent_of(&span);
-        let in_flight = self.registry.start(delivery, message, trace);
-        let (delivery, message) = (&in_flight.delivery, &in_flight.message);
-        let dispatched = self.dispatch(delivery, message).instrument(span).await;
+        let in_flight = self.registry.start(delivery, acker, trace);
+        let delivery = &in_flight.delivery;
+        let dispatched = (self.dispatch(delivery, &message.payload))
+            .instrument(span)
+            .await;
+        drop(message);
         let disposition = match dispatched {
             Ok(disposition) => disposition,
             Err(error) => match disposition_of(&error) {
@@ -173,7 +179,7 @@ impl Dispatcher {
                 }
             }
             other => {
-                self.settle(message, sequence, other).await;
+                self.settle(&in_flight.acker, sequence, other).await;
                 self.registry.remove(sequence);
             }
         }
@@ -181,11 +187,7 @@ impl Dispatcher {
 
     /// Takes a delivery through deduplication, the catalog, its filters' inputs and target
     /// resolution, recording each step; what is left to do with the message is the result.
-    async fn dispatch(
-        &self,
-        delivery: &Delivery,
-        message: &jetstream::Message,
-    ) -> Result<Disposition, Error> {
+    async fn dispatch(&self, delivery: &Delivery, body: &Bytes) -> Result<Disposition, Error> {
         if delivery.is_deduplicated() {
             let span = tracing::info_span!("dedup", fluxgate.claim = tracing::field::Empty);
             let claim = self.dedup.claim(delivery).instrument(span.clone()).await?;
@@ -223,7 +225,7 @@ impl Dispatcher {
             return Ok(Disposition::Ack);
         }
         let resolving = async {
-            let inputs = Inputs::of(&self.jetstream, receiver, meta, &message.payload).await?;
+            let inputs = Inputs::of(&self.jetstream, receiver, meta, body).await?;
             Ok::<_, Error>(self.resolver.resolve(receiver, &Arc::new(inputs)).await?)
         };
         let resolved = resolving.instrument(tracing::info_span!("resolve")).await?;
@@ -275,14 +277,14 @@ impl Dispatcher {
     }
 
     /// Acknowledges, naks or terminates the message; a failure to is logged and counted.
-    async fn settle(&self, message: &jetstream::Message, sequence: u64, disposition: Disposition) {
+    async fn settle(&self, acker: &Acker, sequence: u64, disposition: Disposition) {
         let (kind, ack) = match disposition {
-            Disposition::Ack => return acknowledge(message, sequence, &self.metrics).await,
+            Disposition::Ack => return acknowledge(acker, sequence, &self.metrics).await,
             Disposition::Retry(delay) => ("nak", AckKind::Nak(Some(delay))),
             Disposition::Terminate => ("term", AckKind::Term),
             Disposition::InFlight(_) => return,
         };
-        if let Err(error) = message.ack_with(ack).await {
+        if let Err(error) = acker.ack_with(ack).await {
             self.metrics.ack_failed(kind);
             tracing::warn!(%error, seq = sequence, ack = kind, "JetStream did not take the acknowledgement; it will redeliver after the ack wait");
         }

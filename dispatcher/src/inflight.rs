@@ -1,13 +1,16 @@
-//! Deliveries in flight: each holds its JetStream message until every one of its targets is
-//! done (patched, or failed for good), then acknowledges it -- never before. Messages still
-//! working are kept alive with progress acks so JetStream does not redeliver them meanwhile.
+//! Deliveries in flight: each holds its JetStream message's acker until every one of its targets
+//! is done (patched, or failed for good), then acknowledges it -- never before. Messages held
+//! longer than a keep-alive interval are kept alive with progress acks so JetStream does not
+//! redeliver them meanwhile.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::message::Acker;
+use tokio::time::Instant;
 
 use crate::dedup::Dedup;
 use crate::delivery::Delivery;
@@ -19,7 +22,10 @@ const MAX_RETRY: Duration = Duration::from_secs(2);
 
 pub struct InFlight {
     pub delivery: Delivery,
-    pub message: jetstream::Message,
+    /// What acknowledges its message: the message itself (its body) is not kept in flight.
+    pub acker: Acker,
+    /// When it arrived: it needs progress acks only once held for a keep-alive interval.
+    arrived: Instant,
     /// The W3C `traceparent` of its `consume` span, when spans are exported: the patch that
     /// carries it links there.
     pub trace: Option<String>,
@@ -53,23 +59,21 @@ impl InFlight {
             if self.delivery.is_deduplicated() {
                 self.finish().await;
             }
-            acknowledge(
-                &self.message,
-                self.delivery.sequence,
-                &self.registry.metrics,
-            )
-            .await;
+            acknowledge(&self.acker, self.delivery.sequence, &self.registry.metrics).await;
             self.registry.remove(self.delivery.sequence);
         }
     }
 }
 
-/// Acknowledges and waits for JetStream to confirm it, so the effect and the ack cannot part.
-/// A failure is logged and counted: JetStream will redeliver, and deduplication absorbs it.
-pub async fn acknowledge(message: &jetstream::Message, sequence: u64, metrics: &Metrics) {
-    if let Err(error) = message.double_ack().await {
+/// Acknowledges, without waiting for JetStream to confirm it: a lost ack is redelivered after
+/// the ack wait, and the delivery's finished mark, stored before, has it acknowledged without a
+/// second patch. (A confirmed ack subscribes to a reply inbox each time: four messages through
+/// nats-server instead of one, for an answer nothing would act on.) A failure to send is
+/// logged and counted.
+pub async fn acknowledge(acker: &Acker, sequence: u64, metrics: &Metrics) {
+    if let Err(error) = acker.ack().await {
         metrics.ack_failed("ack");
-        tracing::warn!(%error, seq = sequence, "ack not confirmed; JetStream may redeliver");
+        tracing::warn!(%error, seq = sequence, "ack not sent; JetStream will redeliver");
     }
 }
 
@@ -91,15 +95,11 @@ impl Registry {
     }
 
     /// Registers a delivery as it arrives; its targets are known later ([`InFlight::expect`]).
-    pub fn start(
-        &self,
-        delivery: Delivery,
-        message: jetstream::Message,
-        trace: Option<String>,
-    ) -> Arc<InFlight> {
+    pub fn start(&self, delivery: Delivery, acker: Acker, trace: Option<String>) -> Arc<InFlight> {
         let in_flight = Arc::new(InFlight {
             delivery,
-            message,
+            acker,
+            arrived: Instant::now(),
             trace,
             remaining: AtomicUsize::new(0),
             registry: self.clone(),
@@ -133,18 +133,29 @@ impl Registry {
         }
     }
 
-    /// Sends a progress ack for every delivery in flight, every `interval`, forever.
+    /// Every `interval`, forever, sends a progress ack for each delivery in flight for at least
+    /// that long. One arriving just after a tick is first kept alive two intervals later, so
+    /// `interval` must be under half the ack wait (it is a third). Most deliveries are done
+    /// within one interval (the coalescing window and a patch) and never need one.
     pub async fn keep_alive(self, interval: Duration) {
         let mut ticker = tokio::time::interval(interval);
         loop {
             ticker.tick().await;
+            let Some(held_since) = Instant::now().checked_sub(interval) else {
+                continue;
+            };
             let messages: Vec<Arc<InFlight>> = self
                 .in_flight
                 .lock()
-                .map(|m| m.values().cloned().collect())
+                .map(|m| {
+                    m.values()
+                        .filter(|in_flight| in_flight.arrived <= held_since)
+                        .cloned()
+                        .collect()
+                })
                 .unwrap_or_default();
             for in_flight in messages {
-                if let Err(error) = in_flight.message.ack_with(AckKind::Progress).await {
+                if let Err(error) = in_flight.acker.ack_with(AckKind::Progress).await {
                     self.metrics.ack_failed("progress");
                     tracing::warn!(%error, seq = in_flight.delivery.sequence, "progress ack failed; JetStream may redeliver once the ack wait ends");
                 }

@@ -102,7 +102,7 @@ impl Default for Metrics {
         let ack_failures = Family::default();
         registry.register(
             "ack_failures",
-            "Acknowledgements JetStream did not confirm, by kind (ack, nak, term, progress)",
+            "Acknowledgements that could not be sent to JetStream, by kind (ack, nak, term, progress)",
             ack_failures.clone(),
         );
         let outcome_retries = Counter::default();

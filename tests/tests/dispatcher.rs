@@ -753,6 +753,37 @@ async fn a_delivery_is_acknowledged_only_once_its_outcomes_are_stored() {
 }
 
 #[tokio::test]
+async fn a_delivery_held_past_the_ack_wait_is_kept_alive_not_redelivered() {
+    let p = start().await;
+    // Its patch takes three ack waits: only progress acks keep JetStream from redelivering it.
+    p.api().inject(
+        &repo("flaky"),
+        Fault::delay(Duration::from_secs(3)).on("PATCH"),
+    );
+    let _dispatcher = p
+        .start_dispatcher(&["--ack-wait", "1s", "--coalesce-window", "50ms"])
+        .await;
+    trigger(&p, "flaky").await;
+    let events = p
+        .outcomes_until("the slow patch", |e| !of_type(e, "patched").is_empty())
+        .await;
+    assert_eq!(of_type(&events, "dispatched").len(), 1);
+    eventually("the delivery acknowledged", || async {
+        match ack_pending(&p).await {
+            0 => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await;
+    // The consumer's sequence counts every delivery of a message, redeliveries included.
+    assert_eq!(
+        consumer_info(&p).await.delivered.consumer_sequence,
+        1,
+        "redelivered while its patch was under way"
+    );
+}
+
+#[tokio::test]
 async fn a_delivery_that_keeps_failing_is_recorded_failed_after_max_deliver_attempts() {
     let p = start().await;
     // Every list of GitRepositories fails: the "labels" receiver's targets cannot be resolved.

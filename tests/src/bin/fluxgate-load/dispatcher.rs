@@ -27,6 +27,9 @@ pub struct Args {
     /// The dispatcher's coalescing window.
     #[arg(long, default_value = "1s")]
     coalesce_window: String,
+    /// The dispatcher's `--max-ack-pending` (deliveries in flight); its default when not given.
+    #[arg(long)]
+    max_ack_pending: Option<u32>,
     /// How each receiver names its GitRepository: `label` (`name: "*"` with `matchLabels`,
     /// which costs Flux a LIST per webhook) or `name`.
     #[arg(long, default_value = "label")]
@@ -87,27 +90,38 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.deliveries, args.targets
     );
 
+    let mut dispatcher_args = vec![
+        "--leader-election".to_owned(),
+        "false".into(),
+        "--coalesce-window".into(),
+        args.coalesce_window.clone(),
+        // The drain is measured; confirming (one watch per patched target) is not.
+        "--confirm-timeout".into(),
+        "0".into(),
+    ];
+    if let Some(max) = args.max_ack_pending {
+        dispatcher_args.extend(["--max-ack-pending".into(), max.to_string()]);
+    }
+    let dispatcher_args: Vec<&str> = dispatcher_args.iter().map(String::as_str).collect();
     let started = Instant::now();
-    let mut dispatcher = Dispatcher::start(
+    // Transparent huge pages off, as the image runs it (see the ingest section).
+    let mut dispatcher = Dispatcher::start_with(
         &nats.url(),
         Some(&receivers),
         &kubeconfig,
-        &[
-            "--leader-election",
-            "false",
-            "--coalesce-window",
-            &args.coalesce_window,
-            // The drain is measured; confirming (one watch per patched target) is not.
-            "--confirm-timeout",
-            "0",
-        ],
+        &dispatcher_args,
+        &[("MIMALLOC_ALLOW_THP", "0")],
     )
     .await;
     let dispatcher_cpu_before = crate::ingest::cpu_seconds(dispatcher.service.pid());
+    let nats_cpu = || nats.pid().map_or(0.0, crate::ingest::cpu_seconds);
+    let nats_cpu_before = nats_cpu();
     let (drained, max_lag) = wait_drained(&stream, "fluxgate-dispatcher", args.deliveries).await?;
     let elapsed = started.elapsed();
     let dispatcher_cpu =
         crate::ingest::cpu_seconds(dispatcher.service.pid()) - dispatcher_cpu_before;
+    let nats_cpu = nats_cpu() - nats_cpu_before;
+    let (_, dispatcher_peak_kib) = crate::ingest::memory_kib(dispatcher.service.pid())?;
     dispatcher.service.kill();
     anyhow::ensure!(drained, "the dispatcher did not drain the backlog");
     let calls = ApiCalls::of(&cluster);
@@ -130,10 +144,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("dispatcher / raw: {:.1}%", rate / raw_rate * 100.0);
     calls.print(args.deliveries);
-    println!("largest consumer lag seen: {max_lag}");
     println!(
-        "dispatcher CPU: {dispatcher_cpu:.2} s ({:.0} µs per delivery)",
-        dispatcher_cpu * 1e6 / args.deliveries as f64
+        "largest consumer lag seen: {max_lag}; dispatcher peak RSS {:.0} MiB",
+        dispatcher_peak_kib as f64 / 1024.0
+    );
+    let per_delivery = |cpu: f64| cpu * 1e6 / args.deliveries as f64;
+    println!(
+        "CPU while draining: dispatcher {dispatcher_cpu:.2} s ({:.0} µs per delivery), nats-server {nats_cpu:.2} s ({:.0} µs per delivery)",
+        per_delivery(dispatcher_cpu),
+        per_delivery(nats_cpu),
     );
     history_queries(&nats.url(), &jetstream, args.deliveries).await
 }
