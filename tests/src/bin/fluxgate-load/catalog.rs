@@ -95,21 +95,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         true => &["--secrets-selector", &selector],
         false => &[],
     };
-    // Transparent huge pages off, as the image runs ingest (see docs/benchmarks.md).
+    // Transparent huge pages off, as the image runs both services (see docs/benchmarks.md).
     let kubeconfig_path = kubeconfig.display().to_string();
-    let env = [
-        ("KUBECONFIG", kubeconfig_path.as_str()),
-        ("MIMALLOC_ALLOW_THP", "0"),
-    ];
+    let no_huge_pages = ("MIMALLOC_ALLOW_THP", "0");
+    let env = [("KUBECONFIG", kubeconfig_path.as_str()), no_huge_pages];
     let ingest = Ingest::start_with(&nats.url(), ingest_args, &env).await;
     let ingest_ready = started.elapsed();
     let started = Instant::now();
-    let dispatcher = Dispatcher::start(
+    let dispatcher = Dispatcher::start_with(
         &nats.url(),
         None,
         &kubeconfig,
         // Patches are not what this measures.
         &["--leader-election", "false", "--dry-run"],
+        &[no_huge_pages],
     )
     .await;
     wait_ready(&dispatcher.admin_url("/readyz")).await?;
