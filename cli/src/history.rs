@@ -265,6 +265,18 @@ impl Filter {
         )
     }
 
+    /// The subjects to list from: a receiver's deliveries and its replays (two subjects, which
+    /// the server filters without sending the namespace's other deliveries), or all of them.
+    fn listing_subjects(&self) -> Vec<String> {
+        match &self.receiver {
+            Some((namespace, name)) => vec![
+                contract::delivery_subject(namespace, name),
+                contract::replay_subject(namespace, name),
+            ],
+            None => vec![contract::deliveries_filter(None)],
+        }
+    }
+
     fn is_receiver(&self, delivery: &Stored) -> bool {
         self.receiver.as_ref().is_none_or(|(namespace, name)| {
             delivery.receiver.split_once('/') == Some((namespace.as_str(), name.as_str()))
@@ -349,21 +361,17 @@ impl History {
                 },
             };
             let mut found = Vec::new();
-            scan(
-                &deliveries,
-                &filter.delivery_subject(),
-                start,
-                true,
-                |message| {
+            for subject in filter.listing_subjects() {
+                scan(&deliveries, &subject, start, true, |message| {
                     if let Some(stored) = stored(message)
                         && filter.keeps(&stored)
                     {
                         found.push(stored);
                     }
                     ControlFlow::Continue(())
-                },
-            )
-            .await?;
+                })
+                .await?;
+            }
             // The newest first: only they can be listed, and only their trails are read.
             found.sort_by_key(|d| std::cmp::Reverse(d.seq));
             let last_window = reaches_since || from <= state.first_sequence;
@@ -802,6 +810,17 @@ mod tests {
         assert_eq!(
             filter.delivery_subject(),
             "fluxgate.deliveries.flux-system.>"
+        );
+        assert_eq!(
+            filter.listing_subjects(),
+            [
+                "fluxgate.deliveries.flux-system.gh",
+                "fluxgate.deliveries.flux-system.gh.replay"
+            ]
+        );
+        assert_eq!(
+            Filter::default().listing_subjects(),
+            ["fluxgate.deliveries.>"]
         );
         assert!(filter.keeps(&stored("flux-system/gh")));
         for other in ["flux-system/gh2", "flux-system/g", "other/gh"] {

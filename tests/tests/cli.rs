@@ -388,6 +388,16 @@ async fn replaying_by_filter_asks_before_many_and_paces() {
         .collect();
     assert_eq!(originals, [1, 2, 3], "oldest first");
     assert_eq!(s.stored().await, 6);
+    // The receiver's listing reads its deliveries' subject and its replays' subject.
+    let listed = cli_json(&s, &["deliveries", "list", "--receiver", "flux-system/gh"]);
+    let seqs: Vec<u64> = (listed.as_array().expect("rows").iter())
+        .filter_map(|r| r["seq"].as_u64())
+        .collect();
+    assert_eq!(
+        seqs,
+        [6, 5, 4, 3, 2, 1],
+        "replays listed with the originals"
+    );
     let (ok, _, error) = fluxgate_cli(s.nats_url(), &["replay"], &[]);
     assert!(!ok && error.contains("--receiver"), "{error}");
 }
