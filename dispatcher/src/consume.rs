@@ -286,7 +286,7 @@ impl Dispatcher {
         };
         if let Err(error) = acker.ack_with(ack).await {
             self.metrics.ack_failed(kind);
-            tracing::warn!(%error, seq = sequence, ack = kind, "JetStream did not take the acknowledgement; it will redeliver after the ack wait");
+            tracing::warn!(%error, seq = sequence, ack = kind, "cannot send the acknowledgement; JetStream will redeliver after the ack wait");
         }
     }
 }

@@ -254,6 +254,10 @@ impl Service {
         }
         tracing::info!("stopped consuming");
         drain(&self.registry, config.shutdown_grace).await;
+        // Acks are sent without waiting for an answer: see that the last are on the wire.
+        if let Err(error) = self.dispatcher.jetstream.client().flush().await {
+            tracing::warn!(%error, "cannot flush the last acks; JetStream will redeliver them");
+        }
         tracing::info!("in-flight deliveries drained");
         let _ = release_tx.send(true);
         if let Some(elector) = elector {

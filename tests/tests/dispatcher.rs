@@ -653,6 +653,34 @@ async fn sigterm_releases_the_lease_at_once() {
 }
 
 #[tokio::test]
+async fn sigterm_patches_and_acknowledges_what_is_in_flight_before_exiting() {
+    let p = start().await;
+    let mut dispatcher = p
+        .start_dispatcher(&["--coalesce-window", "500ms", "--leader-election", "false"])
+        .await;
+    let delivery = trigger(&p, "flaky").await;
+    // Dispatched: it waits in the coalescing window when the signal comes.
+    p.outcomes_until("the delivery dispatched", |e| {
+        !of_type(e, "dispatched").is_empty()
+    })
+    .await;
+    assert!(
+        dispatcher.service.terminate().await,
+        "a graceful shutdown exits 0"
+    );
+    let events = p.outcomes().await;
+    assert_eq!(patched_deliveries(&events), HashSet::from([delivery]));
+    // Acknowledged: the consumer's ack floor passes it, with no dispatcher left to redeliver to.
+    eventually("the delivery acknowledged", || async {
+        match consumer_info(&p).await.ack_floor.stream_sequence {
+            1 => Ok(()),
+            floor => Err(floor),
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_poison_message_is_terminated_and_recorded() {
     let p = start().await;
     let jetstream = jetstream::new(p.client().await);
