@@ -724,6 +724,17 @@ async fn ack_pending(p: &Stack) -> usize {
     consumer_info(p).await.num_ack_pending
 }
 
+/// Waits until the dispatcher's consumer holds nothing unacknowledged.
+async fn all_acknowledged(p: &Stack) {
+    eventually("the delivery acknowledged", || async {
+        match ack_pending(p).await {
+            0 => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_delivery_is_acknowledged_only_once_its_outcomes_are_stored() {
     let p = start().await;
@@ -771,13 +782,7 @@ async fn a_delivery_is_acknowledged_only_once_its_outcomes_are_stored() {
         2,
         "each event stored once"
     );
-    eventually("the delivery acknowledged", || async {
-        match ack_pending(&p).await {
-            0 => Ok(()),
-            n => Err(n),
-        }
-    })
-    .await;
+    all_acknowledged(&p).await;
 }
 
 #[tokio::test]
@@ -796,13 +801,7 @@ async fn a_delivery_held_past_the_ack_wait_is_kept_alive_not_redelivered() {
         .outcomes_until("the slow patch", |e| !of_type(e, "patched").is_empty())
         .await;
     assert_eq!(of_type(&events, "dispatched").len(), 1);
-    eventually("the delivery acknowledged", || async {
-        match ack_pending(&p).await {
-            0 => Ok(()),
-            n => Err(n),
-        }
-    })
-    .await;
+    all_acknowledged(&p).await;
     // The consumer's sequence counts every delivery of a message, redeliveries included.
     assert_eq!(
         consumer_info(&p).await.delivered.consumer_sequence,
