@@ -864,6 +864,7 @@ mod tests {
             target: target(n),
             requested_at: String::new(),
             batch: String::new(),
+            size: 1,
             attempts: 1,
         };
         let retrying = |n| Event::Retrying {
@@ -959,6 +960,7 @@ mod tests {
             target: target("a"),
             requested_at: String::new(),
             batch: String::new(),
+            size: 1,
             attempts: 1,
         };
         assert_eq!(

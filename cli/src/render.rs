@@ -160,10 +160,16 @@ pub fn event_details(event: &Event) -> String {
         }
         Event::Patched {
             requested_at,
+            batch,
+            size,
             attempts,
             ..
         } => {
             field("requested_at", requested_at);
+            if *size > 1 {
+                field("batch", batch);
+                field("size", size);
+            }
             field("attempts", attempts);
         }
         Event::Retrying {

@@ -83,12 +83,6 @@ impl Patcher {
     ) {
         if batch.len() > 1 {
             self.metrics.coalesced(batch.len() - 1);
-            let event = Event::Coalesced {
-                target: target.clone(),
-                batch: batch_id.clone(),
-                size: batch.len(),
-            };
-            self.record_all(&batch, &event).await;
         }
         let started = Instant::now();
         let mut attempt = 0u32;
@@ -104,6 +98,7 @@ impl Patcher {
                         target: target.clone(),
                         requested_at: requested_at.to_owned(),
                         batch: batch_id.clone(),
+                        size: batch.len(),
                         attempts: attempt,
                     };
                 }

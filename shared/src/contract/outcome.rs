@@ -9,8 +9,8 @@
 //! |---|---|
 //! | `dispatched` | `targets`: the resolved objects |
 //! | `duplicate` | `of_seq`: the sequence that first carried this delivery |
-//! | `coalesced` | `target`, `batch`, `size`: deliveries sharing one patch |
-//! | `patched` | `target`, `requested_at` (the annotation value), `batch`, `attempts` |
+//! | `coalesced` | `target`, `batch`, `size`: no longer written; `patched` carries `size` |
+//! | `patched` | `target`, `requested_at` (the annotation value), `batch`, `size` (deliveries sharing the patch), `attempts` |
 //! | `would_patch` | `target` (`--dry-run`) |
 //! | `filtered_out` | `target`: a CEL filter of the receiver was false for it |
 //! | `retrying` | `target`, `attempt`, `error`, `retry_in_ms` |
@@ -58,6 +58,8 @@ pub enum Event {
     Duplicate {
         of_seq: u64,
     },
+    /// Written by earlier versions, once per delivery of a coalesced patch; `patched` now
+    /// carries the batch's `size` instead, one message fewer per delivery.
     Coalesced {
         target: Target,
         batch: String,
@@ -67,6 +69,10 @@ pub enum Event {
         target: Target,
         requested_at: String,
         batch: String,
+        /// How many deliveries the patch carried: one unless coalesced (read as one when absent,
+        /// as in the events of earlier versions).
+        #[serde(default = "one")]
+        size: usize,
         attempts: u32,
     },
     WouldPatch {
@@ -141,6 +147,11 @@ impl Event {
             | Self::Unknown => None,
         }
     }
+}
+
+/// `size` of a `patched` event that does not say it.
+fn one() -> usize {
+    1
 }
 
 /// An event with the delivery it is about: the message stored in `FLUXGATE_OUTCOMES`.
@@ -249,6 +260,7 @@ mod tests {
                 target: target("a"),
                 requested_at: "2026-11-24T00:00:00Z".into(),
                 batch: "b-1".into(),
+                size: 3,
                 attempts: 2,
             },
             Event::WouldPatch {
@@ -307,6 +319,7 @@ mod tests {
                 target: target("b"),
                 requested_at: "2026-11-24T00:00:00Z".into(),
                 batch: "b-1".into(),
+                size: 1,
                 attempts: 1,
             });
             events.push(Event::Retrying {
@@ -393,6 +406,7 @@ mod tests {
                 target: target("a"),
                 requested_at: String::new(),
                 batch: String::new(),
+                size: 1,
                 attempts: 1
             }
             .target(),
