@@ -9,6 +9,7 @@ use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use fluxgate_shared::contract::{DeliveryMeta, Event};
 use fluxgate_shared::receivers::SharedCatalog;
 use futures::StreamExt as _;
@@ -188,6 +189,7 @@ impl Dispatcher {
     /// Takes a delivery through deduplication, the catalog, its filters' inputs and target
     /// resolution, recording each step; what is left to do with the message is the result.
     async fn dispatch(&self, delivery: &Delivery, body: &Bytes) -> Result<Disposition, Error> {
+        let mut redelivered_claim = None;
         if delivery.is_deduplicated() {
             let span = tracing::info_span!("dedup", fluxgate.claim = tracing::field::Empty);
             let claim = self.dedup.claim(delivery).instrument(span.clone()).await?;
@@ -206,7 +208,8 @@ impl Dispatcher {
                     );
                     return Ok(Disposition::Ack);
                 }
-                Claim::First | Claim::Redelivery => {}
+                Claim::Redelivery { claimed_at } => redelivered_claim = claimed_at,
+                Claim::First => {}
             }
         }
         let catalog = self.catalog.current();
@@ -257,10 +260,51 @@ impl Dispatcher {
             }
             return Ok(Disposition::Ack);
         }
+        let targets = match redelivered_claim {
+            Some(claimed_at) => {
+                self.not_requested_since(delivery, targets, claimed_at)
+                    .await
+            }
+            None => targets,
+        };
         if targets.is_empty() {
             return Ok(Disposition::Ack);
         }
         Ok(Disposition::InFlight(targets))
+    }
+
+    /// The targets of a redelivered delivery that still need its patch. One asked to reconcile
+    /// since the delivery was claimed -- by this delivery's own patch before a crash or a lost
+    /// ack, or by any later request -- has had what the delivery asks for: it is recorded
+    /// `patched` with the value it carries and no attempt, an event stored once if the first
+    /// one was (their message ids are the same), and not patched again.
+    async fn not_requested_since(
+        &self,
+        delivery: &Delivery,
+        targets: Vec<Target>,
+        claimed_at: DateTime<Utc>,
+    ) -> Vec<Target> {
+        let mut left = Vec::with_capacity(targets.len());
+        for target in targets {
+            let requested = self.resolver.requested_at(&target).await;
+            let since_claim = (requested.as_deref())
+                .and_then(|value| DateTime::parse_from_rfc3339(value).ok())
+                .is_some_and(|value| value >= claimed_at);
+            match requested {
+                Some(requested_at) if since_claim => {
+                    let event = Event::Patched {
+                        target,
+                        requested_at,
+                        batch: String::new(),
+                        size: 1,
+                        attempts: 0,
+                    };
+                    self.recorder.record(delivery, event).await;
+                }
+                _ => left.push(target),
+            }
+        }
+        left
     }
 
     /// Records a failure that concerns the delivery as a whole, not one target.

@@ -12,13 +12,8 @@ use async_nats::jetstream::AckKind;
 use async_nats::jetstream::message::Acker;
 use tokio::time::Instant;
 
-use crate::dedup::Dedup;
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
-
-/// The first and the longest wait between attempts to mark a delivery finished.
-const FIRST_RETRY: Duration = Duration::from_millis(100);
-const MAX_RETRY: Duration = Duration::from_secs(2);
 
 pub struct InFlight {
     pub delivery: Delivery,
@@ -39,26 +34,9 @@ impl InFlight {
         self.remaining.store(targets, Ordering::Release);
     }
 
-    /// Marks the delivery finished in the dedup bucket, retrying until NATS takes it: a lost
-    /// ack must find the mark, or the redelivery would patch again.
-    async fn finish(&self) {
-        let mut backoff = FIRST_RETRY;
-        while let Err(error) = self.registry.dedup.finish(&self.delivery).await {
-            if backoff == FIRST_RETRY {
-                tracing::warn!(%error, seq = self.delivery.sequence, "cannot mark the delivery finished yet; retrying");
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_RETRY);
-        }
-    }
-
-    /// One target of this delivery is done; the last one marks the delivery finished and
-    /// acknowledges the message.
+    /// One target of this delivery is done; the last one acknowledges the message.
     pub async fn target_done(&self) {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            if self.delivery.is_deduplicated() {
-                self.finish().await;
-            }
             acknowledge(&self.acker, self.delivery.sequence, &self.registry.metrics).await;
             self.registry.remove(self.delivery.sequence);
         }
@@ -66,8 +44,8 @@ impl InFlight {
 }
 
 /// Acknowledges, without waiting for JetStream to confirm it: a lost ack is redelivered after
-/// the ack wait, and the delivery's finished mark, stored before, has it acknowledged without a
-/// second patch. (A confirmed ack subscribes to a reply inbox each time: four messages through
+/// the ack wait, and the dedup claim's time has its targets, asked to reconcile since, left
+/// unpatched (see [`Claim::Redelivery`](crate::dedup::Claim)). (A confirmed ack subscribes to a reply inbox each time: four messages through
 /// nats-server instead of one, for an answer nothing would act on.) A failure to send is
 /// logged and counted.
 pub async fn acknowledge(acker: &Acker, sequence: u64, metrics: &Metrics) {
@@ -82,15 +60,13 @@ pub async fn acknowledge(acker: &Acker, sequence: u64, metrics: &Metrics) {
 pub struct Registry {
     in_flight: Arc<Mutex<HashMap<u64, Arc<InFlight>>>>,
     metrics: Arc<Metrics>,
-    dedup: Dedup,
 }
 
 impl Registry {
-    pub fn new(metrics: Arc<Metrics>, dedup: Dedup) -> Self {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             in_flight: Arc::default(),
             metrics,
-            dedup,
         }
     }
 

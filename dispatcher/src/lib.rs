@@ -174,7 +174,7 @@ impl Service {
             retry_deadline: config.retry_deadline,
             max_backoff: config.retry_max_backoff,
         });
-        let registry = Registry::new(metrics.clone(), dedup.clone());
+        let registry = Registry::new(metrics.clone());
         let dispatcher = Dispatcher {
             catalog: receivers.catalog.clone(),
             dedup,

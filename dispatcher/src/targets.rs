@@ -242,6 +242,20 @@ impl Resolver {
         })
     }
 
+    /// The `reconcile.fluxcd.io/requestedAt` of `target` as its scope's cache holds it; none
+    /// when it has none, or the cache cannot say.
+    pub async fn requested_at(&self, target: &Target) -> Option<String> {
+        let resource = (self.api_resource(&target.api_version, &target.kind).await).ok()?;
+        let cache = self
+            .caches
+            .synced(&Scope::of(target), &resource)
+            .await
+            .ok()?;
+        let object = cache.get(&target.name)?;
+        let annotations = object.metadata.annotations.as_ref()?;
+        annotations.get(crate::patch::REQUESTED_AT).cloned()
+    }
+
     /// The scopes `receiver` names, whose caches are kept while it exists.
     pub fn scopes_named<'a>(&'a self, receiver: &'a Receiver) -> impl Iterator<Item = Scope> + 'a {
         (receiver.resources.iter()).filter_map(|resource| self.scope_of(receiver, resource).ok())

@@ -817,6 +817,64 @@ async fn a_delivery_held_past_the_ack_wait_is_kept_alive_not_redelivered() {
 }
 
 #[tokio::test]
+async fn a_delivery_patched_before_a_crash_is_not_patched_again_when_redelivered() {
+    let mut p = start().await;
+    let args = |id: &'static str| {
+        [
+            "--identity",
+            id,
+            "--lease-duration",
+            "2s",
+            "--ack-wait",
+            "1s",
+            "--coalesce-window",
+            "50ms",
+        ]
+    };
+    // The patch takes a second: time to cut the dispatcher off from NATS while it is under way.
+    p.api().inject(
+        &repo("flaky"),
+        Fault::delay(Duration::from_secs(1)).on("PATCH"),
+    );
+    let mut first = p.start_dispatcher(&args("a")).await;
+    let keyed = [("idempotency-key", "crash-1")];
+    let response = post_generic(&p, "flaky", &keyed, "").await;
+    assert_eq!(response.status, 202, "{:?}", response.body);
+    p.outcomes_until("dispatched", |e| !of_type(e, "dispatched").is_empty())
+        .await;
+    // NATS goes down: the patch lands, but neither its outcome nor the ack can follow, and the
+    // dispatcher dies so; NATS comes back with its store.
+    p.nats_mut().kill();
+    eventually("the patch to land", || async {
+        match patches(&p, "flaky").len() {
+            1 => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await;
+    first.service.kill();
+    p.nats_mut().restart().await;
+
+    // The next leader gets it again, finds the target asked to reconcile since its claim, and
+    // records the patch that was made instead of making another.
+    let _second = p.start_dispatcher(&args("b")).await;
+    let events = p
+        .outcomes_until("the patch recorded", |e| !of_type(e, "patched").is_empty())
+        .await;
+    all_acknowledged(&p).await;
+    let taken = patches(&p, "flaky");
+    assert_eq!(taken.len(), 1, "patched again: {taken:?}");
+    let patched = of_type(&events, "patched");
+    assert_eq!(patched.len(), 1, "{patched:?}");
+    assert_eq!(patched[0]["requested_at"].as_str(), annotation(&taken[0]));
+    assert_eq!(patched[0]["attempts"], 0, "no attempt of its own");
+    assert!(
+        consumer_info(&p).await.delivered.consumer_sequence >= 2,
+        "redelivered"
+    );
+}
+
+#[tokio::test]
 async fn a_delivery_that_keeps_failing_is_recorded_failed_after_max_deliver_attempts() {
     let p = start().await;
     // Every list of GitRepositories fails: the "labels" receiver's targets cannot be resolved.
