@@ -412,6 +412,7 @@ impl History {
             |message| {
                 if let Ok(outcome) = serde_json::from_slice::<Outcome>(&message.payload) {
                     candidates.push(outcome.seq);
+                    candidates.extend(outcome.more.iter().map(|c| c.seq));
                 }
                 ControlFlow::Continue(())
             },
@@ -502,10 +503,12 @@ impl History {
                 start_sequence: from,
             };
             scan(&outcomes, subject, start, false, |message| {
-                if let Ok(outcome) = serde_json::from_slice::<Outcome>(&message.payload)
-                    && wanted.contains(&outcome.seq)
-                {
-                    by_seq.entry(outcome.seq).or_default().push(outcome);
+                if let Ok(outcome) = serde_json::from_slice::<Outcome>(&message.payload) {
+                    for one in outcome.per_delivery() {
+                        if wanted.contains(&one.seq) {
+                            by_seq.entry(one.seq).or_default().push(one);
+                        }
+                    }
                 }
                 ControlFlow::Continue(())
             })
@@ -558,13 +561,14 @@ impl History {
             false,
         )
         .await?
-        .filter_map(|message| async move {
-            match message {
+        .flat_map(|message| {
+            let each: Vec<Result<Outcome, Error>> = match message {
                 Ok(message) => serde_json::from_slice::<Outcome>(&message.payload)
-                    .ok()
-                    .map(Ok),
-                Err(error) => Some(Err(error)),
-            }
+                    .map(|outcome| outcome.per_delivery().into_iter().map(Ok).collect())
+                    .unwrap_or_default(),
+                Err(error) => vec![Err(error)],
+            };
+            futures::stream::iter(each)
         });
         Ok((deliveries, outcomes))
     }
@@ -842,6 +846,7 @@ mod tests {
         events
             .into_iter()
             .map(|event| Outcome {
+                more: Vec::new(),
                 event,
                 delivery: "d".into(),
                 seq: 1,

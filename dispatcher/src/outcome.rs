@@ -1,11 +1,16 @@
 //! Records outcome events (the shared contract's [`Outcome`]) for the deliveries the
-//! dispatcher handles, counting each, and provisions the stream that keeps them.
+//! dispatcher handles, counting each, and provisions the stream that keeps them. The same event
+//! recorded for several deliveries of one receiver at the same moment -- the deliveries of a
+//! coalesced patch, a backlog's dispatches to the same targets -- is stored as one message that
+//! lists them: a NATS write per event, not per delivery.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use fluxgate_shared::contract::{self, Event, Outcome};
+use fluxgate_shared::contract::{self, Concerned, Event, Outcome};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::delivery::Delivery;
 use crate::error::Error;
@@ -14,13 +19,21 @@ use crate::metrics::Metrics;
 /// The first and the longest wait between attempts to store an outcome.
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(2);
+/// The most deliveries one message lists (about 60 bytes each), and the most records taken
+/// from the queue at once.
+const MAX_GROUP: usize = 1000;
 
 /// Writes outcome events, waiting for JetStream's ack so that history is never behind the
 /// acknowledgement of the delivery it describes.
 #[derive(Clone)]
 pub struct Recorder {
-    jetstream: jetstream::Context,
-    metrics: Arc<Metrics>,
+    queue: mpsc::UnboundedSender<Record>,
+}
+
+/// An event to store for one delivery, and who waits until it is stored.
+struct Record {
+    outcome: Outcome,
+    stored: oneshot::Sender<()>,
 }
 
 impl Recorder {
@@ -49,34 +62,85 @@ impl Recorder {
         if let Err(error) = jetstream.update_stream(&config).await {
             tracing::warn!(%error, "cannot update the outcomes stream's configuration");
         }
-        Ok(Self { jetstream, metrics })
+        let (queue, records) = mpsc::unbounded_channel();
+        tokio::spawn(write(jetstream, metrics, records));
+        Ok(Self { queue })
     }
 
     /// Stores the event and counts it, retrying until JetStream has it: a delivery is
     /// acknowledged only after its outcomes are stored, so that its history never stops short
-    /// (the messages of deliveries in flight are kept alive meanwhile). A retry carries the same
-    /// message id, so an event whose ack was lost is stored once.
+    /// (the messages of deliveries in flight are kept alive meanwhile).
     pub async fn record(&self, delivery: &Delivery, event: Event) {
         let outcome = Outcome::now(&delivery.meta, delivery.sequence, event);
-        let mut backoff = FIRST_RETRY;
-        loop {
-            match outcome.publish(&self.jetstream).await {
-                Ok(_) => break,
-                Err(fluxgate_shared::Error::Encode(error)) => {
-                    // No retry makes it encodable.
-                    tracing::error!(%error, delivery = %delivery.meta.id, "cannot encode an outcome");
-                    return;
+        let (stored, done) = oneshot::channel();
+        // The writer lives as long as any recorder; a send can only fail at exit.
+        if self.queue.send(Record { outcome, stored }).is_ok() {
+            let _ = done.await;
+        }
+    }
+}
+
+/// Takes the records queued, stores the alike ones together, each group by a task of its own,
+/// and goes on with those queued meanwhile: under load the queue fills while groups are
+/// stored, so groups grow with the load, and a lone record is stored at once.
+async fn write(
+    jetstream: jetstream::Context,
+    metrics: Arc<Metrics>,
+    mut records: mpsc::UnboundedReceiver<Record>,
+) {
+    let mut queued = Vec::new();
+    while records.recv_many(&mut queued, MAX_GROUP).await > 0 {
+        let mut groups: HashMap<(String, Event), Vec<Record>> = HashMap::new();
+        for record in queued.drain(..) {
+            let alike = (
+                record.outcome.receiver.clone(),
+                record.outcome.event.clone(),
+            );
+            groups.entry(alike).or_default().push(record);
+        }
+        for group in groups.into_values() {
+            tokio::spawn(store(jetstream.clone(), metrics.clone(), group));
+        }
+    }
+}
+
+/// Stores one event for every delivery of `group` in one message, retrying until JetStream
+/// has it; a retry carries the same message id, so an event whose ack was lost is stored once.
+async fn store(jetstream: jetstream::Context, metrics: Arc<Metrics>, group: Vec<Record>) {
+    let mut records = group.into_iter();
+    let Some(first) = records.next() else {
+        return;
+    };
+    let mut waiting = vec![first.stored];
+    let mut outcome = first.outcome;
+    for record in records {
+        outcome.more.push(Concerned {
+            delivery: record.outcome.delivery,
+            seq: record.outcome.seq,
+        });
+        waiting.push(record.stored);
+    }
+    let mut backoff = FIRST_RETRY;
+    loop {
+        match outcome.publish(&jetstream).await {
+            Ok(_) => break,
+            Err(fluxgate_shared::Error::Encode(error)) => {
+                // No retry makes it encodable.
+                tracing::error!(%error, delivery = %outcome.delivery, "cannot encode an outcome");
+                return;
+            }
+            Err(error) => {
+                if backoff == FIRST_RETRY {
+                    tracing::warn!(%error, delivery = %outcome.delivery, outcome = outcome.event.label(), "cannot record an outcome yet; retrying until NATS stores it");
                 }
-                Err(error) => {
-                    if backoff == FIRST_RETRY {
-                        tracing::warn!(%error, delivery = %delivery.meta.id, outcome = outcome.event.label(), "cannot record an outcome yet; retrying until NATS stores it");
-                    }
-                    self.metrics.outcome_retried();
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_RETRY);
-                }
+                metrics.outcome_retried();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_RETRY);
             }
         }
-        self.metrics.outcome(outcome.event.label());
+    }
+    for stored in waiting {
+        metrics.outcome(outcome.event.label());
+        let _ = stored.send(());
     }
 }

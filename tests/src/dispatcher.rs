@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use async_nats::jetstream;
-use fluxgate_shared::contract;
+use fluxgate_shared::contract::{self, Outcome};
 use serde_json::Value;
 
 use crate::process::Service;
@@ -67,7 +67,8 @@ impl Dispatcher {
     }
 }
 
-/// Every outcome event recorded so far, oldest first.
+/// Every outcome event recorded so far, oldest first, one per delivery it concerns (as the
+/// CLI reads them: a message listing several deliveries is that event for each).
 pub async fn outcomes(client: &async_nats::Client) -> Vec<Value> {
     let Ok(mut stream) = jetstream::new(client.clone())
         .get_stream(contract::OUTCOMES_STREAM)
@@ -82,9 +83,10 @@ pub async fn outcomes(client: &async_nats::Client) -> Vec<Value> {
     let mut events = Vec::new();
     for sequence in first.max(1)..=last {
         if let Ok(message) = stream.get_raw_message(sequence).await
-            && let Ok(event) = serde_json::from_slice(&message.payload)
+            && let Ok(outcome) = serde_json::from_slice::<Outcome>(&message.payload)
         {
-            events.push(event);
+            let each = outcome.per_delivery().into_iter();
+            events.extend(each.filter_map(|one| serde_json::to_value(one).ok()));
         }
     }
     events

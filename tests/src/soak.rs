@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use fluxgate_shared::contract::{self, header};
+use fluxgate_shared::contract::{self, Outcome, header};
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -423,16 +423,16 @@ async fn settle(stack: &Stack, accepted_ids: &[(String, usize)], report: &mut Re
             }
         }
         for message in outcomes.read_on().await {
-            let Ok(event) = serde_json::from_slice::<Value>(&message.payload) else {
+            let Ok(outcome) = serde_json::from_slice::<Outcome>(&message.payload) else {
                 continue;
             };
-            let kind = event["type"].as_str().unwrap_or("unknown").to_owned();
-            if TERMINAL.contains(&kind.as_str())
-                && let Some(sequence) = event["seq"].as_u64()
-            {
-                finished.insert(sequence);
+            let kind = outcome.event.label();
+            for one in outcome.per_delivery() {
+                if TERMINAL.contains(&kind) {
+                    finished.insert(one.seq);
+                }
+                *report.outcomes.entry(kind.to_owned()).or_default() += 1;
             }
-            *report.outcomes.entry(kind).or_default() += 1;
         }
         if stored.keys().all(|s| finished.contains(s)) || Instant::now() >= deadline {
             break;

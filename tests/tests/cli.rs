@@ -28,7 +28,10 @@ async fn start_with(dispatcher_args: &[&str]) -> Stack {
         receiver_manifest("missing", "elsewhere", "generic", "plain", ""),
         secret_manifest("plain", "elsewhere", "plain-token"),
     ];
-    let mut args = vec!["--leader-election", "false", "--coalesce-window", "20ms"];
+    let mut args = vec!["--leader-election", "false"];
+    if !dispatcher_args.contains(&"--coalesce-window") {
+        args.extend(["--coalesce-window", "20ms"]);
+    }
     args.extend_from_slice(dispatcher_args);
     Stack::builder()
         .cluster([json!({
@@ -88,7 +91,7 @@ fn cli_json(s: &Stack, args: &[&str]) -> Value {
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
 }
 
-fn ids(rows: &Value) -> Vec<&str> {
+fn ids_of(rows: &Value) -> Vec<&str> {
     rows.as_array()
         .expect("rows")
         .iter()
@@ -107,7 +110,7 @@ async fn deliveries_list_filters_and_shows_status() {
 
     let all = cli_json(&s, &["deliveries", "list"]);
     assert_eq!(
-        ids(&all),
+        ids_of(&all),
         [missing.as_str(), "d-3", "d-2", "d-1"],
         "newest first"
     );
@@ -126,7 +129,7 @@ async fn deliveries_list_filters_and_shows_status() {
     assert_eq!(all[0]["status"], "failed");
 
     let failed = cli_json(&s, &["deliveries", "list", "--status", "failed"]);
-    assert_eq!(ids(&failed), [missing.as_str()]);
+    assert_eq!(ids_of(&failed), [missing.as_str()]);
     let two = cli_json(
         &s,
         &[
@@ -138,14 +141,14 @@ async fn deliveries_list_filters_and_shows_status() {
             "2",
         ],
     );
-    assert_eq!(ids(&two), ["d-3", "d-2"]);
+    assert_eq!(ids_of(&two), ["d-3", "d-2"]);
     let pushes = cli_json(
         &s,
         &["deliveries", "list", "--event", "PUSH", "--since", "1h"],
     );
-    assert_eq!(ids(&pushes), ["d-3", "d-2", "d-1"]);
+    assert_eq!(ids_of(&pushes), ["d-3", "d-2", "d-1"]);
     let none = cli_json(&s, &["deliveries", "list", "--until", "1h"]);
-    assert_eq!(ids(&none), Vec::<&str>::new());
+    assert_eq!(ids_of(&none), Vec::<&str>::new());
 
     let table = cli(&s, &["deliveries", "list"]);
     let header = table.lines().next().expect("header");
@@ -229,6 +232,32 @@ async fn deliveries_show_gives_headers_body_and_timeline() {
     let (ok, _, error) = fluxgate_cli(s.nats_url(), &["deliveries", "show", "nope"], &[]);
     assert!(!ok);
     assert!(error.contains("no delivery \"nope\""), "{error}");
+}
+
+#[tokio::test]
+async fn deliveries_sharing_one_stored_event_each_show_it() {
+    // A window that holds the whole burst: one patch, its event one message for all four.
+    let s = start_with(&["--coalesce-window", "500ms"]).await;
+    let ids = ["b-1", "b-2", "b-3", "b-4"];
+    futures::future::join_all(ids.map(|id| push(&s, id, github_push_body(300)))).await;
+    settle(&s, 4).await;
+
+    let all = cli_json(&s, &["deliveries", "list"]);
+    let statuses: Vec<&str> = (all.as_array().expect("rows").iter())
+        .filter_map(|row| row["status"].as_str())
+        .collect();
+    assert_eq!(statuses, ["patched"; 4], "{all}");
+    let listed = cli_json(&s, &["deliveries", "list", "--status", "patched"]);
+    assert_eq!(ids_of(&listed).len(), 4, "{listed}");
+    for id in ids {
+        let shown = cli_json(&s, &["deliveries", "show", id]);
+        let patched: Vec<&Value> = (shown["outcomes"].as_array().expect("outcomes").iter())
+            .filter(|e| e["type"] == "patched")
+            .collect();
+        assert_eq!(patched.len(), 1, "{id}: {shown}");
+        assert_eq!(patched[0]["delivery"], id);
+        assert_eq!(patched[0]["size"], 4);
+    }
 }
 
 #[tokio::test]
@@ -793,12 +822,12 @@ async fn since_keeps_what_came_after_whether_limit_or_since_ends_the_read() {
         &s,
         &["deliveries", "list", "--since", &since, "--limit", "2"],
     );
-    assert_eq!(ids(&newest), ["after-69", "after-68"]);
+    assert_eq!(ids_of(&newest), ["after-69", "after-68"]);
     let all = cli_json(
         &s,
         &["deliveries", "list", "--since", &since, "--limit", "100"],
     );
-    let listed = ids(&all);
+    let listed = ids_of(&all);
     assert_eq!(listed.len(), 70, "{listed:?}");
     assert!(
         listed.iter().all(|id| id.starts_with("after-")),

@@ -12,6 +12,7 @@ use fluxgate_tests::eventually;
 use fluxgate_tests::http;
 use fluxgate_tests::stack::Stack;
 use fluxgate_tests::webhook::{github_push_body, post_github_push, secret_manifest};
+use futures::TryStreamExt as _;
 use serde_json::{Value, json};
 
 const NS: &str = "flux-system";
@@ -297,6 +298,11 @@ async fn a_burst_to_one_target_becomes_one_or_two_patches() {
         sizes.insert(batch.unwrap_or_default(), size.unwrap_or_default());
     }
     assert_eq!(sizes.values().sum::<u64>(), 50, "{sizes:?}");
+    // Stored as one message per patch, listing the deliveries it carried.
+    assert_eq!(
+        messages_on(&p, "fluxgate.outcomes.flux-system.gh.patched").await,
+        patches
+    );
 }
 
 #[tokio::test]
@@ -723,6 +729,15 @@ async fn consumer_info(p: &Stack) -> jetstream::consumer::Info {
         .await
         .expect("the dispatcher's consumer");
     consumer.info().await.expect("consumer info").clone()
+}
+
+/// How many outcome messages `subject` holds.
+async fn messages_on(p: &Stack, subject: &str) -> usize {
+    let jetstream = jetstream::new(p.client().await);
+    let outcomes = (jetstream.get_stream(contract::OUTCOMES_STREAM).await).expect("outcomes");
+    let counts = outcomes.info_with_subjects(subject).await.expect("counts");
+    let counts: Vec<(String, usize)> = counts.try_collect().await.expect("counts");
+    counts.iter().map(|(_, count)| count).sum()
 }
 
 /// How many deliveries the dispatcher's consumer holds unacknowledged.

@@ -225,14 +225,19 @@ async fn each_patched_once(stack: &Stack, accepted: &[String]) {
     );
 }
 
+/// How many patches (distinct `requestedAt` values) each delivery's `patched` events name. A
+/// redelivery after a lost ack records again the patch it finds made (`attempts` 0), with the
+/// same value: one patch.
 fn patched_counts(events: &[Value]) -> HashMap<&str, usize> {
-    let mut counts = HashMap::new();
+    let mut values: HashMap<&str, BTreeSet<&str>> = HashMap::new();
     for event in events.iter().filter(|e| e["type"] == "patched") {
-        if let Some(id) = event["delivery"].as_str() {
-            *counts.entry(id).or_default() += 1;
+        if let (Some(id), Some(value)) =
+            (event["delivery"].as_str(), event["requested_at"].as_str())
+        {
+            values.entry(id).or_default().insert(value);
         }
     }
-    counts
+    values.into_iter().map(|(id, v)| (id, v.len())).collect()
 }
 
 /// Starts the cluster and the stack, sends the steady load, lets it reach [`STEP`] 2xx answers,

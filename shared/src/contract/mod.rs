@@ -8,7 +8,7 @@ mod outcome;
 
 pub use delivery::{DeliveryMeta, IdSource};
 pub use index::{INDEX_STREAM, INDEX_SUBJECT_PREFIX, IndexEntry, index_subject};
-pub use outcome::{Event, Outcome, Target};
+pub use outcome::{Concerned, Event, Outcome, Target};
 
 /// The event log of accepted webhooks.
 pub const DELIVERIES_STREAM: &str = "FLUXGATE_DELIVERIES";

@@ -1,9 +1,11 @@
 //! Outcome events: one JSON message in `FLUXGATE_OUTCOMES` per thing that happened to a
-//! delivery, on `fluxgate.outcomes.<namespace>.<receiver>.<type>`. Delivery status, dead
+//! delivery, or to several deliveries of one receiver at once (a coalesced patch, a backlog's
+//! dispatches), on `fluxgate.outcomes.<namespace>.<receiver>.<type>`. Delivery status, dead
 //! letters and history are computed from these; nothing else is stored.
 //!
 //! Every event has `type`, `delivery` (id), `seq` (its stream sequence in FLUXGATE_DELIVERIES),
-//! `receiver` (`namespace/name`) and `at` (RFC 3339 UTC, nanoseconds), plus by type:
+//! `receiver` (`namespace/name`) and `at` (RFC 3339 UTC, nanoseconds); `more` lists the other
+//! deliveries (`delivery`, `seq`) the same happened to, when there are any. Plus by type:
 //!
 //! | type | fields |
 //! |---|---|
@@ -49,7 +51,7 @@ impl std::fmt::Display for Target {
 }
 
 /// What happened.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     Dispatched {
@@ -154,13 +156,23 @@ fn one() -> usize {
     1
 }
 
-/// An event with the delivery it is about: the message stored in `FLUXGATE_OUTCOMES`.
+/// A delivery an event happened to besides the first of its message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Concerned {
+    pub delivery: String,
+    pub seq: u64,
+}
+
+/// An event with the deliveries it is about: the message stored in `FLUXGATE_OUTCOMES`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
     #[serde(flatten)]
     pub event: Event,
     pub delivery: String,
     pub seq: u64,
+    /// The other deliveries, of the same receiver, the event happened to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<Concerned>,
     /// `namespace/name`.
     pub receiver: String,
     /// RFC 3339 UTC with nanoseconds.
@@ -174,9 +186,35 @@ impl Outcome {
             event,
             delivery: delivery.id.clone(),
             seq,
+            more: Vec::new(),
             receiver: format!("{}/{}", delivery.namespace, delivery.receiver),
             at: Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true),
         }
+    }
+
+    /// The event as it concerns each of its deliveries, the first first: what readers
+    /// (history, tail) show.
+    pub fn per_delivery(self) -> Vec<Outcome> {
+        let mut each = Vec::with_capacity(1 + self.more.len());
+        let Self {
+            event,
+            delivery,
+            seq,
+            more,
+            receiver,
+            at,
+        } = self;
+        let one = |delivery, seq| Outcome {
+            event: event.clone(),
+            delivery,
+            seq,
+            more: Vec::new(),
+            receiver: receiver.clone(),
+            at: at.clone(),
+        };
+        each.push(one(delivery, seq));
+        each.extend(more.into_iter().map(|c| one(c.delivery, c.seq)));
+        each
     }
 
     /// When it happened, if the writer said so readably.
@@ -186,10 +224,10 @@ impl Outcome {
             .map(|t| t.with_timezone(&Utc))
     }
 
-    /// What makes this event itself: its delivery's stream sequence, its type, and what it is
-    /// about (the target, the attempt, the replay). Its message's `Nats-Msg-Id`, so that an
-    /// event stored again -- a record retried after a lost ack, a delivery handled again after
-    /// a crash -- is kept once.
+    /// What makes this event itself: its delivery's stream sequence (and how many more it
+    /// concerns), its type, and what it is about (the target, the attempt, the replay). Its
+    /// message's `Nats-Msg-Id`, so that an event stored again -- a record retried after a lost
+    /// ack, a delivery handled again after a crash -- is kept once.
     pub fn message_id(&self) -> String {
         let about = match &self.event {
             Event::Coalesced { target, .. }
@@ -207,7 +245,11 @@ impl Outcome {
             Event::Replayed { replay_seq, .. } => replay_seq.to_string(),
             Event::Dispatched { .. } | Event::Duplicate { .. } | Event::Unknown => String::new(),
         };
-        format!("{}:{}:{about}", self.seq, self.event.label())
+        let more = match self.more.len() {
+            0 => String::new(),
+            n => format!("+{n}"),
+        };
+        format!("{}{more}:{}:{about}", self.seq, self.event.label())
     }
 
     /// Stores the event and waits for the stream's ack, so that history is never behind what
@@ -353,6 +395,7 @@ mod tests {
                 event,
                 delivery: "d-1".into(),
                 seq: 42,
+                more: Vec::new(),
                 receiver: "flux-system/gh".into(),
                 at: "2026-11-24T00:00:00.000000001Z".into(),
             };
@@ -370,6 +413,7 @@ mod tests {
             event: Event::Duplicate { of_seq: 7 },
             delivery: "d-1".into(),
             seq: 42,
+            more: Vec::new(),
             receiver: "flux-system/gh".into(),
             at: "t".into(),
         };
@@ -385,6 +429,36 @@ mod tests {
             serde_json::to_value(failed).expect("serialise"),
             json!({"type": "failed", "reason": "r"})
         );
+    }
+
+    #[test]
+    fn an_event_of_several_deliveries_reads_as_one_per_delivery() {
+        let stored = json!({
+            "type": "patched", "target": target("a"), "requested_at": "v", "batch": "b",
+            "size": 3, "attempts": 1, "delivery": "d-1", "seq": 5, "receiver": "n/r", "at": "t",
+            "more": [{"delivery": "d-2", "seq": 6}, {"delivery": "d-3", "seq": 9}],
+        });
+        let outcome: Outcome = serde_json::from_value(stored.clone()).expect("read");
+        assert_eq!(serde_json::to_value(&outcome).expect("write"), stored);
+        let first_only = Outcome {
+            more: Vec::new(),
+            ..outcome.clone()
+        };
+        assert_ne!(
+            outcome.message_id(),
+            first_only.message_id(),
+            "another message"
+        );
+        let each = outcome.per_delivery();
+        let concerned: Vec<(&str, u64)> = (each.iter())
+            .map(|o| (o.delivery.as_str(), o.seq))
+            .collect();
+        assert_eq!(concerned, [("d-1", 5), ("d-2", 6), ("d-3", 9)]);
+        assert!(
+            each.iter()
+                .all(|o| o.more.is_empty() && o.event == first_only.event)
+        );
+        assert_eq!(each[0], first_only);
     }
 
     #[test]
