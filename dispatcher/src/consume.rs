@@ -276,8 +276,8 @@ impl Dispatcher {
     /// The targets of a redelivered delivery that still need its patch. One asked to reconcile
     /// since the delivery was claimed -- by this delivery's own patch before a crash or a lost
     /// ack, or by any later request -- has had what the delivery asks for: it is recorded
-    /// `patched` with the value it carries and no attempt, an event stored once if the first
-    /// one was (their message ids are the same), and not patched again.
+    /// `patched` with the value it carries and no attempt (after a lost ack, a second record of
+    /// the same patch), and not patched again.
     async fn not_requested_since(
         &self,
         delivery: &Delivery,

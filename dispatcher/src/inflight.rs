@@ -44,10 +44,10 @@ impl InFlight {
 }
 
 /// Acknowledges, without waiting for JetStream to confirm it: a lost ack is redelivered after
-/// the ack wait, and the dedup claim's time has its targets, asked to reconcile since, left
-/// unpatched (see [`Claim::Redelivery`](crate::dedup::Claim)). (A confirmed ack subscribes to a reply inbox each time: four messages through
-/// nats-server instead of one, for an answer nothing would act on.) A failure to send is
-/// logged and counted.
+/// the ack wait, and its targets, asked to reconcile since its dedup claim, are not patched
+/// again (see [`Claim::Redelivery`](crate::dedup::Claim)). (A confirmed ack subscribes to a
+/// reply inbox each time: four messages through nats-server instead of one, for an answer
+/// nothing would act on.) A failure to send is logged and counted.
 pub async fn acknowledge(acker: &Acker, sequence: u64, metrics: &Metrics) {
     if let Err(error) = acker.ack().await {
         metrics.ack_failed("ack");
