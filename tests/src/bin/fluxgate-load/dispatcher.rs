@@ -116,14 +116,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let dispatcher_cpu_before = crate::ingest::cpu_seconds(dispatcher.service.pid());
     let nats_cpu = || nats.pid().map_or(0.0, crate::ingest::cpu_seconds);
     let nats_cpu_before = nats_cpu();
-    let (drained, max_lag) = wait_drained(&stream, "fluxgate-dispatcher", args.deliveries).await?;
+    let drain = wait_drained(&stream, "fluxgate-dispatcher", args.deliveries).await?;
     let elapsed = started.elapsed();
     let dispatcher_cpu =
         crate::ingest::cpu_seconds(dispatcher.service.pid()) - dispatcher_cpu_before;
     let nats_cpu = nats_cpu() - nats_cpu_before;
     let (_, dispatcher_peak_kib) = crate::ingest::memory_kib(dispatcher.service.pid())?;
     dispatcher.service.kill();
-    anyhow::ensure!(drained, "the dispatcher did not drain the backlog");
+    anyhow::ensure!(drain.drained, "the dispatcher did not drain the backlog");
     let calls = ApiCalls::of(&cluster);
 
     let raw = raw_consume(&stream, args.deliveries).await?;
@@ -143,9 +143,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         raw.as_secs_f64()
     );
     println!("dispatcher / raw: {:.1}%", rate / raw_rate * 100.0);
+    if let Some(steady) = drain.steady_rate() {
+        println!(
+            "steady drain (from 10% to 90% acknowledged, without start-up and the last coalescing window): {steady:.0} deliveries/s"
+        );
+    }
     calls.print(args.deliveries);
     println!(
-        "largest consumer lag seen: {max_lag}; dispatcher peak RSS {:.0} MiB",
+        "largest consumer lag seen: {}; dispatcher peak RSS {:.0} MiB",
+        drain.max_lag,
         dispatcher_peak_kib as f64 / 1024.0
     );
     let per_delivery = |cpu: f64| cpu * 1e6 / args.deliveries as f64;
@@ -302,27 +308,62 @@ async fn store_backlog(jetstream: &jetstream::Context, args: &Args) -> anyhow::R
     Ok(())
 }
 
-/// Polls a consumer until it has delivered and had acknowledged `total` messages; returns
-/// whether it did within the deadline, and the largest backlog (pending + unacked) seen.
+/// How a consumer went through its backlog.
+struct Drain {
+    /// Everything acknowledged within the deadline.
+    drained: bool,
+    /// The largest backlog (pending + unacked) seen.
+    max_lag: u64,
+    /// When the share acknowledged first reached 10 % and 90 %, and how many that was.
+    tenth: Option<(Instant, u64)>,
+    nine_tenths: Option<(Instant, u64)>,
+}
+
+impl Drain {
+    /// Deliveries acknowledged per second between 10 % and 90 % of the backlog: the rate once
+    /// started, before the last deliveries wait out their coalescing window.
+    fn steady_rate(&self) -> Option<f64> {
+        let ((from, first), (to, last)) = (self.tenth?, self.nine_tenths?);
+        let seconds = (to - from).as_secs_f64();
+        (seconds > 0.0).then(|| (last - first) as f64 / seconds)
+    }
+}
+
+/// Polls a consumer until it has delivered and had acknowledged `total` messages.
 async fn wait_drained(
     stream: &jetstream::stream::Stream,
     name: &str,
     total: usize,
-) -> anyhow::Result<(bool, u64)> {
+) -> anyhow::Result<Drain> {
+    let total = total as u64;
     let deadline = Instant::now() + Duration::from_secs(1800);
-    let mut max_lag = 0;
+    let mut drain = Drain {
+        drained: false,
+        max_lag: 0,
+        tenth: None,
+        nine_tenths: None,
+    };
     while Instant::now() < deadline {
         if let Ok(mut consumer) = stream.get_consumer::<consumer::pull::Config>(name).await {
             let info = consumer.info().await.context("consumer info")?;
             let lag = info.num_pending + info.num_ack_pending as u64;
-            max_lag = max_lag.max(lag);
-            if info.ack_floor.stream_sequence >= total as u64 && lag == 0 {
-                return Ok((true, max_lag));
+            drain.max_lag = drain.max_lag.max(lag);
+            let acknowledged = total.saturating_sub(lag);
+            let now = Instant::now();
+            if acknowledged * 10 >= total {
+                drain.tenth.get_or_insert((now, acknowledged));
+            }
+            if acknowledged * 10 >= total * 9 {
+                drain.nine_tenths.get_or_insert((now, acknowledged));
+            }
+            if info.ack_floor.stream_sequence >= total && lag == 0 {
+                drain.drained = true;
+                return Ok(drain);
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok((false, max_lag))
+    Ok(drain)
 }
 
 /// Reads the whole stream with a fresh durable pull consumer, acking each message.
