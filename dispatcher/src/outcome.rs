@@ -19,9 +19,11 @@ use crate::metrics::Metrics;
 /// The first and the longest wait between attempts to store an outcome.
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(2);
-/// The most deliveries one message lists (about 60 bytes each), and the most records taken
-/// from the queue at once.
-const MAX_GROUP: usize = 1000;
+/// The most deliveries one message lists: with ids of up to 256 bytes, under 64 KiB, well
+/// within any `max_payload` NATS is run with.
+const MAX_GROUP: usize = 200;
+/// The most records taken from the queue at once.
+const MAX_TAKEN: usize = 1000;
 
 /// Writes outcome events, waiting for JetStream's ack so that history is never behind the
 /// acknowledgement of the delivery it describes.
@@ -89,7 +91,7 @@ async fn write(
     mut records: mpsc::UnboundedReceiver<Record>,
 ) {
     let mut queued = Vec::new();
-    while records.recv_many(&mut queued, MAX_GROUP).await > 0 {
+    while records.recv_many(&mut queued, MAX_TAKEN).await > 0 {
         let mut groups: HashMap<(String, Event), Vec<Record>> = HashMap::new();
         for record in queued.drain(..) {
             let alike = (
@@ -98,7 +100,12 @@ async fn write(
             );
             groups.entry(alike).or_default().push(record);
         }
-        for group in groups.into_values() {
+        for mut group in groups.into_values() {
+            while group.len() > MAX_GROUP {
+                let rest = group.split_off(MAX_GROUP);
+                tokio::spawn(store(jetstream.clone(), metrics.clone(), group));
+                group = rest;
+            }
             tokio::spawn(store(jetstream.clone(), metrics.clone(), group));
         }
     }
