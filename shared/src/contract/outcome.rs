@@ -26,6 +26,7 @@
 use async_nats::jetstream::message::PublishMessage;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 
 use super::{DeliveryMeta, outcome_subject};
 use crate::error::Error;
@@ -224,7 +225,7 @@ impl Outcome {
             .map(|t| t.with_timezone(&Utc))
     }
 
-    /// What makes this event itself: its delivery's stream sequence (and how many more it
+    /// What makes this event itself: its delivery's stream sequence (and which more it
     /// concerns), its type, and what it is about (the target, the attempt, the replay). Its
     /// message's `Nats-Msg-Id`, so that an event stored again -- a record retried after a lost
     /// ack, a delivery handled again after a crash -- is kept once.
@@ -245,9 +246,17 @@ impl Outcome {
             Event::Replayed { replay_seq, .. } => replay_seq.to_string(),
             Event::Dispatched { .. } | Event::Duplicate { .. } | Event::Unknown => String::new(),
         };
-        let more = match self.more.len() {
-            0 => String::new(),
-            n => format!("+{n}"),
+        // The others by a digest of their sequences: a retry of the same message keeps its id,
+        // another set of deliveries starting at the same one gets another.
+        let more = match self.more.is_empty() {
+            true => String::new(),
+            false => {
+                let mut digest = sha2::Sha256::new();
+                for concerned in &self.more {
+                    digest.update(concerned.seq.to_be_bytes());
+                }
+                format!("+{}", hex::encode(&digest.finalize()[..8]))
+            }
         };
         format!("{}{more}:{}:{about}", self.seq, self.event.label())
     }
@@ -448,6 +457,29 @@ mod tests {
             outcome.message_id(),
             first_only.message_id(),
             "another message"
+        );
+        let others = Outcome {
+            more: vec![
+                Concerned {
+                    delivery: "d-2".into(),
+                    seq: 6,
+                },
+                Concerned {
+                    delivery: "d-4".into(),
+                    seq: 10,
+                },
+            ],
+            ..outcome.clone()
+        };
+        assert_ne!(
+            outcome.message_id(),
+            others.message_id(),
+            "other deliveries"
+        );
+        assert_eq!(
+            outcome.message_id(),
+            outcome.clone().message_id(),
+            "retried"
         );
         let each = outcome.per_delivery();
         let concerned: Vec<(&str, u64)> = (each.iter())
