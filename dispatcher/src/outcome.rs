@@ -92,15 +92,22 @@ async fn write(
 ) {
     let mut queued = Vec::new();
     while records.recv_many(&mut queued, MAX_TAKEN).await > 0 {
-        let mut groups: HashMap<(String, Event), Vec<Record>> = HashMap::new();
-        for record in queued.drain(..) {
-            let alike = (
-                record.outcome.receiver.clone(),
-                record.outcome.event.clone(),
-            );
-            groups.entry(alike).or_default().push(record);
+        // Each record's group, found by its receiver and event as they are (no copy of either).
+        let mut index: HashMap<(&str, &Event), usize> = HashMap::new();
+        let group_of: Vec<usize> = (queued.iter())
+            .map(|record| {
+                let next = index.len();
+                let alike = (record.outcome.receiver.as_str(), &record.outcome.event);
+                *index.entry(alike).or_insert(next)
+            })
+            .collect();
+        let mut groups: Vec<Vec<Record>> = (0..index.len()).map(|_| Vec::new()).collect();
+        for (record, group) in queued.drain(..).zip(group_of) {
+            if let Some(group) = groups.get_mut(group) {
+                group.push(record);
+            }
         }
-        for mut group in groups.into_values() {
+        for mut group in groups {
             while group.len() > MAX_GROUP {
                 let rest = group.split_off(MAX_GROUP);
                 tokio::spawn(store(jetstream.clone(), metrics.clone(), group));
