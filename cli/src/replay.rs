@@ -1,6 +1,6 @@
 //! `fluxgate replay`: a stored delivery published again on purpose, as a new message on the
-//! same subject that references the original (`Fluxgate-Replay-Of-Seq`) and so bypasses
-//! deduplication, with its own outcome trail; the original's trail records that, when and by
+//! replay subject that references the original (`Fluxgate-Replay-Of-Seq`) under a message id of
+//! its own, so that deduplication keeps it, with its own outcome trail; the original's trail records that, when and by
 //! whom it was replayed. Both are written through the shared contract. `--dry-run` resolves the
 //! receiver and evaluates its filters as of now with the dispatcher's resolver, and changes
 //! nothing.
@@ -225,7 +225,7 @@ async fn replay(streams: &Streams, seq: u64, actor: &str) -> Result<Replayed, Er
             }
         }
     }
-    // A message id of its own, so that JetStream's duplicate window keeps it too.
+    // A message id of its own, so that the stream's duplicate window keeps it too.
     headers.insert(
         contract::header::NATS_MSG_ID,
         format!("replay/{}", uuid::Uuid::now_v7()),

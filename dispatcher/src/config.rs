@@ -22,9 +22,11 @@ pub struct Config {
     #[arg(long, env = "FLUXGATE_CONSUMER", default_value = "fluxgate-dispatcher")]
     pub consumer: String,
 
-    /// How long a delivery key is remembered for deduplication.
-    #[arg(long, env = "FLUXGATE_DEDUP_TTL", default_value = "72h", value_parser = humantime::parse_duration)]
-    pub dedup_ttl: Duration,
+    /// No longer used: deliveries are deduplicated by the deliveries stream's duplicate window
+    /// (ingest's `--stream-duplicate-window`). Still accepted, so that a deployment setting it
+    /// starts; a warning says it is ignored.
+    #[arg(long, env = "FLUXGATE_DEDUP_TTL", hide = true, value_parser = humantime::parse_duration)]
+    pub dedup_ttl: Option<Duration>,
 
     /// Deliveries for one target within this window become one patch.
     #[arg(long, env = "FLUXGATE_COALESCE_WINDOW", default_value = "1s", value_parser = humantime::parse_duration)]
@@ -92,7 +94,7 @@ pub struct Config {
     #[arg(long, env = "FLUXGATE_NO_CROSS_NAMESPACE_REFS")]
     pub no_cross_namespace_refs: bool,
 
-    /// Replicas of the outcomes stream and the dedup bucket.
+    /// Replicas of the outcomes stream.
     #[arg(long, env = "FLUXGATE_STREAM_REPLICAS", default_value_t = 1)]
     pub stream_replicas: usize,
 

@@ -1,6 +1,7 @@
-//! The consumer: reads deliveries from the durable pull consumer and takes each through
-//! deduplication, target resolution and coalescing, recording what happens. A delivery is
-//! acknowledged only once its effect happened; unreadable ones are terminated and recorded.
+//! The consumer: reads deliveries from the durable pull consumer and takes each through target
+//! resolution and coalescing, recording what happens. A delivery is acknowledged only once its
+//! effect happened; unreadable ones are terminated and recorded. (Duplicates never get here:
+//! the deliveries stream drops them within its duplicate window.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,6 @@ use tracing::Instrument as _;
 
 use crate::becomes;
 use crate::coalesce::Coalescer;
-use crate::dedup::{Claim, Dedup};
 use crate::delivery::Delivery;
 use crate::error::Error;
 use crate::inflight::{InFlight, Registry, acknowledge};
@@ -37,7 +37,6 @@ const RETRY_DELAY: Duration = Duration::from_secs(5);
 
 pub struct Dispatcher {
     pub catalog: SharedCatalog,
-    pub dedup: Dedup,
     pub resolver: Arc<Resolver>,
     pub recorder: Recorder,
     pub coalescer: Coalescer<Arc<InFlight>>,
@@ -149,7 +148,7 @@ impl Dispatcher {
         let trace = fluxgate_shared::traceparent_of(&span);
         let in_flight = self.registry.start(delivery, acker, trace);
         let delivery = &in_flight.delivery;
-        let dispatched = (self.dispatch(delivery, &message.payload))
+        let dispatched = (self.dispatch(delivery, &message.payload, delivered > 1))
             .instrument(span)
             .await;
         drop(message);
@@ -186,32 +185,15 @@ impl Dispatcher {
         }
     }
 
-    /// Takes a delivery through deduplication, the catalog, its filters' inputs and target
-    /// resolution, recording each step; what is left to do with the message is the result.
-    async fn dispatch(&self, delivery: &Delivery, body: &Bytes) -> Result<Disposition, Error> {
-        let mut redelivered_claim = None;
-        if delivery.is_deduplicated() {
-            let span = tracing::info_span!("dedup", fluxgate.claim = tracing::field::Empty);
-            let claim = self.dedup.claim(delivery).instrument(span.clone()).await?;
-            span.record("fluxgate.claim", claim.label());
-            match claim {
-                Claim::DuplicateOf(first) => {
-                    self.recorder
-                        .record(delivery, Event::Duplicate { of_seq: first })
-                        .await;
-                    return Ok(Disposition::Ack);
-                }
-                Claim::Finished => {
-                    tracing::debug!(
-                        seq = delivery.sequence,
-                        "finished before; only its ack was lost"
-                    );
-                    return Ok(Disposition::Ack);
-                }
-                Claim::Redelivery { claimed_at } => redelivered_claim = claimed_at,
-                Claim::First => {}
-            }
-        }
+    /// Takes a delivery through the catalog, its filters' inputs and target resolution,
+    /// recording each step; what is left to do with the message is the result. A `redelivered`
+    /// one may have been patched already (a lost ack, a crash).
+    async fn dispatch(
+        &self,
+        delivery: &Delivery,
+        body: &Bytes,
+        redelivered: bool,
+    ) -> Result<Disposition, Error> {
         let catalog = self.catalog.current();
         let meta = &delivery.meta;
         let Some(receiver) = catalog.by_name(&meta.namespace, &meta.receiver) else {
@@ -260,12 +242,12 @@ impl Dispatcher {
             }
             return Ok(Disposition::Ack);
         }
-        let targets = match redelivered_claim {
-            Some(claimed_at) => {
-                self.not_requested_since(delivery, targets, claimed_at)
+        let targets = match delivery.meta.received_at {
+            Some(received_at) if redelivered => {
+                self.not_requested_since(delivery, targets, received_at)
                     .await
             }
-            None => targets,
+            _ => targets,
         };
         if targets.is_empty() {
             return Ok(Disposition::Ack);
@@ -274,24 +256,25 @@ impl Dispatcher {
     }
 
     /// The targets of a redelivered delivery that still need its patch. One asked to reconcile
-    /// since the delivery was claimed -- by this delivery's own patch before a crash or a lost
-    /// ack, or by any later request -- has had what the delivery asks for: it is recorded
-    /// `patched` with the value it carries and no attempt (after a lost ack, a second record of
-    /// the same patch), and not patched again.
+    /// since the webhook was received -- by this delivery's own patch before a crash or a lost
+    /// ack, or by any later request -- has had what the delivery asks for (its reconcile reads
+    /// the source as it is after the webhook): it is recorded `patched` with the value it
+    /// carries and no attempt (after a lost ack, a second record of the same patch), and not
+    /// patched again.
     async fn not_requested_since(
         &self,
         delivery: &Delivery,
         targets: Vec<Target>,
-        claimed_at: DateTime<Utc>,
+        received_at: DateTime<Utc>,
     ) -> Vec<Target> {
         let mut left = Vec::with_capacity(targets.len());
         for target in targets {
             let requested = self.resolver.requested_at(&target).await;
-            let since_claim = (requested.as_deref())
+            let since_received = (requested.as_deref())
                 .and_then(|value| DateTime::parse_from_rfc3339(value).ok())
-                .is_some_and(|value| value >= claimed_at);
+                .is_some_and(|value| value >= received_at);
             match requested {
-                Some(requested_at) if since_claim => {
+                Some(requested_at) if since_received => {
                     let event = Event::Patched {
                         target,
                         requested_at,

@@ -28,10 +28,4 @@ impl Delivery {
         }
         Ok(Self { sequence, meta })
     }
-
-    /// Whether its key is claimed in the dedup bucket: a sender's id, not a replay (a replay is
-    /// the same delivery again, on purpose).
-    pub fn is_deduplicated(&self) -> bool {
-        self.meta.from_sender() && self.meta.replay_of.is_none()
-    }
 }

@@ -44,8 +44,8 @@ impl InFlight {
 }
 
 /// Acknowledges, without waiting for JetStream to confirm it: a lost ack is redelivered after
-/// the ack wait, and its targets, asked to reconcile since its dedup claim, are not patched
-/// again (see [`Claim::Redelivery`](crate::dedup::Claim)). (A confirmed ack subscribes to a
+/// the ack wait, and its targets, asked to reconcile since its webhook was received, are not
+/// patched again (see `Dispatcher::not_requested_since`). (A confirmed ack subscribes to a
 /// reply inbox each time: four messages through nats-server instead of one, for an answer
 /// nothing would act on.) A failure to send is logged and counted.
 pub async fn acknowledge(acker: &Acker, sequence: u64, metrics: &Metrics) {

@@ -8,7 +8,6 @@ mod coalesce;
 mod config;
 mod confirm;
 mod consume;
-mod dedup;
 mod delivery;
 mod error;
 mod inflight;
@@ -39,7 +38,6 @@ use crate::cache::Caches;
 use crate::coalesce::Coalescer;
 use crate::confirm::{Confirmer, Waiting};
 use crate::consume::Dispatcher;
-use crate::dedup::Dedup;
 use crate::inflight::Registry;
 use crate::leader::LeaderElector;
 use crate::metrics::Metrics;
@@ -75,7 +73,7 @@ struct Service {
 
 impl Service {
     /// Connects to NATS and the cluster, starts the receivers' source and the admin endpoint,
-    /// and provisions the consumer, the outcomes stream and the dedup bucket.
+    /// and provisions the consumer and the outcomes stream.
     async fn build(
         config: &Config,
         admin_listener: TcpListener,
@@ -158,7 +156,11 @@ impl Service {
             config.outcomes_max_bytes,
         )
         .await?;
-        let dedup = Dedup::provision(&jetstream, config.dedup_ttl, config.stream_replicas).await?;
+        if config.dedup_ttl.is_some() {
+            tracing::warn!(
+                "--dedup-ttl (FLUXGATE_DEDUP_TTL) is ignored: the deliveries stream's duplicate window (ingest's --stream-duplicate-window) deduplicates deliveries"
+            );
+        }
         let confirmer = Arc::new(Confirmer {
             resolver: resolver.clone(),
             waiting,
@@ -177,7 +179,6 @@ impl Service {
         let registry = Registry::new(metrics.clone());
         let dispatcher = Dispatcher {
             catalog: receivers.catalog.clone(),
-            dedup,
             resolver,
             recorder,
             coalescer: Coalescer::spawn(config.coalesce_window, patcher),

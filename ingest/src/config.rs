@@ -69,8 +69,11 @@ pub struct Config {
     #[arg(long, env = "FLUXGATE_BODIES_MAX_BYTES", default_value_t = 1 << 30, allow_negative_numbers = true)]
     pub bodies_max_bytes: i64,
 
-    /// JetStream's `Nats-Msg-Id` duplicate window.
-    #[arg(long, env = "FLUXGATE_STREAM_DUPLICATE_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
+    /// How long a delivery id is remembered: a webhook whose id the stream stored within this
+    /// window is answered `"duplicate": true` and not stored again (JetStream's `Nats-Msg-Id`
+    /// duplicate window). 72 h covers GitHub's redelivery horizon of 3 days; at most
+    /// `--stream-max-age`. nats-server keeps each id of the window in memory.
+    #[arg(long, env = "FLUXGATE_STREAM_DUPLICATE_WINDOW", default_value = "72h", value_parser = humantime::parse_duration)]
     pub stream_duplicate_window: Duration,
 
     /// Without a receivers file: read only the token Secrets carrying these labels (a label

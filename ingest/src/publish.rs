@@ -35,6 +35,17 @@ pub struct StreamSettings {
     pub duplicate_window: Duration,
 }
 
+impl StreamSettings {
+    /// The duplicate window, at most the age of the deliveries (JetStream refuses a longer one;
+    /// past their age, no delivery is left to be a duplicate of).
+    fn dedup_window(&self) -> Duration {
+        match self.max_age {
+            Duration::ZERO => self.duplicate_window,
+            max_age => self.duplicate_window.min(max_age),
+        }
+    }
+}
+
 /// A delivery ready to be stored.
 #[derive(Debug)]
 pub struct Delivery {
@@ -123,7 +134,7 @@ impl Publisher {
             num_replicas: self.settings.replicas,
             max_age: self.settings.max_age,
             max_bytes: self.settings.max_bytes,
-            duplicate_window: self.settings.duplicate_window,
+            duplicate_window: self.settings.dedup_window(),
             // Full, the stream refuses new deliveries (503) rather than drop the oldest, which
             // the dispatcher may not have handled yet.
             discard: stream::DiscardPolicy::New,

@@ -239,7 +239,7 @@ async fn each_patched_once(stack: &Stack, accepted: &[String]) {
 
 /// How many patches (distinct `requestedAt` values) were made for each delivery: its `patched`
 /// events with attempts. A redelivery -- after a lost ack, say -- that finds its target asked
-/// to reconcile since its claim makes no patch and records the one it found (`attempts` 0).
+/// to reconcile since its webhook was received makes no patch and records the one it found (`attempts` 0).
 fn patches_made(events: &[Value]) -> HashMap<&str, usize> {
     let mut values: HashMap<&str, BTreeSet<&str>> = HashMap::new();
     let made = |e: &&Value| e["type"] == "patched" && e["attempts"] != 0;

@@ -124,6 +124,28 @@ async fn redelivery_is_stored_once() {
     ));
 }
 
+/// The stream's duplicate window is how long a delivery id is remembered: GitHub redelivers
+/// for three days, and the stream cannot remember longer than it keeps deliveries.
+#[tokio::test]
+async fn delivery_ids_are_remembered_for_72_hours_and_never_past_the_deliveries_age() {
+    for (args, window) in [
+        (&[][..], Duration::from_secs(72 * 3600)),
+        (&["--stream-max-age", "1h"][..], Duration::from_secs(3600)),
+    ] {
+        let stack = start("", args).await;
+        let info = jetstream::new(stack.client().await)
+            .get_stream(contract::DELIVERIES_STREAM)
+            .await
+            .expect("the deliveries stream")
+            .info()
+            .await
+            .expect("its info")
+            .config
+            .clone();
+        assert_eq!(info.duplicate_window, window, "with {args:?}");
+    }
+}
+
 #[tokio::test]
 async fn an_oversized_body_gets_a_clean_413_not_a_reset_connection() {
     // Had ingest answered and closed with most of the body unread, the kernel would reset the

@@ -135,7 +135,6 @@ async fn one_webhook_is_one_trace_from_the_senders_span_to_flux_handling_it() {
         "read body",
         "publish",
         "consume",
-        "dedup",
         "resolve",
         "evaluate filters",
         "reconcile",
@@ -201,8 +200,8 @@ async fn one_webhook_is_one_trace_from_the_senders_span_to_flux_handling_it() {
         Some(format!("00-{SENDER_TRACE}-{}-01", request.span_id))
     );
 
-    // The dispatcher: consume continues the request; dedup and resolve (with the filters'
-    // evaluation) under it; the patch, linked to the delivery; confirmation last.
+    // The dispatcher: consume continues the request; resolve (with the filters' evaluation)
+    // under it; the patch, linked to the delivery; confirmation last.
     let consume = &spans["consume"];
     assert_eq!(consume.service, "fluxgate-dispatcher");
     assert_eq!(consume.parent_span_id, request.span_id);
@@ -218,10 +217,7 @@ async fn one_webhook_is_one_trace_from_the_senders_span_to_flux_handling_it() {
             ("fluxgate.targets", "1"),
         ],
     );
-    for child in ["dedup", "resolve"] {
-        assert_eq!(spans[child].parent_span_id, consume.span_id, "{child}");
-    }
-    assert_attributes(&spans["dedup"], &[("fluxgate.claim", "first")]);
+    assert_eq!(spans["resolve"].parent_span_id, consume.span_id);
     assert_eq!(
         spans["evaluate filters"].parent_span_id,
         spans["resolve"].span_id

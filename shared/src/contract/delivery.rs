@@ -13,9 +13,9 @@ use crate::error::Error;
 /// Where a delivery id came from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum IdSource {
-    /// The sender's own id: the delivery takes part in deduplication.
+    /// The sender's own id: a repeat of it is a duplicate.
     Sender,
-    /// Made up by ingest: such a delivery is never deduplicated.
+    /// Made up by ingest (unique): such a delivery is never a duplicate.
     #[default]
     Generated,
 }
@@ -78,11 +78,6 @@ mod names {
 }
 
 impl DeliveryMeta {
-    /// The sender gave the id: the delivery takes part in deduplication.
-    pub fn from_sender(&self) -> bool {
-        self.id_source == IdSource::Sender
-    }
-
     /// `<namespace>/<receiver>/<delivery-id>`: the deduplication key and `Nats-Msg-Id`.
     pub fn key(&self) -> String {
         delivery_key(&self.namespace, &self.receiver, &self.id)
@@ -132,7 +127,7 @@ impl DeliveryMeta {
     /// Reads the metadata of a message stored on `subject`; a message without the delivery id
     /// or the receiver is not a delivery. The replay headers count only on a replay subject,
     /// which only the replay role may publish on: anywhere else they are ignored, so that
-    /// whoever may publish deliveries cannot pass one off as a replay to skip deduplication.
+    /// whoever may publish deliveries cannot pass one off as a replay someone asked for.
     pub fn read(subject: &str, headers: Option<&HeaderMap>) -> Result<Self, Error> {
         let headers =
             headers.ok_or_else(|| Error::NotADelivery("message has no headers".into()))?;
@@ -268,7 +263,7 @@ mod tests {
             meta.subject(),
             "fluxgate.deliveries.flux-system.app_github.replay"
         );
-        assert!(meta.from_sender());
+        assert_eq!(meta.id_source, IdSource::Sender);
         let original = DeliveryMeta {
             replay_of: None,
             ..meta

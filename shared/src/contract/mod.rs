@@ -25,8 +25,6 @@ pub const OUTCOMES_STREAM: &str = "FLUXGATE_OUTCOMES";
 /// Subjects of `OUTCOMES_STREAM`: `fluxgate.outcomes.<namespace>.<receiver>.<type>`, the event
 /// type last, so that history queries filter by receiver and by type on the server.
 pub const OUTCOMES_SUBJECT_PREFIX: &str = "fluxgate.outcomes";
-/// KV bucket: delivery key -> stream sequence that claimed it.
-pub const DEDUP_BUCKET: &str = "fluxgate-dedup";
 /// Object store holding bodies larger than the server's `max_payload`.
 pub const BODIES_OBJECT_STORE: &str = "fluxgate-bodies";
 
@@ -34,7 +32,9 @@ pub const BODIES_OBJECT_STORE: &str = "fluxgate-bodies";
 /// [`header::BODY_OBJECT`] is set, in which case the payload is empty and the body is the
 /// object of that name in [`BODIES_OBJECT_STORE`].
 pub mod header {
-    /// JetStream's own short-window deduplication key: `<namespace>/<receiver>/<delivery-id>`.
+    /// The deduplication key, `<namespace>/<receiver>/<delivery-id>`: the deliveries stream
+    /// drops a message whose id it stored within its duplicate window (ingest's
+    /// `--stream-duplicate-window`, 72 h by default).
     pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
     pub const DELIVERY_ID: &str = "Fluxgate-Delivery-Id";
     /// `sender` when the delivery id came from the sender (deduplicated), `generated` otherwise.
@@ -53,8 +53,8 @@ pub mod header {
     /// Set when the body lives in the object store: the object's name.
     pub const BODY_OBJECT: &str = "Fluxgate-Body-Object";
     pub const TRACEPARENT: &str = "traceparent";
-    /// Set on a replay (`fluxgate replay`): the stream sequence of the delivery it replays. Only
-    /// a replay bypasses deduplication.
+    /// Set on a replay (`fluxgate replay`): the stream sequence of the delivery it replays. A
+    /// replay is stored under a `Nats-Msg-Id` of its own, so it is never taken for a duplicate.
     pub const REPLAY_OF_SEQ: &str = "Fluxgate-Replay-Of-Seq";
     /// Who asked for a replay.
     pub const REPLAY_ACTOR: &str = "Fluxgate-Replay-Actor";

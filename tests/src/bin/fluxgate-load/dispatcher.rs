@@ -132,7 +132,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("{:<36} {:>12} {:>10}", "", "msgs/s", "seconds");
     println!(
         "{:<36} {:>12.0} {:>10.2}",
-        "dispatcher (dedup, resolve, patch)",
+        "dispatcher (resolve, patch)",
         rate,
         elapsed.as_secs_f64()
     );
