@@ -185,7 +185,7 @@ impl Patcher {
                 .api_resource(&target.api_version, &target.kind)
                 .await?;
             let api: Api<DynamicObject> =
-                Api::namespaced_with(self.resolver.client().clone(), &target.namespace, &resource);
+                Api::namespaced_with(self.resolver.client().clone(), &target.namespace, &*resource);
             api.patch(&target.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
         };

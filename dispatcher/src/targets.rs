@@ -14,7 +14,7 @@ use fluxgate_shared::filter::{self, Expression};
 use fluxgate_shared::receivers::{Receiver, ResourceRef};
 use fluxgate_shared::within_deadline;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::core::{ApiResource, GroupVersionKind};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 
 use crate::cache::{Caches, Scope};
 use crate::request::Inputs;
@@ -48,7 +48,7 @@ pub struct Resolver {
     no_cross_namespace_refs: bool,
     caches: Arc<Caches>,
     /// apiVersion + kind -> what discovery said about it.
-    discovered: Mutex<HashMap<(String, String), ApiResource>>,
+    discovered: Mutex<HashMap<(String, String), Arc<ApiResource>>>,
 }
 
 /// An API error as a reason to record: the API server's own message and code, not the client's
@@ -104,21 +104,24 @@ impl Resolver {
         &self,
         api_version: &str,
         kind: &str,
-    ) -> Result<ApiResource, kube::Error> {
-        let key = (api_version.to_owned(), kind.to_owned());
-        if let Some(found) = self
-            .discovered
-            .lock()
-            .ok()
-            .and_then(|d| d.get(&key).cloned())
-        {
+    ) -> Result<Arc<ApiResource>, kube::Error> {
+        // Looked through rather than by a key made of owned strings: the kinds are few, and this
+        // runs for every delivery.
+        let known = self.discovered.lock().ok().and_then(|d| {
+            (d.iter())
+                .find(|((v, k), _)| v == api_version && k == kind)
+                .map(|(_, found)| found.clone())
+        });
+        if let Some(found) = known {
             return Ok(found);
         }
         let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
         let gvk = GroupVersionKind::gvk(group, version, kind);
         let (resource, _) =
             within_deadline(kube::discovery::pinned_kind(&self.client, &gvk)).await?;
+        let resource = Arc::new(resource);
         if let Ok(mut discovered) = self.discovered.lock() {
+            let key = (api_version.to_owned(), kind.to_owned());
             discovered.insert(key, resource.clone());
         }
         Ok(resource)
@@ -151,15 +154,15 @@ impl Resolver {
                 Err(Refusal::Transient(error)) => return Err(error),
             };
             let mut to_filter = Vec::new();
-            for (target, metadata) in candidates {
+            for (target, object) in candidates {
                 if filters.is_empty() {
                     targets.insert(target);
                     continue;
                 }
-                let metadata = match metadata {
-                    Some(metadata) => metadata,
-                    None => match self.metadata(&target).await {
-                        Ok(metadata) => metadata,
+                let object = match object {
+                    Some(object) => object,
+                    None => match self.object(&target).await {
+                        Ok(object) => object,
                         Err(Refusal::Permanent(reason)) => {
                             refused.push((Some(target), reason));
                             continue;
@@ -167,7 +170,7 @@ impl Resolver {
                         Err(Refusal::Transient(error)) => return Err(error),
                     },
                 };
-                to_filter.push((target, metadata));
+                to_filter.push((target, object));
             }
             let candidates = to_filter.len();
             let evaluating =
@@ -194,15 +197,15 @@ impl Resolver {
         })
     }
 
-    /// A named target's metadata, for its filters, from its scope's cache.
-    async fn metadata(&self, target: &Target) -> Result<ObjectMeta, Refusal> {
+    /// A named target as its scope's cache holds it, for its filters.
+    async fn object(&self, target: &Target) -> Result<Arc<DynamicObject>, Refusal> {
         let api_resource = self.api_resource(&target.api_version, &target.kind).await?;
         let cache = self
             .caches
             .synced(&Scope::of(target), &api_resource)
             .await?;
         match cache.get(&target.name) {
-            Some(object) => Ok(object.metadata.clone()),
+            Some(object) => Ok(object),
             None => Err(Refusal::Permanent(format!(
                 "{} {}/{} not found",
                 target.kind, target.namespace, target.name
@@ -265,7 +268,7 @@ impl Resolver {
         &self,
         receiver: &Receiver,
         resource: &ResourceRef,
-    ) -> Result<Vec<(Target, Option<ObjectMeta>)>, Refusal> {
+    ) -> Result<Vec<(Target, Option<Arc<DynamicObject>>)>, Refusal> {
         let scope = self.scope_of(receiver, resource)?;
         let target = |name: String| Target {
             api_version: scope.api_version.clone(),
@@ -287,14 +290,9 @@ impl Resolver {
         })?;
         let api_resource = self.api_resource(&scope.api_version, &scope.kind).await?;
         let cache = self.caches.synced(&scope, &api_resource).await?;
-        // By name, from the store: the metadata as it is now (a selection may be older).
+        // By name, from the store: the object as it is now (a selection may be older).
         Ok((cache.matching(labels).iter())
-            .filter_map(|name| {
-                Some((
-                    target(name.clone()),
-                    Some(cache.get(name)?.metadata.clone()),
-                ))
-            })
+            .filter_map(|name| Some((target(name.clone()), Some(cache.get(name)?))))
             .collect())
     }
 }
@@ -305,7 +303,7 @@ impl Resolver {
 /// cannot be stopped: its thread runs on until it is done.
 async fn filter_all(
     filters: Vec<Expression>,
-    candidates: Vec<(Target, ObjectMeta)>,
+    candidates: Vec<(Target, Arc<DynamicObject>)>,
     inputs: &Arc<Inputs>,
 ) -> Vec<(Target, Result<bool, String>)> {
     if candidates.is_empty() {
@@ -318,8 +316,8 @@ async fn filter_all(
     let inputs = inputs.clone();
     let evaluation = tokio::task::spawn_blocking(move || {
         (candidates.into_iter())
-            .map(|(target, metadata)| {
-                let verdict = passes(&filters, &target, &metadata, &inputs);
+            .map(|(target, object)| {
+                let verdict = passes(&filters, &target, &object.metadata, &inputs);
                 (target, verdict)
             })
             .collect()

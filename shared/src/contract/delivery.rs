@@ -131,42 +131,43 @@ impl DeliveryMeta {
     pub fn read(subject: &str, headers: Option<&HeaderMap>) -> Result<Self, Error> {
         let headers =
             headers.ok_or_else(|| Error::NotADelivery("message has no headers".into()))?;
-        let get = |name: &str| {
+        // By the names' constants: a `&str` would be turned into a name, allocated, each time.
+        let get = |name: HeaderName| {
             headers
                 .get(name)
                 .map(|v| v.as_str().to_owned())
                 .filter(|v| !v.is_empty())
         };
-        let require = |name: &str| {
-            get(name).ok_or_else(|| Error::NotADelivery(format!("missing header {name}")))
+        let require = |name: HeaderName| {
+            get(name.clone()).ok_or_else(|| Error::NotADelivery(format!("missing header {name}")))
         };
         let replay = is_replay_subject(subject);
         Ok(Self {
-            id: require(header::DELIVERY_ID)?,
-            id_source: match get(header::DELIVERY_ID_SOURCE).as_deref() {
+            id: require(names::DELIVERY_ID)?,
+            id_source: match get(names::DELIVERY_ID_SOURCE).as_deref() {
                 Some("sender") => IdSource::Sender,
                 _ => IdSource::Generated,
             },
-            namespace: require(header::RECEIVER_NAMESPACE)?,
-            receiver: require(header::RECEIVER_NAME)?,
-            receiver_type: get(header::RECEIVER_TYPE).unwrap_or_default(),
-            event: get(header::EVENT),
-            received_at: get(header::RECEIVED_AT)
+            namespace: require(names::RECEIVER_NAMESPACE)?,
+            receiver: require(names::RECEIVER_NAME)?,
+            receiver_type: get(names::RECEIVER_TYPE).unwrap_or_default(),
+            event: get(names::EVENT),
+            received_at: get(names::RECEIVED_AT)
                 .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
                 .map(|t| t.with_timezone(&Utc)),
-            content_type: get(header::CONTENT_TYPE),
-            body_sha256: get(header::BODY_SHA256),
-            body_size: get(header::BODY_SIZE)
+            content_type: get(names::CONTENT_TYPE),
+            body_sha256: get(names::BODY_SHA256),
+            body_size: get(names::BODY_SIZE)
                 .and_then(|s| s.parse().ok())
                 .unwrap_or_default(),
-            body_object: get(header::BODY_OBJECT),
-            traceparent: get(header::TRACEPARENT),
+            body_object: get(names::BODY_OBJECT),
+            traceparent: get(names::TRACEPARENT),
             replay_of: replay
-                .then(|| get(header::REPLAY_OF_SEQ))
+                .then(|| get(names::REPLAY_OF_SEQ))
                 .flatten()
                 .and_then(|s| s.parse().ok()),
-            replay_actor: replay.then(|| get(header::REPLAY_ACTOR)).flatten(),
-            oidc_claims: get(header::OIDC_CLAIMS),
+            replay_actor: replay.then(|| get(names::REPLAY_ACTOR)).flatten(),
+            oidc_claims: get(names::OIDC_CLAIMS),
         })
     }
 
