@@ -148,7 +148,7 @@ impl Dispatcher {
         let trace = fluxgate_shared::traceparent_of(&span);
         let in_flight = self.registry.start(delivery, acker, trace);
         let delivery = &in_flight.delivery;
-        let dispatched = (self.dispatch(delivery, &message.payload, delivered > 1))
+        let dispatched = (self.dispatch(&in_flight, &message.payload, delivered > 1))
             .instrument(span)
             .await;
         drop(message);
@@ -179,6 +179,7 @@ impl Dispatcher {
                 }
             }
             other => {
+                in_flight.recorded().await;
                 self.settle(&in_flight.acker, sequence, other).await;
                 self.registry.remove(sequence);
             }
@@ -190,10 +191,11 @@ impl Dispatcher {
     /// one may have been patched already (a lost ack, a crash).
     async fn dispatch(
         &self,
-        delivery: &Delivery,
+        in_flight: &InFlight,
         body: &Bytes,
         redelivered: bool,
     ) -> Result<Disposition, Error> {
+        let delivery = &in_flight.delivery;
         let catalog = self.catalog.current();
         let meta = &delivery.meta;
         let Some(receiver) = catalog.by_name(&meta.namespace, &meta.receiver) else {
@@ -216,14 +218,14 @@ impl Dispatcher {
         let resolved = resolving.instrument(tracing::info_span!("resolve")).await?;
         let targets = resolved.targets;
         tracing::Span::current().record("fluxgate.targets", targets.len());
-        self.recorder
-            .record(
-                delivery,
-                Event::Dispatched {
-                    targets: targets.clone(),
-                },
-            )
-            .await;
+        // Stored with those of the receiver's deliveries dispatched about now, by the time the
+        // delivery is acknowledged; its patch need not wait for it.
+        in_flight.dispatched(self.recorder.record_soon(
+            delivery,
+            Event::Dispatched {
+                targets: targets.clone(),
+            },
+        ));
         for target in resolved.filtered_out {
             self.recorder
                 .record(delivery, Event::FilteredOut { target })

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
+use crate::outcome::Recording;
 
 pub struct InFlight {
     pub delivery: Delivery,
@@ -25,6 +26,8 @@ pub struct InFlight {
     /// carries it links there.
     pub trace: Option<String>,
     remaining: AtomicUsize,
+    /// Its `dispatched` event on its way: stored before the message is acknowledged.
+    dispatched: Mutex<Option<Recording>>,
     registry: Registry,
 }
 
@@ -34,9 +37,25 @@ impl InFlight {
         self.remaining.store(targets, Ordering::Release);
     }
 
+    /// Its `dispatched` event is being recorded.
+    pub fn dispatched(&self, recording: Recording) {
+        if let Ok(mut slot) = self.dispatched.lock() {
+            *slot = Some(recording);
+        }
+    }
+
+    /// Waits until its `dispatched` event, if any, is stored: before any ack.
+    pub async fn recorded(&self) {
+        let recording = self.dispatched.lock().ok().and_then(|mut slot| slot.take());
+        if let Some(recording) = recording {
+            recording.stored().await;
+        }
+    }
+
     /// One target of this delivery is done; the last one acknowledges the message.
     pub async fn target_done(&self) {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.recorded().await;
             acknowledge(&self.acker, self.delivery.sequence, &self.registry.metrics).await;
             self.registry.remove(self.delivery.sequence);
         }
@@ -78,6 +97,7 @@ impl Registry {
             arrived: Instant::now(),
             trace,
             remaining: AtomicUsize::new(0),
+            dispatched: Mutex::new(None),
             registry: self.clone(),
         });
         if let Ok(mut map) = self.in_flight.lock() {

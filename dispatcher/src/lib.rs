@@ -154,6 +154,7 @@ impl Service {
             config.stream_replicas,
             config.outcomes_max_age,
             config.outcomes_max_bytes,
+            config.coalesce_window,
         )
         .await?;
         if config.dedup_ttl.is_some() {

@@ -2,15 +2,18 @@
 //! dispatcher handles, counting each, and provisions the stream that keeps them. The same event
 //! recorded for several deliveries of one receiver at the same moment -- the deliveries of a
 //! coalesced patch, a backlog's dispatches to the same targets -- is stored as one message that
-//! lists them: a NATS write per event, not per delivery.
+//! lists them: a NATS write per event, not per delivery. A record that may wait
+//! ([`Recorder::record_soon`]) waits a moment for alike ones, so that a receiver's deliveries
+//! dispatched one after another share a message too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use fluxgate_shared::contract::{self, Concerned, Event, Outcome};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::delivery::Delivery;
 use crate::error::Error;
@@ -24,6 +27,8 @@ const MAX_RETRY: Duration = Duration::from_secs(2);
 const MAX_GROUP: usize = 200;
 /// The most records taken from the queue at once.
 const MAX_TAKEN: usize = 1000;
+/// The longest a record that may wait waits for alike ones.
+const MAX_LINGER: Duration = Duration::from_millis(250);
 
 /// Writes outcome events, waiting for JetStream's ack so that history is never behind the
 /// acknowledgement of the delivery it describes.
@@ -36,16 +41,31 @@ pub struct Recorder {
 struct Record {
     outcome: Outcome,
     stored: oneshot::Sender<()>,
+    /// It may wait for alike records.
+    may_wait: bool,
+}
+
+/// A record on its way to the outcomes stream ([`Recorder::record_soon`]).
+pub struct Recording(oneshot::Receiver<()>);
+
+impl Recording {
+    /// Resolves once the record is stored (or the writer is gone, at exit).
+    pub async fn stored(self) {
+        let _ = self.0.await;
+    }
 }
 
 impl Recorder {
-    /// Creates or updates the outcomes stream.
+    /// Creates or updates the outcomes stream. Records that may wait wait a quarter of
+    /// `coalesce_window` at most (and never more than 250 ms): a delivery is patched a window
+    /// after it is dispatched, so its `dispatched` event is normally stored first.
     pub async fn provision(
         jetstream: jetstream::Context,
         metrics: Arc<Metrics>,
         replicas: usize,
         max_age: Duration,
         max_bytes: i64,
+        coalesce_window: Duration,
     ) -> Result<Self, Error> {
         let config = stream::Config {
             name: contract::OUTCOMES_STREAM.into(),
@@ -65,7 +85,8 @@ impl Recorder {
             tracing::warn!(%error, "cannot update the outcomes stream's configuration");
         }
         let (queue, records) = mpsc::unbounded_channel();
-        tokio::spawn(write(jetstream, metrics, records));
+        let linger = (coalesce_window / 4).min(MAX_LINGER);
+        tokio::spawn(write(jetstream, metrics, records, linger));
         Ok(Self { queue })
     }
 
@@ -73,25 +94,131 @@ impl Recorder {
     /// acknowledged only after its outcomes are stored, so that its history never stops short
     /// (the messages of deliveries in flight are kept alive meanwhile).
     pub async fn record(&self, delivery: &Delivery, event: Event) {
+        self.enqueue(delivery, event, false).stored().await;
+    }
+
+    /// [`Recorder::record`], except that the event waits a moment for alike ones of the same
+    /// receiver before it is stored; await the [`Recording`] before acknowledging the delivery.
+    pub fn record_soon(&self, delivery: &Delivery, event: Event) -> Recording {
+        self.enqueue(delivery, event, true)
+    }
+
+    fn enqueue(&self, delivery: &Delivery, event: Event, may_wait: bool) -> Recording {
         let outcome = Outcome::now(&delivery.meta, delivery.sequence, event);
         let (stored, done) = oneshot::channel();
-        // The writer lives as long as any recorder; a send can only fail at exit.
-        if self.queue.send(Record { outcome, stored }).is_ok() {
-            let _ = done.await;
+        // The writer lives as long as any recorder; a send can only fail at exit, and the
+        // record's `Recording` then resolves at once.
+        let _ = self.queue.send(Record {
+            outcome,
+            stored,
+            may_wait,
+        });
+        Recording(done)
+    }
+}
+
+/// Records that may wait, gathered by receiver and event until their time is up.
+#[derive(Default)]
+struct Lingering {
+    /// Receiver -> its groups: the event, when its first record came, the records.
+    groups: HashMap<String, Vec<(Event, Instant, Vec<Record>)>>,
+    /// When each group was started, oldest first, by receiver: the next one due is in front.
+    started: VecDeque<(Instant, String)>,
+}
+
+impl Lingering {
+    /// Adds a record to its group; a group that is full is returned, to be stored now.
+    fn add(&mut self, record: Record) -> Option<Vec<Record>> {
+        let receiver = record.outcome.receiver.as_str();
+        let groups = match self.groups.get_mut(receiver) {
+            Some(groups) => groups,
+            None => self.groups.entry(receiver.to_owned()).or_default(),
+        };
+        let Some(at) = (groups.iter()).position(|(event, _, _)| *event == record.outcome.event)
+        else {
+            let now = Instant::now();
+            self.started
+                .push_back((now, record.outcome.receiver.clone()));
+            groups.push((record.outcome.event.clone(), now, vec![record]));
+            return None;
+        };
+        let group = &mut groups[at].2;
+        group.push(record);
+        (group.len() >= MAX_GROUP).then(|| groups.swap_remove(at).2)
+    }
+
+    /// When the oldest group is due.
+    fn next_due(&self, linger: Duration) -> Option<Instant> {
+        self.started.front().map(|(since, _)| *since + linger)
+    }
+
+    /// The groups due by now (all of them once `linger` is zero or the queue is closed).
+    fn take_due(&mut self, linger: Duration) -> Vec<Vec<Record>> {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        while let Some((since, _)) = self.started.front()
+            && *since + linger <= now
+        {
+            let Some((_, receiver)) = self.started.pop_front() else {
+                break;
+            };
+            let Some(groups) = self.groups.get_mut(&receiver) else {
+                continue;
+            };
+            // A group stored early, being full, left its start behind: nothing is due then.
+            let (ready, waiting): (Vec<_>, Vec<_>) =
+                (groups.drain(..)).partition(|(_, started, _)| *started + linger <= now);
+            due.extend(ready.into_iter().map(|(_, _, records)| records));
+            if waiting.is_empty() {
+                self.groups.remove(&receiver);
+            } else {
+                *groups = waiting;
+            }
         }
+        due
     }
 }
 
 /// Takes the records queued, stores the alike ones together, each group by a task of its own,
 /// and goes on with those queued meanwhile: under load the queue fills while groups are
-/// stored, so groups grow with the load, and a lone record is stored at once.
+/// stored, so groups grow with the load, and a lone record is stored at once -- unless it may
+/// wait, when it waits up to `linger` for alike ones.
 async fn write(
     jetstream: jetstream::Context,
     metrics: Arc<Metrics>,
     mut records: mpsc::UnboundedReceiver<Record>,
+    linger: Duration,
 ) {
+    let store_all = |groups: Vec<Vec<Record>>| {
+        for group in groups {
+            tokio::spawn(store(jetstream.clone(), metrics.clone(), group));
+        }
+    };
     let mut queued = Vec::new();
-    while records.recv_many(&mut queued, MAX_TAKEN).await > 0 {
+    let mut lingering = Lingering::default();
+    loop {
+        let due = lingering.next_due(linger);
+        let taken = tokio::select! {
+            taken = records.recv_many(&mut queued, MAX_TAKEN) => taken,
+            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                store_all(lingering.take_due(linger));
+                continue;
+            }
+        };
+        if taken == 0 {
+            // Every recorder is gone: what waits is stored now.
+            store_all(lingering.take_due(Duration::ZERO));
+            return;
+        }
+        if !linger.is_zero() {
+            let (later, now): (Vec<Record>, Vec<Record>) =
+                queued.drain(..).partition(|record| record.may_wait);
+            queued = now;
+            let full: Vec<Vec<Record>> = (later.into_iter())
+                .filter_map(|record| lingering.add(record))
+                .collect();
+            store_all(full);
+        }
         // Each record's group, found by its receiver and event as they are (no copy of either).
         let mut index: HashMap<(&str, &Event), usize> = HashMap::new();
         let group_of: Vec<usize> = (queued.iter())

@@ -184,8 +184,11 @@ impl Patcher {
                 .resolver
                 .api_resource(&target.api_version, &target.kind)
                 .await?;
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(self.resolver.client().clone(), &target.namespace, &*resource);
+            let api: Api<DynamicObject> = Api::namespaced_with(
+                self.resolver.client().clone(),
+                &target.namespace,
+                &*resource,
+            );
             api.patch(&target.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
         };

@@ -268,6 +268,32 @@ async fn a_burst_to_one_target_becomes_one_or_two_patches() {
     );
 }
 
+/// Deliveries of one receiver dispatched one after another, not at once, share their
+/// `dispatched` message when they come within its linger (a quarter of the coalescing window).
+#[tokio::test]
+async fn deliveries_dispatched_one_after_another_share_their_dispatched_message() {
+    const DELIVERIES: usize = 6;
+    let p = start().await;
+    let _dispatcher = p.start_dispatcher(&["--coalesce-window", "1s"]).await;
+    // 20 ms apart, about 120 ms in all: within the linger of 250 ms.
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    for i in 0..DELIVERIES {
+        pace.tick().await;
+        push(&p, &format!("paced-{i}")).await;
+    }
+    p.outcomes_until("every delivery dispatched and patched", |e| {
+        of_type(e, "dispatched").len() == DELIVERIES && of_type(e, "patched").len() == DELIVERIES
+    })
+    .await;
+    all_acknowledged(&p).await;
+    // One message, or two should the machine stall past the linger; one each without it.
+    let messages = messages_on(&p, "fluxgate.outcomes.flux-system.gh.dispatched").await;
+    assert!(
+        (1..=DELIVERIES / 2).contains(&messages),
+        "{DELIVERIES} deliveries dispatched in {messages} messages"
+    );
+}
+
 #[tokio::test]
 async fn a_label_selector_patches_every_match_and_nothing_else() {
     let p = start().await;
@@ -756,9 +782,10 @@ async fn a_delivery_is_acknowledged_only_once_its_outcomes_are_stored() {
         .update_stream(&open)
         .await
         .expect("lift the limit");
+    // Its `dispatched` event may come after its `patched`: the patch does not wait for it.
     let events = p
-        .outcomes_until("the second patch recorded", |e| {
-            patched_deliveries(e).contains("while-full")
+        .outcomes_until("the second delivery's events recorded", |e| {
+            patched_deliveries(e).contains("while-full") && of_type(e, "dispatched").len() >= 2
         })
         .await;
     assert_eq!(
