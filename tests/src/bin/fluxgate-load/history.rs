@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 
+use anyhow::Context as _;
 use async_nats::jetstream;
 use fluxgate_shared::contract::{self, DeliveryMeta, IndexEntry};
 use fluxgate_tests::ingest::Ingest;
@@ -45,6 +46,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let _ingest = Ingest::start(&nats.url(), &file, &[]).await;
     let client = nats.client().await;
     let jetstream = jetstream::new(client.clone());
+    let nats_pid = nats.pid().context("nats-server is not running")?;
+    let (rss_before, _) = crate::ingest::memory_kib(nats_pid)?;
     let started = Instant::now();
     let mut pending = futures::stream::FuturesUnordered::new();
     for i in 0..args.deliveries {
@@ -53,8 +56,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             NS,
             &format!("hook-{}", i % args.receivers),
         );
+        // With its message id, as ingest stores it: the stream remembers every id of its
+        // duplicate window.
+        let mut headers = meta.to_headers();
+        headers.insert(contract::header::NATS_MSG_ID, meta.key());
         let ack = jetstream
-            .publish_with_headers(meta.subject(), meta.to_headers(), "{}".into())
+            .publish_with_headers(meta.subject(), headers, "{}".into())
             .await?;
         pending.push(async move { (meta, ack.await) });
         if pending.len() >= 512
@@ -74,6 +81,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.receivers,
         stored.as_secs_f64(),
         args.deliveries as f64 / stored.as_secs_f64()
+    );
+    let (rss_after, _) = crate::ingest::memory_kib(nats_pid)?;
+    println!(
+        "nats-server RSS: {:.0} MiB before, {:.0} MiB after ({:.0} bytes per delivery, its id in the duplicate window included)",
+        rss_before as f64 / 1024.0,
+        rss_after as f64 / 1024.0,
+        (rss_after.saturating_sub(rss_before) * 1024) as f64 / args.deliveries as f64
     );
 
     let middle = format!("delivery-{}", args.deliveries / 2);
