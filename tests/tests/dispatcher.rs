@@ -880,6 +880,51 @@ async fn a_delivery_patched_before_a_crash_is_not_patched_again_when_redelivered
 }
 
 #[tokio::test]
+async fn a_delivery_redelivered_before_its_patch_is_patched_by_the_next_leader() {
+    let p = start().await;
+    // The target was last asked to reconcile before the webhook came: that does not cover it.
+    let mut flaky = git_repository("flaky", "core");
+    flaky["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"] =
+        "2026-01-01T00:00:00Z".into();
+    p.api().apply(flaky);
+    let args = |id: &'static str, window: &'static str| {
+        [
+            "--identity",
+            id,
+            "--lease-duration",
+            "2s",
+            "--ack-wait",
+            "1s",
+            "--coalesce-window",
+            window,
+        ]
+    };
+    // The first leader holds the delivery for a coalescing window it never sees the end of.
+    let mut first = p.start_dispatcher(&args("a", "1h")).await;
+    let keyed = [("idempotency-key", "unpatched-1")];
+    let response = post_generic(&p, "flaky", &keyed, "").await;
+    assert_eq!(response.status, 202, "{:?}", response.body);
+    p.outcomes_until("dispatched", |e| !of_type(e, "dispatched").is_empty())
+        .await;
+    first.service.kill();
+
+    let _second = p.start_dispatcher(&args("b", "50ms")).await;
+    let events = p
+        .outcomes_until("the patch recorded", |e| !of_type(e, "patched").is_empty())
+        .await;
+    all_acknowledged(&p).await;
+    let taken = patches(&p, "flaky");
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    let patched = of_type(&events, "patched");
+    assert_eq!(patched[0]["requested_at"].as_str(), annotation(&taken[0]));
+    assert!(patched[0]["attempts"].as_u64() >= Some(1), "{patched:?}");
+    assert!(
+        consumer_info(&p).await.delivered.consumer_sequence >= 2,
+        "redelivered"
+    );
+}
+
+#[tokio::test]
 async fn a_delivery_that_keeps_failing_is_recorded_failed_after_max_deliver_attempts() {
     let p = start().await;
     // Every list of GitRepositories fails: the "labels" receiver's targets cannot be resolved.
