@@ -1,7 +1,7 @@
 //! `fluxgate replay`: a stored delivery published again on purpose, as a new message on the
 //! replay subject that references the original (`Fluxgate-Replay-Of-Seq`) under a message id of
-//! its own, so that deduplication keeps it, with its own outcome trail; the original's trail records that, when and by
-//! whom it was replayed. Both are written through the shared contract. `--dry-run` resolves the
+//! its own, so that deduplication keeps it, with its own outcome trail; the original's trail
+//! records that, when and by whom it was replayed. Both are written through the shared contract. `--dry-run` resolves the
 //! receiver and evaluates its filters as of now with the dispatcher's resolver, and changes
 //! nothing.
 

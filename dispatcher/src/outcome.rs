@@ -234,14 +234,16 @@ async fn write(
                 group.push(record);
             }
         }
+        let mut messages = Vec::with_capacity(groups.len());
         for mut group in groups {
             while group.len() > MAX_GROUP {
                 let rest = group.split_off(MAX_GROUP);
-                tokio::spawn(store(jetstream.clone(), metrics.clone(), group));
+                messages.push(group);
                 group = rest;
             }
-            tokio::spawn(store(jetstream.clone(), metrics.clone(), group));
+            messages.push(group);
         }
+        store_all(messages);
     }
 }
 

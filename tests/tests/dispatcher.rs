@@ -821,21 +821,25 @@ async fn a_delivery_held_past_the_ack_wait_is_kept_alive_not_redelivered() {
     );
 }
 
+/// Flags of a dispatcher whose successor takes over within seconds of its death: a short lease,
+/// and its deliveries redelivered a second after their last ack.
+fn failover_args<'a>(identity: &'a str, coalesce_window: &'a str) -> [&'a str; 8] {
+    [
+        "--identity",
+        identity,
+        "--lease-duration",
+        "2s",
+        "--ack-wait",
+        "1s",
+        "--coalesce-window",
+        coalesce_window,
+    ]
+}
+
 #[tokio::test]
 async fn a_delivery_patched_before_a_crash_is_not_patched_again_when_redelivered() {
     let mut p = start().await;
-    let args = |id: &'static str| {
-        [
-            "--identity",
-            id,
-            "--lease-duration",
-            "2s",
-            "--ack-wait",
-            "1s",
-            "--coalesce-window",
-            "50ms",
-        ]
-    };
+    let args = |id| failover_args(id, "50ms");
     // The patch takes a second: time to cut the dispatcher off from NATS while it is under way.
     p.api().inject(
         &repo("flaky"),
@@ -887,20 +891,8 @@ async fn a_delivery_redelivered_before_its_patch_is_patched_by_the_next_leader()
     flaky["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"] =
         "2026-01-01T00:00:00Z".into();
     p.api().apply(flaky);
-    let args = |id: &'static str, window: &'static str| {
-        [
-            "--identity",
-            id,
-            "--lease-duration",
-            "2s",
-            "--ack-wait",
-            "1s",
-            "--coalesce-window",
-            window,
-        ]
-    };
     // The first leader holds the delivery for a coalescing window it never sees the end of.
-    let mut first = p.start_dispatcher(&args("a", "1h")).await;
+    let mut first = p.start_dispatcher(&failover_args("a", "1h")).await;
     let keyed = [("idempotency-key", "unpatched-1")];
     let response = post_generic(&p, "flaky", &keyed, "").await;
     assert_eq!(response.status, 202, "{:?}", response.body);
@@ -908,7 +900,7 @@ async fn a_delivery_redelivered_before_its_patch_is_patched_by_the_next_leader()
         .await;
     first.service.kill();
 
-    let _second = p.start_dispatcher(&args("b", "50ms")).await;
+    let _second = p.start_dispatcher(&failover_args("b", "50ms")).await;
     let events = p
         .outcomes_until("the patch recorded", |e| !of_type(e, "patched").is_empty())
         .await;

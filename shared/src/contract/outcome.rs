@@ -248,15 +248,14 @@ impl Outcome {
         };
         // The others by a digest of their sequences: a retry of the same message keeps its id,
         // another set of deliveries starting at the same one gets another.
-        let more = match self.more.is_empty() {
-            true => String::new(),
-            false => {
-                let mut digest = sha2::Sha256::new();
-                for concerned in &self.more {
-                    digest.update(concerned.seq.to_be_bytes());
-                }
-                format!("+{}", hex::encode(&digest.finalize()[..8]))
+        let more = if self.more.is_empty() {
+            String::new()
+        } else {
+            let mut digest = sha2::Sha256::new();
+            for concerned in &self.more {
+                digest.update(concerned.seq.to_be_bytes());
             }
+            format!("+{}", hex::encode(&digest.finalize()[..8]))
         };
         format!("{}{more}:{}:{about}", self.seq, self.event.label())
     }
