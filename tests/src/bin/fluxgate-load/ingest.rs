@@ -1,6 +1,6 @@
 //! The ingest benchmark. Starts a private nats-server, the release `fluxgate-ingest` and
 //! `fluxgate-baseline` (a bare hyper handler that publishes each body to the same stream), sends
-//! N signed GitHub webhooks over C keep-alive connections to each in turn, and prints
+//! N signed GitHub webhooks over C keep-alive connections to each, taking turns in rounds, and prints
 //! throughput, latency percentiles, CPU per webhook and ingest's memory, ingest's as ratios of
 //! the baseline's.
 
@@ -26,6 +26,9 @@ pub struct Args {
     /// Size of each webhook body.
     #[arg(long, default_value_t = 1024)]
     body_bytes: usize,
+    /// Turns each server takes (ingest, then the baseline), the requests shared among them.
+    #[arg(long, default_value_t = 4)]
+    rounds: usize,
     /// Export ingest's spans to an OTLP receiver in this process, sampling this share of
     /// traces (`OTEL_TRACES_SAMPLER=traceidratio`); without it, no tracing.
     #[arg(long)]
@@ -34,9 +37,43 @@ pub struct Args {
 
 const TOKEN: &str = "load-secret";
 
+#[derive(Default)]
 pub struct Phase {
     elapsed: Duration,
     latencies: Vec<Duration>,
+}
+
+/// A server under load: its port, and the processes whose CPU it costs (itself, nats-server,
+/// this tool).
+struct Server {
+    port: u16,
+    pids: [u32; 3],
+}
+
+impl Server {
+    fn new(port: u16, pid: u32, nats_pid: u32) -> Self {
+        Self {
+            port,
+            pids: [pid, nats_pid, std::process::id()],
+        }
+    }
+}
+
+/// A server's rounds added up.
+#[derive(Default)]
+struct Measured {
+    phase: Phase,
+    cpu: [f64; 3],
+}
+
+impl Measured {
+    fn add(&mut self, phase: Phase, cpu: [f64; 3]) {
+        self.phase.elapsed += phase.elapsed;
+        self.phase.latencies.extend(phase.latencies);
+        for (total, spent) in self.cpu.iter_mut().zip(cpu) {
+            *total += spent;
+        }
+    }
 }
 
 impl Phase {
@@ -53,8 +90,8 @@ impl Phase {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.connections > 0 && args.requests >= args.connections,
-        "need requests >= connections > 0"
+        args.connections > 0 && args.rounds > 0 && args.requests >= args.connections * args.rounds,
+        "need requests >= connections * rounds, both > 0"
     );
     let nats = NatsServer::start().await;
     let dir = tempfile::tempdir()?;
@@ -91,56 +128,39 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let url = ingest.hook_url(&hook_path(TOKEN, "github", "bench"));
     let (idle_rss, _) = memory_kib(ingest.pid())?;
     let body = Bytes::from(github_push_body(args.body_bytes));
-
-    // Warm up connections, the stream and the allocator before measuring.
-    send_webhooks(
-        ingest.port,
-        &url,
-        &body,
-        args.connections,
-        args.connections * 10,
-        "warm",
-    )
-    .await?;
-    let nats_pid = nats.pid().context("nats-server is not running")?;
-    let pids = [ingest.pid(), nats_pid, std::process::id()];
-    let before = pids.map(cpu_seconds);
-    let mut ingest_phase = send_webhooks(
-        ingest.port,
-        &url,
-        &body,
-        args.connections,
-        args.requests,
-        "load",
-    )
-    .await?;
-    let during_ingest = cpu_delta(pids, before);
-    let (rss, peak) = memory_kib(ingest.pid())?;
-
-    // The same requests, over as many connections, to the baseline on the same server.
     let baseline = Baseline::start(&nats.url())?;
-    let baseline_port = baseline.port;
-    send_webhooks(
-        baseline_port,
-        &url,
-        &body,
-        args.connections,
-        args.connections * 10,
-        "warm",
-    )
-    .await?;
-    let pids = [baseline.child.id(), nats_pid, std::process::id()];
-    let before = pids.map(cpu_seconds);
-    let mut baseline_phase = send_webhooks(
-        baseline_port,
-        &url,
-        &body,
-        args.connections,
-        args.requests,
-        "load",
-    )
-    .await?;
-    let during_baseline = cpu_delta(pids, before);
+    let nats_pid = nats.pid().context("nats-server is not running")?;
+    let servers = [
+        Server::new(ingest.port, ingest.pid(), nats_pid),
+        Server::new(baseline.port, baseline.child.id(), nats_pid),
+    ];
+    // Warm up connections, the stream and the allocator of both before measuring.
+    for server in &servers {
+        let warm = args.connections * 10;
+        send_webhooks(server.port, &url, &body, args.connections, warm, "warm").await?;
+    }
+    // The two take turns, so that what else the shared cores are doing weighs on both alike.
+    let mut measured = [Measured::default(), Measured::default()];
+    for round in 0..args.rounds {
+        let share = args.requests / args.rounds + usize::from(round < args.requests % args.rounds);
+        for (server, measured) in servers.iter().zip(&mut measured) {
+            let before = server.pids.map(cpu_seconds);
+            let tag = format!("load{round}");
+            let phase = send_webhooks(server.port, &url, &body, args.connections, share, &tag);
+            measured.add(phase.await?, cpu_delta(server.pids, before));
+        }
+    }
+    let (rss, peak) = memory_kib(ingest.pid())?;
+    let [
+        Measured {
+            phase: mut ingest_phase,
+            cpu: during_ingest,
+        },
+        Measured {
+            phase: mut baseline_phase,
+            cpu: during_baseline,
+        },
+    ] = measured;
 
     let ratio = ingest_phase.rate() / baseline_phase.rate();
     let tracing = match (&collector, args.trace_ratio) {
@@ -151,8 +171,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         _ => "no tracing".to_owned(),
     };
     println!(
-        "fluxgate-load: {} requests of {} bytes over {} connections, nats-server on 127.0.0.1; {tracing}",
-        args.requests, args.body_bytes, args.connections
+        "fluxgate-load: {} requests of {} bytes over {} connections in {} rounds each, nats-server on 127.0.0.1; {tracing}",
+        args.requests, args.body_bytes, args.connections, args.rounds
     );
     println!(
         "{:<28} {:>12} {:>10} {:>10}",
