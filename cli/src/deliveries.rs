@@ -7,7 +7,7 @@ use std::io::IsTerminal as _;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
-use fluxgate_shared::contract::DeliveryMeta;
+use fluxgate_shared::contract::{self, DeliveryMeta};
 use serde_json::{Value, json};
 
 use crate::connect::NatsArgs;
@@ -167,12 +167,13 @@ async fn show(args: ShowArgs, format: Format) -> Result<(), Error> {
     match format {
         Format::Table => {
             let colour = std::io::stdout().is_terminal();
-            print!("{}", page(&summary, &body, trace, colour));
+            print!("{}", page(&summary, &meta, &body, trace, colour));
             print!("{}", copies_section(&later, colour));
         }
         _ => {
             let mut value = serde_json::to_value(&summary).unwrap_or_default();
-            value["headers"] = headers_json(&summary);
+            value["headers"] = headers_json(&summary, &meta);
+            value["metadata"] = serde_json::to_value(&meta).unwrap_or_default();
             if let Some(trace) = trace {
                 value["trace_id"] = json!(trace.id);
                 value["trace_url"] = json!(trace.url);
@@ -211,9 +212,11 @@ fn copies_section(copies: &[Summary], colour: bool) -> String {
     out
 }
 
-/// The headers stored with the delivery (without those a direct get adds about the message).
-fn headers_json(summary: &Summary) -> Value {
+/// The headers stored with the delivery: the request's kept headers, and the message's own
+/// (its id, `traceparent`) without the metadata and those a direct get adds about the message.
+fn headers_json(summary: &Summary, meta: &DeliveryMeta) -> Value {
     const ABOUT_THE_MESSAGE: &[&str] = &[
+        contract::header::DELIVERY,
         "Nats-Stream",
         "Nats-Sequence",
         "Nats-Subject",
@@ -231,6 +234,9 @@ fn headers_json(summary: &Summary) -> Value {
         }
         let joined: Vec<&str> = values.iter().map(|v| v.as_str()).collect();
         headers.insert(name.to_string(), joined.join(", "));
+    }
+    for (name, value) in &meta.request_headers {
+        headers.insert(name.clone(), value.clone());
     }
     json!(headers)
 }
@@ -254,7 +260,13 @@ fn trace_of(meta: &DeliveryMeta, url_template: Option<&str>) -> Option<Trace> {
 }
 
 /// The human-readable page of one delivery.
-fn page(summary: &Summary, body: &[u8], trace: Option<Trace>, colour: bool) -> String {
+fn page(
+    summary: &Summary,
+    meta: &DeliveryMeta,
+    body: &[u8],
+    trace: Option<Trace>,
+    colour: bool,
+) -> String {
     let d = &summary.delivery;
     let mut out = String::new();
     let _ = writeln!(out, "Delivery {} (#{})", render::inert(&d.id), d.seq);
@@ -282,13 +294,20 @@ fn page(summary: &Summary, body: &[u8], trace: Option<Trace>, colour: bool) -> S
         let _ = writeln!(out, "  Trace:     {}{url}", trace.id);
     }
     let _ = writeln!(out, "Headers:");
-    if let Some(headers) = headers_json(summary).as_object() {
+    if let Some(headers) = headers_json(summary, meta).as_object() {
         for (name, value) in headers {
             let value = render::inert(value.as_str().unwrap_or_default());
             let _ = writeln!(out, "  {name}: {value}");
         }
     }
-    let _ = writeln!(out, "Body ({} bytes):", body.len());
+    let mut about = vec![format!("{} bytes", body.len())];
+    if let Some(content_type) = &meta.content_type {
+        about.push(render::inert(content_type).to_string());
+    }
+    if let Some(sha256) = &meta.body_sha256 {
+        about.push(format!("sha256 {}", render::inert(sha256)));
+    }
+    let _ = writeln!(out, "Body ({}):", about.join(", "));
     let text = match serde_json::from_slice::<Value>(body) {
         Ok(json) => serde_json::to_string_pretty(&json).unwrap_or_default(),
         Err(_) => render::inert_text(&String::from_utf8_lossy(body)).into_owned(),

@@ -625,14 +625,8 @@ impl History {
             DeliverPolicy::All,
             true,
             |message| {
-                // The id first, from its header: only a match is read whole.
-                let has_id = message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(contract::header::DELIVERY_ID))
-                    .is_some_and(|v| v.as_str() == id);
-                if has_id
-                    && let Some(delivery) = stored(message)
+                if let Some(delivery) = stored(message)
+                    && delivery.id == id
                     && filter.is_receiver(&delivery)
                 {
                     found.push(delivery.seq);

@@ -2,7 +2,7 @@
 //! shared contract reads it from the message headers.
 
 use async_nats::HeaderMap;
-use fluxgate_shared::contract::{DeliveryMeta, header};
+use fluxgate_shared::contract::DeliveryMeta;
 
 use crate::error::Error;
 
@@ -14,12 +14,11 @@ pub struct Delivery {
 
 impl Delivery {
     /// Reads the headers of a message stored on `subject`; a message missing the delivery id
-    /// or the receiver is poison. Replay headers on a delivery subject are ignored (the contract
+    /// or the receiver is poison. Replay fields on a delivery subject are ignored (the contract
     /// believes them only on a replay subject) and said so.
     pub fn read(sequence: u64, subject: &str, headers: Option<&HeaderMap>) -> Result<Self, Error> {
-        let meta = DeliveryMeta::read(subject, headers)?;
-        let claims_replay = headers.is_some_and(|h| h.get(header::REPLAY_OF_SEQ).is_some());
-        if claims_replay && meta.replay_of.is_none() {
+        let (meta, ignored_replay) = DeliveryMeta::read_noting_ignored_replay(subject, headers)?;
+        if ignored_replay {
             tracing::warn!(
                 seq = sequence,
                 %subject,

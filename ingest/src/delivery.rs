@@ -1,5 +1,5 @@
-//! Normalisation: turns a verified webhook into the stored delivery message of DESIGN.md -- the
-//! raw body as payload and the metadata as headers, credentials left out.
+//! Normalisation: turns a verified webhook into the stored delivery of DESIGN.md -- the raw
+//! body and its metadata, credentials left out.
 
 use axum::http::{HeaderMap as RequestHeaders, HeaderValue};
 use bytes::Bytes;
@@ -15,7 +15,7 @@ use crate::verify::Verified;
 /// Longest value taken from a sender that ingest puts in a NATS header or message id.
 pub const MAX_HEADER_VALUE: usize = 256;
 
-/// The delivery message for an authentic webhook, and its delivery id; a `BadRequest` naming the
+/// The delivery for an authentic webhook, and its delivery id; a `BadRequest` naming the
 /// value when one that would reach a NATS header (the delivery id, the event name, a kept request
 /// header) is not header-safe.
 pub fn build(
@@ -40,7 +40,7 @@ pub fn build(
         // A fresh id: such a delivery is never deduplicated (two bare triggers reconcile twice).
         None => (uuid::Uuid::now_v7().to_string(), IdSource::Generated),
     };
-    let meta = DeliveryMeta {
+    let mut meta = DeliveryMeta {
         id,
         id_source,
         namespace: receiver.namespace.clone(),
@@ -56,23 +56,17 @@ pub fn build(
         replay_of: None,
         replay_actor: None,
         oidc_claims: verified.claims.map(|claims| claims.to_string()),
+        request_headers: Default::default(),
     };
-    let mut headers = meta.to_headers();
     // Walk the request's few headers rather than look up every kept name: this is the hot path.
     for (name, value) in request {
         if contract::is_kept_request_header(name.as_str()) {
-            headers.insert(name.as_str(), kept_value(name.as_str(), value)?);
+            let value = kept_value(name.as_str(), value)?;
+            meta.request_headers
+                .insert(name.as_str().to_owned(), value.to_owned());
         }
     }
-    let delivery = Delivery {
-        subject: meta.subject(),
-        msg_id: meta.key(),
-        headers,
-        body,
-        id: meta.id.clone(),
-        receiver: format!("{}/{}", meta.namespace, meta.receiver),
-    };
-    Ok((meta.id, delivery))
+    Ok((meta.id.clone(), Delivery { meta, body }))
 }
 
 /// A request header's value, refused unless it is header-safe.
@@ -160,10 +154,6 @@ mod tests {
         map
     }
 
-    fn get<'a>(d: &'a Delivery, name: &str) -> Option<&'a str> {
-        d.headers.get(name).map(|v| v.as_str())
-    }
-
     #[test]
     fn sender_id_becomes_the_scoped_message_id() {
         let verified = Verified {
@@ -180,19 +170,20 @@ mod tests {
         let (id, d) =
             build(&receiver(), verified, &req, Bytes::from_static(b"{}"), None).expect("built");
         assert_eq!(id, "d-1");
-        assert_eq!(d.msg_id, "flux-system/app.github/d-1");
-        assert_eq!(d.subject, "fluxgate.deliveries.flux-system.app_github");
-        assert_eq!(get(&d, header::DELIVERY_ID_SOURCE), Some("sender"));
-        assert_eq!(get(&d, header::EVENT), Some("push"));
-        assert_eq!(get(&d, header::RECEIVER_TYPE), Some("github"));
-        assert_eq!(get(&d, "x-github-event"), Some("push"));
-        assert_eq!(
-            get(&d, header::BODY_SHA256),
-            Some(hex::encode(Sha256::digest(b"{}")).as_str())
-        );
-        assert!(get(&d, "authorization").is_none() && get(&d, "x-gitlab-token").is_none());
-        let received = get(&d, header::RECEIVED_AT).expect("received-at");
-        assert!(chrono::DateTime::parse_from_rfc3339(received).is_ok() && received.ends_with('Z'));
+        let meta = &d.meta;
+        assert_eq!(meta.key(), "flux-system/app.github/d-1");
+        assert_eq!(meta.subject(), "fluxgate.deliveries.flux-system.app_github");
+        assert_eq!(meta.id_source, IdSource::Sender);
+        assert_eq!(meta.event.as_deref(), Some("push"));
+        assert_eq!(meta.receiver_type, "github");
+        assert_eq!(meta.content_type.as_deref(), Some("application/json"));
+        assert_eq!(meta.body_sha256, Some(hex::encode(Sha256::digest(b"{}"))));
+        assert_eq!(meta.body_size, 2);
+        // The kept request headers, never a credential.
+        let kept: Vec<_> = meta.request_headers.iter().collect();
+        assert_eq!(kept, [(&"x-github-event".to_owned(), &"push".to_owned())]);
+        let received = meta.received_at.expect("received-at");
+        assert!(Utc::now() - received < chrono::TimeDelta::minutes(1));
     }
 
     #[test]
@@ -214,8 +205,8 @@ mod tests {
         )
         .expect("built");
         assert_ne!(a, b);
-        assert_eq!(get(&da, header::DELIVERY_ID_SOURCE), Some("generated"));
-        assert!(get(&da, header::EVENT).is_none());
+        assert_eq!(da.meta.id_source, IdSource::Generated);
+        assert!(da.meta.event.is_none());
     }
 
     #[test]
@@ -229,7 +220,7 @@ mod tests {
             None,
         )
         .expect("built");
-        assert_eq!(get(&kept, header::TRACEPARENT), Some(tp));
+        assert_eq!(kept.meta.traceparent.as_deref(), Some(tp));
         let (_, made) = build(
             &receiver(),
             Verified::default(),
@@ -239,7 +230,7 @@ mod tests {
         )
         .expect("built");
         assert!(is_traceparent(
-            get(&made, header::TRACEPARENT).expect("traceparent")
+            made.meta.traceparent.as_deref().expect("traceparent")
         ));
         // The request's span, when spans are exported, wins over the sender's: it is that
         // span's child the dispatcher continues.
@@ -252,7 +243,7 @@ mod tests {
             Some(span.to_owned()),
         )
         .expect("built");
-        assert_eq!(get(&spanned, header::TRACEPARENT), Some(span));
+        assert_eq!(spanned.meta.traceparent.as_deref(), Some(span));
     }
 
     /// Each value a sender controls that reaches a header is refused, by name, when it could

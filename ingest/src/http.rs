@@ -258,8 +258,8 @@ async fn accept(
         otel.kind = "producer",
         messaging.system = "nats",
         messaging.operation.type = "send",
-        messaging.destination.name = delivery.subject.as_str(),
-        messaging.message.id = delivery.msg_id.as_str(),
+        messaging.destination.name = %delivery.meta.subject(),
+        messaging.message.id = %delivery.meta.key(),
         fluxgate.stream = fluxgate_shared::contract::DELIVERIES_STREAM,
         fluxgate.sequence = tracing::field::Empty,
     );

@@ -11,13 +11,14 @@ use std::time::Duration;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::object_store::{self, ObjectMetadata};
 use async_nats::jetstream::{self, stream};
-use async_nats::{HeaderMap, connection::State};
+use async_nats::{HeaderMap, HeaderName, connection::State};
 use bytes::Bytes;
-use fluxgate_shared::contract::{self, IndexEntry, header};
+use fluxgate_shared::contract::{self, DeliveryMeta, IndexEntry, header};
 use tokio::sync::Notify;
 
 use crate::error::Error;
 
+const NATS_MSG_ID: HeaderName = HeaderName::from_static(header::NATS_MSG_ID);
 /// Room left for headers when deciding whether a body fits in one message.
 const HEADER_ALLOWANCE: usize = 16 * 1024;
 /// Largest chunk written to the object store (JetStream's default is 128 KiB).
@@ -46,16 +47,20 @@ impl StreamSettings {
     }
 }
 
-/// A delivery ready to be stored.
+/// A delivery ready to be stored: its metadata and the raw body.
 #[derive(Debug)]
 pub struct Delivery {
-    pub subject: String,
-    pub msg_id: String,
-    pub headers: HeaderMap,
+    pub meta: DeliveryMeta,
     pub body: Bytes,
-    /// Its id and receiver (`namespace/name`), for the delivery index.
-    pub id: String,
-    pub receiver: String,
+}
+
+impl Delivery {
+    /// The headers it is stored with: the metadata's and its `Nats-Msg-Id`.
+    pub fn headers(&self) -> HeaderMap {
+        let mut headers = self.meta.to_headers();
+        headers.insert(NATS_MSG_ID, self.meta.key());
+        headers
+    }
 }
 
 /// The stream's acknowledgement of a delivery.
@@ -206,25 +211,25 @@ impl Publisher {
         let max_payload = self.client.max_payload();
         if delivery.body.len() + HEADER_ALLOWANCE > max_payload {
             let name = self.store_body(&delivery.body, max_payload).await?;
-            delivery.headers.insert(header::BODY_OBJECT, name.as_str());
+            delivery.meta.body_object = Some(name);
             delivery.body = Bytes::new();
         }
+        let (subject, headers) = (delivery.meta.subject(), delivery.headers());
         let message = jetstream::message::PublishMessage::build()
-            .payload(delivery.body)
-            .headers(delivery.headers)
-            .message_id(delivery.msg_id);
+            .headers(headers)
+            .payload(delivery.body);
         let ack = self
             .jetstream
-            .send_publish(delivery.subject, message)
+            .send_publish(subject, message)
             .await
             .map_err(|e| self.unavailable(e.kind(), e))?
             .await
             .map_err(|e| self.unavailable(e.kind(), e))?;
         if !ack.duplicate {
             self.index(IndexEntry {
-                id: delivery.id,
                 seq: ack.sequence,
-                receiver: delivery.receiver,
+                receiver: format!("{}/{}", delivery.meta.namespace, delivery.meta.receiver),
+                id: delivery.meta.id,
                 replay_of: None,
             })
             .await;

@@ -49,7 +49,7 @@ impl Store for MemoryStore {
                 return Err(Error::Unavailable("the test store is down".into()));
             }
             let mut stored = self.deliveries();
-            if stored.iter().any(|d| d.msg_id == delivery.msg_id) {
+            if stored.iter().any(|d| d.meta.key() == delivery.meta.key()) {
                 return Ok(Stored {
                     sequence: 0,
                     duplicate: true,
@@ -299,29 +299,32 @@ impl AcceptPath {
         if json["duplicate"] != false {
             return Err(format!("202 {json}: a first delivery is no duplicate"));
         }
-        if !self.subjects.contains(&delivery.subject) {
-            return Err(format!("stored on {:?}", delivery.subject));
+        let subject = delivery.meta.subject();
+        if !self.subjects.contains(&subject) {
+            return Err(format!("stored on {subject:?}"));
         }
         if delivery.body != sent {
             return Err("the stored body is not the body sent".into());
         }
-        for (name, values) in delivery.headers.iter() {
+        let headers = delivery.headers();
+        for (name, values) in headers.iter() {
             for value in values {
                 if value.as_str().contains(['\r', '\n', '\0']) {
                     return Err(format!("stored header {name}: {:?}", value.as_str()));
                 }
             }
         }
-        let meta = DeliveryMeta::read(&delivery.subject, Some(&delivery.headers))
+        let meta = DeliveryMeta::read(&subject, Some(&headers))
             .map_err(|e| format!("the stored delivery does not read back: {e}"))?;
-        if meta.id != id || meta.key() != delivery.msg_id {
+        let msg_id = delivery.meta.key();
+        if meta.id != id || meta.key() != msg_id {
             return Err(format!(
-                "answered {id:?} but stored {:?} as {:?}",
-                meta.id, delivery.msg_id
+                "answered {id:?} but stored {:?} as {msg_id:?}",
+                meta.id
             ));
         }
-        if !delivery.msg_id.bytes().all(|b| (b' '..=b'~').contains(&b)) {
-            return Err(format!("message id {:?}", delivery.msg_id));
+        if !msg_id.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+            return Err(format!("message id {msg_id:?}"));
         }
         Ok(())
     }

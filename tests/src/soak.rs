@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use fluxgate_shared::contract::{self, Outcome, header};
+use fluxgate_shared::contract::{self, DeliveryMeta, Outcome};
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -409,12 +409,8 @@ async fn settle(stack: &Stack, accepted_ids: &[(String, usize)], report: &mut Re
     loop {
         polling.tick().await;
         for message in deliveries.read_on().await {
-            if let Some(id) = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(header::DELIVERY_ID))
-            {
-                stored.insert(message.sequence, id.to_string());
+            if let Ok(meta) = DeliveryMeta::read(&message.subject, message.headers.as_ref()) {
+                stored.insert(message.sequence, meta.id);
             }
         }
         for message in outcomes.read_on().await {
@@ -446,9 +442,10 @@ async fn settle(stack: &Stack, accepted_ids: &[(String, usize)], report: &mut Re
         .collect();
 }
 
-/// A stored message: its stream sequence, headers and payload.
+/// A stored message: its stream sequence, subject, headers and payload.
 struct Stored {
     sequence: u64,
+    subject: String,
     headers: Option<async_nats::HeaderMap>,
     payload: bytes::Bytes,
 }
@@ -495,6 +492,7 @@ impl Reader {
             self.last = info.stream_sequence;
             read.push(Stored {
                 sequence: info.stream_sequence,
+                subject: message.subject.to_string(),
                 headers: message.headers.clone(),
                 payload: message.payload.clone(),
             });

@@ -88,5 +88,6 @@ pub fn sender_delivery(id: &str, namespace: &str, receiver: &str) -> DeliveryMet
         replay_of: None,
         replay_actor: None,
         oidc_claims: None,
+        request_headers: Default::default(),
     }
 }

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use fluxgate_shared::contract::{self, header};
+use fluxgate_shared::contract::{self, DeliveryMeta, IdSource, header};
 use fluxgate_tests::http::{self, Response};
 use fluxgate_tests::stack::Stack;
 use fluxgate_tests::webhook::{
@@ -69,6 +69,10 @@ fn stored_header<'a>(
     message.headers.get(name).map(|v| v.as_str())
 }
 
+fn stored_meta(message: &jetstream::message::StreamMessage) -> DeliveryMeta {
+    DeliveryMeta::read(&message.subject, Some(&message.headers)).expect("a delivery")
+}
+
 #[tokio::test]
 async fn signed_github_push_is_stored_byte_exact() {
     let stack = start("", &[]).await;
@@ -86,27 +90,51 @@ async fn signed_github_push_is_stored_byte_exact() {
         body.as_slice(),
         "payload must be the exact body"
     );
-    let expect = [
-        (header::NATS_MSG_ID, "flux-system/gh/d-0001"),
-        (header::DELIVERY_ID, "d-0001"),
-        (header::DELIVERY_ID_SOURCE, "sender"),
-        (header::RECEIVER_NAMESPACE, NS),
-        (header::RECEIVER_NAME, "gh"),
-        (header::RECEIVER_TYPE, "github"),
-        (header::EVENT, "push"),
-        (header::CONTENT_TYPE, "application/json"),
-        ("user-agent", "GitHub-Hookshot/test"),
-    ];
-    for (name, value) in expect {
-        assert_eq!(stored_header(&stored, name), Some(value), "header {name}");
-    }
-    let sha = hex::encode(sha2::Sha256::digest(&body));
+    // Three headers: the id JetStream deduplicates by, the metadata, the trace context.
+    let mut names: Vec<String> = stored.headers.iter().map(|(n, _)| n.to_string()).collect();
+    names.sort();
     assert_eq!(
-        stored_header(&stored, header::BODY_SHA256),
-        Some(sha.as_str())
+        names,
+        [header::DELIVERY, header::NATS_MSG_ID, header::TRACEPARENT]
     );
-    assert!(stored_header(&stored, header::RECEIVED_AT).is_some_and(|t| t.ends_with('Z')));
+    assert_eq!(
+        stored_header(&stored, header::NATS_MSG_ID),
+        Some("flux-system/gh/d-0001")
+    );
     assert!(stored_header(&stored, header::TRACEPARENT).is_some_and(|t| t.starts_with("00-")));
+    let json = stored_header(&stored, header::DELIVERY).expect("the metadata");
+    assert!(
+        json.contains(r#""received_at":"20"#) && json.contains(r#"Z","#),
+        "{json}"
+    );
+    let meta = stored_meta(&stored);
+    assert_eq!(
+        (meta.id.as_str(), meta.id_source, meta.namespace.as_str()),
+        ("d-0001", IdSource::Sender, NS)
+    );
+    assert_eq!(
+        (meta.receiver.as_str(), meta.receiver_type.as_str()),
+        ("gh", "github")
+    );
+    assert_eq!(meta.event.as_deref(), Some("push"));
+    assert_eq!(meta.content_type.as_deref(), Some("application/json"));
+    assert_eq!(
+        meta.body_sha256,
+        Some(hex::encode(sha2::Sha256::digest(&body)))
+    );
+    assert_eq!(meta.body_size, body.len() as u64);
+    assert!(meta.received_at.is_some());
+    let kept: Vec<&str> = meta.request_headers.keys().map(String::as_str).collect();
+    assert_eq!(
+        kept,
+        [
+            "user-agent",
+            "x-github-delivery",
+            "x-github-event",
+            "x-hub-signature-256"
+        ]
+    );
+    assert_eq!(meta.request_headers["user-agent"], "GitHub-Hookshot/test");
 }
 
 #[tokio::test]
@@ -253,11 +281,7 @@ async fn concurrent_deliveries_are_stored_exactly_once_each() {
     let mut ids = HashSet::new();
     for seq in 1..=200 {
         let message = stream.get_raw_message(seq).await.expect("stored message");
-        ids.insert(
-            stored_header(&message, header::DELIVERY_ID)
-                .expect("delivery id")
-                .to_owned(),
-        );
+        ids.insert(stored_meta(&message).id);
     }
     assert_eq!(ids.len(), 200, "each delivery is stored once");
 }
@@ -271,18 +295,16 @@ async fn body_above_max_payload_is_stored_intact_in_the_object_store() {
 
     let stored = stack.last_delivery(NS, "gh").await;
     assert!(stored.payload.is_empty(), "the body must not be inline");
-    let object = stored_header(&stored, header::BODY_OBJECT).expect("object reference");
-    assert_eq!(
-        stored_header(&stored, header::BODY_SIZE),
-        Some(body.len().to_string().as_str())
-    );
+    let meta = stored_meta(&stored);
+    let object = meta.body_object.expect("object reference");
+    assert_eq!(meta.body_size, body.len() as u64);
     let store = jetstream::new(stack.client().await)
         .get_object_store(contract::BODIES_OBJECT_STORE)
         .await
         .expect("object store");
     let mut read_back = Vec::new();
     store
-        .get(object)
+        .get(&object)
         .await
         .expect("object")
         .read_to_end(&mut read_back)

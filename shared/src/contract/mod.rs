@@ -28,39 +28,19 @@ pub const OUTCOMES_SUBJECT_PREFIX: &str = "fluxgate.outcomes";
 /// Object store holding bodies larger than the server's `max_payload`.
 pub const BODIES_OBJECT_STORE: &str = "fluxgate-bodies";
 
-/// Header names of a delivery message. The payload is the exact raw request body, unless
-/// [`header::BODY_OBJECT`] is set, in which case the payload is empty and the body is the
+/// Header names of a delivery message. The payload is the exact raw request body, unless the
+/// metadata names a `body_object`, in which case the payload is empty and the body is the
 /// object of that name in [`BODIES_OBJECT_STORE`].
 pub mod header {
     /// The deduplication key, `<namespace>/<receiver>/<delivery-id>`: the deliveries stream
     /// drops a message whose id it stored within its duplicate window (ingest's
-    /// `--stream-duplicate-window`, 72 h by default).
+    /// `--stream-duplicate-window`, 72 h by default). A replay has an id of its own
+    /// (`replay/<uuid>`), so it is never taken for a duplicate.
     pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
-    pub const DELIVERY_ID: &str = "Fluxgate-Delivery-Id";
-    /// `sender` when the delivery id came from the sender (deduplicated), `generated` otherwise.
-    pub const DELIVERY_ID_SOURCE: &str = "Fluxgate-Delivery-Id-Source";
-    pub const RECEIVER_NAMESPACE: &str = "Fluxgate-Receiver-Namespace";
-    pub const RECEIVER_NAME: &str = "Fluxgate-Receiver-Name";
-    pub const RECEIVER_TYPE: &str = "Fluxgate-Receiver-Type";
-    /// The provider's event name (`push`, `Push Hook`, ...); absent for types without events.
-    pub const EVENT: &str = "Fluxgate-Event";
-    /// RFC 3339 UTC with nanoseconds.
-    pub const RECEIVED_AT: &str = "Fluxgate-Received-At";
-    pub const CONTENT_TYPE: &str = "Fluxgate-Content-Type";
-    /// Lowercase hex SHA-256 of the raw body.
-    pub const BODY_SHA256: &str = "Fluxgate-Body-Sha256";
-    pub const BODY_SIZE: &str = "Fluxgate-Body-Size";
-    /// Set when the body lives in the object store: the object's name.
-    pub const BODY_OBJECT: &str = "Fluxgate-Body-Object";
+    /// The metadata, [`super::DeliveryMeta`], as a JSON object on one line.
+    pub const DELIVERY: &str = "Fluxgate-Delivery";
+    /// The W3C trace context the dispatcher continues.
     pub const TRACEPARENT: &str = "traceparent";
-    /// Set on a replay (`fluxgate replay`): the stream sequence of the delivery it replays. A
-    /// replay is stored under a `Nats-Msg-Id` of its own, so it is never taken for a duplicate.
-    pub const REPLAY_OF_SEQ: &str = "Fluxgate-Replay-Of-Seq";
-    /// Who asked for a replay.
-    pub const REPLAY_ACTOR: &str = "Fluxgate-Replay-Actor";
-    /// The verified ID token's claims as JSON (generic-oidc): the `claims` of the filters.
-    /// The token itself, a credential, is never stored.
-    pub const OIDC_CLAIMS: &str = "Fluxgate-Oidc-Claims";
 }
 
 /// Request headers worth keeping with a delivery (lowercase, sorted for binary search).

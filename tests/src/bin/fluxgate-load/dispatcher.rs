@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer};
-use fluxgate_shared::contract::{self, header};
+use fluxgate_shared::contract;
 use fluxgate_tests::apiserver::ApiServer;
 use fluxgate_tests::dispatcher::Dispatcher;
 use fluxgate_tests::nats::NatsServer;
@@ -272,24 +272,11 @@ async fn store_backlog(jetstream: &jetstream::Context, args: &Args) -> anyhow::R
     for i in 0..args.deliveries {
         let receiver = format!("hook-{}", i % args.targets);
         let id = format!("backlog-{i}");
-        let mut headers = async_nats::HeaderMap::new();
-        for (name, value) in [
-            (header::DELIVERY_ID, id.as_str()),
-            (header::DELIVERY_ID_SOURCE, "sender"),
-            (header::RECEIVER_NAMESPACE, NS),
-            (header::RECEIVER_NAME, receiver.as_str()),
-            (header::RECEIVER_TYPE, "generic"),
-            (
-                header::RECEIVED_AT,
-                &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-            ),
-        ] {
-            headers.insert(name, value);
-        }
+        let meta = fluxgate_tests::webhook::sender_delivery(&id, NS, &receiver);
         let message = jetstream::message::PublishMessage::build()
             .payload("{}".into())
-            .headers(headers)
-            .message_id(contract::delivery_key(NS, &receiver, &id));
+            .headers(meta.to_headers())
+            .message_id(meta.key());
         pending.push(
             jetstream
                 .send_publish(contract::delivery_subject(NS, &receiver), message)
