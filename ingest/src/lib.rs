@@ -18,6 +18,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use fluxgate_shared::receivers::{self, ClusterSettings, Origin};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -83,6 +84,7 @@ pub async fn run(
     )
     .await?;
     let provisioning = tokio::spawn(publisher.clone().keep_provisioned());
+    let indexing = tokio::spawn(publisher.clone().keep_indexing());
 
     let state = Arc::new(AppState {
         catalog: receivers.catalog,
@@ -104,7 +106,7 @@ pub async fn run(
     );
     let admin = tokio::spawn(serve::serve(
         admin_listener,
-        admin::router(state.clone()),
+        TowerToHyperService::new(admin::router(state.clone())),
         config.header_timeout,
         config.shutdown_grace,
         ADMIN_MAX_CONNECTIONS,
@@ -112,7 +114,7 @@ pub async fn run(
     ));
     let hooks = serve::serve(
         listener,
-        http::router(state),
+        http::Hooks::new(state),
         config.header_timeout,
         config.shutdown_grace,
         config.max_connections,
@@ -125,6 +127,8 @@ pub async fn run(
         let _ = stop_tx.send(true);
     };
     tokio::join!(hooks, signal);
+    publisher.finish().await;
+    indexing.abort();
     let _ = admin.await;
     let _ = receivers.task.await;
     provisioning.abort();

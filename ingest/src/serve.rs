@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
+use hyper::body::{Body, Incoming};
+use hyper::service::Service;
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
@@ -17,14 +18,25 @@ use tokio::sync::{Semaphore, watch};
 /// at once hold 64 MiB, not 400.
 const MAX_READ_BUFFER: usize = 64 * 1024;
 
-pub async fn serve(
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Serves `app` (the webhook endpoint, or the admin router through
+/// `hyper_util::service::TowerToHyperService`) on `listener` until `shutdown`.
+pub async fn serve<S, B>(
     listener: TcpListener,
-    app: Router,
+    app: S,
     header_timeout: Duration,
     grace: Duration,
     max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
-) {
+) where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     // A permit per open connection: at the cap, new connections wait in the listen queue (the
     // kernel's, which costs this process nothing) until one closes.
     let open = Arc::new(Semaphore::new(max_connections));
@@ -61,7 +73,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+                    let connection = http.serve_connection(TokioIo::new(stream), app.clone());
                     let connection = graceful.watch(connection);
                     tokio::spawn(async move {
                         if let Err(error) = connection.await {
@@ -99,6 +111,7 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::Router;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
@@ -119,6 +132,7 @@ mod tests {
         let app = Router::new().route("/", axum::routing::get(|| async { "served" }));
         let (_stop, shutdown) = watch::channel(false);
         let long = Duration::from_secs(60);
+        let app = hyper_util::service::TowerToHyperService::new(app);
         tokio::spawn(serve(listener, app, long, long, 1, shutdown));
 
         // The first holds the only connection: accepted, mid-request.

@@ -1,12 +1,11 @@
-//! The accept path in process, for the router's tests, a property test and `cargo fuzz`: an
+//! The accept path in process, for the endpoint's tests, a property test and `cargo fuzz`: an
 //! in-memory store, the proof each type's sender adds, and [`AcceptPath`], which turns any bytes
-//! into a request to the real router and checks the answer against what ingest promises.
+//! into a request to the real endpoint and checks the answer against what ingest promises.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, Method, Request, Uri};
 use fluxgate_shared::contract::{self, DeliveryMeta};
@@ -15,10 +14,9 @@ use hmac::{EagerHash, KeyInit, Mac};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tokio::sync::{Semaphore, watch};
-use tower::ServiceExt;
 
 use crate::error::Error;
-use crate::http::{AppState, router};
+use crate::http::{AppState, Hooks};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::publish::{Delivery, Store, Stored, Storing};
@@ -136,7 +134,7 @@ pub struct Answer {
     pub stored: bool,
 }
 
-/// The real router over an in-memory store, serving one receiver of every type (the github one
+/// The real endpoint over an in-memory store, serving one receiver of every type (the github one
 /// accepts only `push` events) and those of [`EXTRA_RECEIVERS`], all in namespace `fuzz` with
 /// the token `fuzz-token`. Its ID-token issuers are on a closed port.
 ///
@@ -145,7 +143,7 @@ pub struct Answer {
 /// empty line it is all body.
 pub struct AcceptPath {
     runtime: tokio::runtime::Runtime,
-    router: Router,
+    hooks: Hooks,
     metrics: Arc<Metrics>,
     store: Arc<MemoryStore>,
     /// Each receiver's type (`None` for the extra generic ones) and hook path.
@@ -198,7 +196,7 @@ impl AcceptPath {
         });
         Self {
             runtime,
-            router: router(state),
+            hooks: Hooks::new(state),
             metrics,
             store,
             receivers,
@@ -217,7 +215,7 @@ impl AcceptPath {
         };
         let counted = self.requests_counted();
         let (status, json) = self.runtime.block_on(async {
-            let Ok(response) = self.router.clone().oneshot(request).await;
+            let response = self.hooks.answer(request).await;
             let status = response.status().as_u16();
             let bytes = response
                 .into_body()

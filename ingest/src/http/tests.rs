@@ -1,4 +1,4 @@
-//! The webhook router in-process: requests go through `oneshot` and deliveries into an
+//! The webhook endpoint in-process: requests go straight to `Hooks::answer` and deliveries into an
 //! in-memory store, so every answer and rejection is checked without a server or a socket.
 
 use std::sync::atomic::Ordering;
@@ -10,7 +10,6 @@ use fluxgate_tests::webhook::{
     github_push_body, github_signature, hook_path, receiver_manifest, secret_manifest,
 };
 use serde_json::Value;
-use tower::ServiceExt;
 
 use super::*;
 use crate::testing::MemoryStore;
@@ -23,7 +22,7 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 const BODIES: usize = 4;
 
 struct App {
-    router: Router,
+    hooks: Hooks,
     state: Arc<AppState>,
     store: Arc<MemoryStore>,
     synced: watch::Sender<bool>,
@@ -70,7 +69,7 @@ impl App {
             bodies: Arc::new(Semaphore::new(BODIES)),
         });
         Self {
-            router: router(state.clone()),
+            hooks: Hooks::new(state.clone()),
             state,
             store,
             synced,
@@ -78,12 +77,7 @@ impl App {
     }
 
     async fn send(&self, request: Request<Body>) -> Answer {
-        let response = self
-            .router
-            .clone()
-            .oneshot(request)
-            .await
-            .expect("the router is infallible");
+        let response = self.hooks.answer(request).await;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = response
@@ -330,6 +324,42 @@ async fn other_methods_are_refused_with_allow_post() {
     );
     assert!(answer.reason().contains("GET"), "{}", answer.json);
     assert_eq!(app.count("none", "method_not_allowed"), 1);
+}
+
+/// Only `/hook/<digest>` is a hook, as the router Flux's receiver uses has it: the digest
+/// percent-decoded, the query ignored, nothing before or after it.
+#[tokio::test]
+async fn only_a_hook_path_finds_a_receiver() {
+    let app = App::new();
+    let path = hook_path(TOKEN, "trigger", NS);
+    let digest = path.strip_prefix("/hook/").expect("a hook path");
+    for elsewhere in [
+        "/".to_owned(),
+        "/hook".to_owned(),
+        "/hook/".to_owned(),
+        format!("{path}/"),
+        format!("{path}/more"),
+        format!("/hooks/{digest}"),
+        format!("/x{path}"),
+    ] {
+        let answer = app.post(&elsewhere, &[], "").await;
+        assert_eq!(answer.status, 404, "{elsewhere}: {}", answer.json);
+        let get = Request::get(elsewhere.as_str())
+            .body(Body::empty())
+            .expect("request");
+        assert_eq!(
+            app.send(get).await.status,
+            404,
+            "GET {elsewhere}: not a 405"
+        );
+    }
+    assert_eq!(app.stored(), 0);
+    let encoded = format!("/hook/%{:02X}{}", digest.as_bytes()[0], &digest[1..]);
+    for served in [encoded, format!("{path}?ref=main")] {
+        let answer = app.post(&served, &[], "").await;
+        assert_eq!(answer.status, 202, "{served}: {}", answer.json);
+    }
+    assert_eq!(app.stored(), 2);
 }
 
 #[tokio::test]

@@ -58,12 +58,7 @@ fn a_delivery_stored_for_a_refused_request_breaks_a_promise() {
         let seed = std::fs::read(seeds().join("generic")).expect("a seed");
         accept.runtime.block_on(async {
             let (request, _) = accept.request(&seed).expect("a request");
-            accept
-                .router
-                .clone()
-                .oneshot(request)
-                .await
-                .expect("an answer");
+            accept.hooks.answer(request).await;
         });
         let unknown = [&[u8::MAX, 0], &b"\n\n"[..]].concat();
         let broken = accept
