@@ -122,8 +122,8 @@ impl DeliveryMeta {
 
     /// The message headers: the metadata as one JSON header, and the `traceparent`. One header
     /// rather than one per value: each NATS header costs ingest a map entry and two allocations
-    /// to write and the dispatcher as many to read -- a fifth of ingest's CPU per webhook with a
-    /// header per value.
+    /// to write and the dispatcher as many to read; fifteen were 7 % of ingest's CPU per webhook
+    /// in a profile, the one JSON header is 3 %.
     pub fn to_headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::new();
         // Strings, numbers and string maps only: serializing cannot fail.
