@@ -173,7 +173,10 @@ async fn handle(state: Arc<AppState>, digest: Option<String>, request: Request) 
         }) => {
             let outcome = record_outcome(if duplicate { "duplicate" } else { "accepted" });
             tracing::Span::current().record("fluxgate.delivery_id", delivery_id.as_str());
-            tracing::info!(
+            // Debug, not info: the deliveries stream is the record of every stored webhook
+            // (`fluxgate deliveries list`, `tail`), and a line per webhook at the default level
+            // cost ingest as much CPU as the rest of its work beyond a bare handler's took out.
+            tracing::debug!(
                 receiver = %format_args!("{}/{}", receiver.namespace, receiver.name),
                 receiver_type = receiver.kind.as_str(),
                 delivery = %delivery_id,
