@@ -217,14 +217,8 @@ async fn replay(streams: &Streams, seq: u64, actor: &str) -> Result<Replayed, Er
         traceparent: Some(traceparent),
         ..original.clone()
     };
+    // The kept request headers go along in the metadata (read from either form).
     let mut headers = again.to_headers();
-    for (name, values) in message.headers.iter() {
-        if contract::is_kept_request_header(&name.to_string().to_ascii_lowercase()) {
-            for value in values {
-                headers.append(name.to_string(), value.as_str());
-            }
-        }
-    }
     // A message id of its own, so that the stream's duplicate window keeps it too.
     headers.insert(
         contract::header::NATS_MSG_ID,

@@ -382,6 +382,11 @@ async fn a_replay_bypasses_deduplication_and_a_dry_run_changes_nothing() {
         events.iter().all(|e| e["type"] != "duplicate"),
         "{events:#?}"
     );
+    // The replay carries the original's kept request headers, in its metadata.
+    let replay = cli_json(&s, &["deliveries", "show", &format!("#{}", stored + 1)]);
+    assert_eq!(replay["metadata"]["replay_of"], 1, "{replay}");
+    assert_eq!(replay["headers"]["x-github-event"], "push", "{replay}");
+    assert_eq!(replay["headers"]["x-github-delivery"], "d-1", "{replay}");
 }
 
 #[tokio::test]
