@@ -389,6 +389,59 @@ async fn a_replay_bypasses_deduplication_and_a_dry_run_changes_nothing() {
     assert_eq!(replay["headers"]["x-github-delivery"], "d-1", "{replay}");
 }
 
+/// A delivery stored by an earlier ingest -- a header per value, the kept request headers as
+/// headers -- is dispatched, shown and replayed; the replay is written in today's form: three
+/// headers, the kept ones inside the metadata, once.
+#[tokio::test]
+async fn a_delivery_in_the_earlier_header_form_is_dispatched_shown_and_replayed() {
+    let s = start().await;
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, value) in [
+        ("Nats-Msg-Id", "flux-system/gh/earlier-1"),
+        ("Fluxgate-Delivery-Id", "earlier-1"),
+        ("Fluxgate-Delivery-Id-Source", "sender"),
+        ("Fluxgate-Receiver-Namespace", NS),
+        ("Fluxgate-Receiver-Name", "gh"),
+        ("Fluxgate-Receiver-Type", "github"),
+        ("Fluxgate-Event", "push"),
+        ("X-GitHub-Event", "push"),
+    ] {
+        headers.insert(name, value);
+    }
+    let jetstream = async_nats::jetstream::new(s.client().await);
+    let subject = fluxgate_shared::contract::delivery_subject(NS, "gh");
+    let ack = (jetstream.publish_with_headers(subject, headers, "{}".into()))
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    settle(&s, 1).await;
+    let shown = cli_json(&s, &["deliveries", "show", &format!("#{}", ack.sequence)]);
+    assert_eq!(shown["status"], "patched", "{shown}");
+    assert_eq!(shown["metadata"]["event"], "push", "{shown}");
+    assert_eq!(shown["headers"]["x-github-event"], "push", "{shown}");
+
+    cli(&s, &["replay", &format!("#{}", ack.sequence)]);
+    let replay = (s.deliveries().await)
+        .get_raw_message(ack.sequence + 1)
+        .await
+        .expect("the replay");
+    let mut names: Vec<String> = replay.headers.iter().map(|(n, _)| n.to_string()).collect();
+    names.sort();
+    assert_eq!(names, ["Fluxgate-Delivery", "Nats-Msg-Id", "traceparent"]);
+    let meta = DeliveryMeta::read(&replay.subject, Some(&replay.headers)).expect("a delivery");
+    assert_eq!(
+        (meta.id.as_str(), meta.replay_of),
+        ("earlier-1", Some(ack.sequence))
+    );
+    assert_eq!(
+        meta.request_headers
+            .get("x-github-event")
+            .map(String::as_str),
+        Some("push")
+    );
+}
+
 #[tokio::test]
 async fn replaying_by_filter_asks_before_many_and_paces() {
     let s = start().await;
