@@ -56,7 +56,7 @@ impl Hooks {
     /// Answers one request: `POST /hook/<digest>` is a webhook; another method there is a
     /// 405, any other path a 404.
     pub async fn answer(&self, request: Request) -> Response {
-        let state = self.0.clone();
+        let state = &self.0;
         let digest = (request.uri().path().strip_prefix("/hook/"))
             .filter(|digest| !digest.is_empty() && !digest.contains('/'))
             // As a router would decode it; one that does not decode is no receiver's.
@@ -66,9 +66,9 @@ impl Hooks {
                     .map(String::from)
             });
         match digest {
-            None => reject(&state, NO_RECEIVER, None, Error::NotFound, Instant::now()),
+            None => reject(state, NO_RECEIVER, None, Error::NotFound, Instant::now()),
             Some(_) if request.method() != Method::POST => {
-                method_not_allowed(&state, request.method())
+                method_not_allowed(state, request.method())
             }
             Some(digest) => receive(state, digest.ok(), request).await,
         }
@@ -108,7 +108,7 @@ enum Accepted {
 
 /// The request's span, a child of the sender's `traceparent` when it sent one, with the HTTP
 /// semantic conventions' attributes; what the delivery carries on to the dispatcher.
-async fn receive(state: Arc<AppState>, digest: Option<String>, request: Request) -> Response {
+async fn receive(state: &AppState, digest: Option<String>, request: Request) -> Response {
     let span = tracing::info_span!(
         "POST /hook/{digest}",
         otel.kind = "server",
@@ -145,8 +145,8 @@ fn record_outcome(outcome: &'static str) -> &'static str {
     outcome
 }
 
-/// `digest` is `None` when the path's does not decode (`/hook/%FF`): no receiver's, a 404.
-async fn handle(state: Arc<AppState>, digest: Option<String>, request: Request) -> Response {
+/// `digest` is `None` when the path's digest does not decode (`/hook/%FF`): no receiver's, a 404.
+async fn handle(state: &AppState, digest: Option<String>, request: Request) -> Response {
     let started = Instant::now();
     // Take the headers out of the request rather than have an extractor clone them.
     let (parts, body) = request.into_parts();
@@ -154,11 +154,11 @@ async fn handle(state: Arc<AppState>, digest: Option<String>, request: Request) 
     if !*state.catalog_synced.borrow() {
         // Not a 404: the receiver may well exist, and the sender should try again.
         let error = Error::Unavailable("receivers are not loaded yet".into());
-        return reject(&state, NO_RECEIVER, None, error, started);
+        return reject(state, NO_RECEIVER, None, error, started);
     }
     let catalog = state.catalog.current();
     let Some(receiver) = digest.and_then(|digest| catalog.get(&digest)) else {
-        return reject(&state, NO_RECEIVER, None, Error::NotFound, started);
+        return reject(state, NO_RECEIVER, None, Error::NotFound, started);
     };
     let span = tracing::Span::current();
     span.record(
@@ -166,7 +166,7 @@ async fn handle(state: Arc<AppState>, digest: Option<String>, request: Request) 
         tracing::field::display(format_args!("{}/{}", receiver.namespace, receiver.name)),
     );
     span.record("fluxgate.receiver_type", receiver.kind.as_str());
-    match accept(&state, receiver, &headers, body).await {
+    match accept(state, receiver, &headers, body).await {
         Ok(Accepted::Stored {
             delivery_id,
             duplicate,
@@ -215,7 +215,7 @@ async fn handle(state: Arc<AppState>, digest: Option<String>, request: Request) 
                 .into_response()
         }
         Err(error) => reject(
-            &state,
+            state,
             receiver.kind.as_str(),
             Some(receiver),
             error,
