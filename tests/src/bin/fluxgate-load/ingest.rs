@@ -29,6 +29,11 @@ pub struct Args {
     /// Turns each server takes (ingest, then the baseline), the requests shared among them.
     #[arg(long, default_value_t = 4)]
     rounds: usize,
+    /// Offer both servers this many webhooks a second instead of as many as they take: their
+    /// CPU per webhook compared at the same pace, where neither gains from batching more work
+    /// into each wake-up and write because it is the faster one.
+    #[arg(long)]
+    rate: Option<u32>,
     /// Export ingest's spans to an OTLP receiver in this process, sampling this share of
     /// traces (`OTEL_TRACES_SAMPLER=traceidratio`); without it, no tracing.
     #[arg(long)]
@@ -59,15 +64,17 @@ impl Server {
     }
 }
 
-/// A server's rounds added up.
+/// A server's rounds added up, and its own CPU in each round.
 #[derive(Default)]
 struct Measured {
     phase: Phase,
     cpu: [f64; 3],
+    per_round: Vec<f64>,
 }
 
 impl Measured {
     fn add(&mut self, phase: Phase, cpu: [f64; 3]) {
+        self.per_round.push(cpu[0]);
         self.phase.elapsed += phase.elapsed;
         self.phase.latencies.extend(phase.latencies);
         for (total, spent) in self.cpu.iter_mut().zip(cpu) {
@@ -93,6 +100,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.connections > 0 && args.rounds > 0 && args.requests >= args.connections * args.rounds,
         "need requests >= connections * rounds, both > 0"
     );
+    anyhow::ensure!(args.rate != Some(0), "--rate must be above 0");
     let nats = NatsServer::start().await;
     let dir = tempfile::tempdir()?;
     let receivers = dir.path().join("receivers.yaml");
@@ -136,8 +144,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     ];
     // Warm up connections, the stream and the allocator of both before measuring.
     for server in &servers {
-        let warm = args.connections * 10;
-        send_webhooks(server.port, &url, &body, args.connections, warm, "warm").await?;
+        let warm = Load {
+            connections: args.connections,
+            total: args.connections * 10,
+            rate: None,
+        };
+        send_webhooks(server.port, &url, &body, &warm, "warm").await?;
     }
     // The two take turns, so that what else the shared cores are doing weighs on both alike.
     let mut measured = [Measured::default(), Measured::default()];
@@ -146,7 +158,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         for (server, measured) in servers.iter().zip(&mut measured) {
             let before = server.pids.map(cpu_seconds);
             let tag = format!("load{round}");
-            let phase = send_webhooks(server.port, &url, &body, args.connections, share, &tag);
+            let load = Load {
+                connections: args.connections,
+                total: share,
+                rate: args.rate,
+            };
+            let phase = send_webhooks(server.port, &url, &body, &load, &tag);
             measured.add(phase.await?, cpu_delta(server.pids, before));
         }
     }
@@ -155,12 +172,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Measured {
             phase: mut ingest_phase,
             cpu: during_ingest,
+            per_round: ingest_rounds,
         },
         Measured {
             phase: mut baseline_phase,
             cpu: during_baseline,
+            per_round: baseline_rounds,
         },
     ] = measured;
+    // Each round's ratio, its pair run back to back: the spread shows how much the shared
+    // cores moved under the measure, and the median is the figure one slow round cannot move.
+    let mut round_ratios: Vec<f64> = (ingest_rounds.iter().zip(&baseline_rounds))
+        .map(|(ingest, baseline)| ingest / baseline.max(1e-9))
+        .collect();
+    round_ratios.sort_by(f64::total_cmp);
+    let middle = round_ratios.len() / 2;
+    let median = if round_ratios.len().is_multiple_of(2) {
+        (round_ratios[middle - 1] + round_ratios[middle]) / 2.0
+    } else {
+        round_ratios[middle]
+    };
 
     let ratio = ingest_phase.rate() / baseline_phase.rate();
     let tracing = match (&collector, args.trace_ratio) {
@@ -170,8 +201,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ),
         _ => "no tracing".to_owned(),
     };
+    let pace = match args.rate {
+        Some(rate) => format!("at {rate}/s"),
+        None => "as fast as answered".to_owned(),
+    };
     println!(
-        "fluxgate-load: {} requests of {} bytes over {} connections in {} rounds each, nats-server on 127.0.0.1; {tracing}",
+        "fluxgate-load: {} requests of {} bytes over {} connections {pace} in {} rounds each, nats-server on 127.0.0.1; {tracing}",
         args.requests, args.body_bytes, args.connections, args.rounds
     );
     println!(
@@ -199,6 +234,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         during_ingest[0] / during_baseline[0].max(1e-9)
     );
     println!(
+        "per round: median {median:.2}x, {:.2}x - {:.2}x over {} rounds",
+        round_ratios[0],
+        round_ratios[round_ratios.len() - 1],
+        round_ratios.len()
+    );
+    println!(
         "CPU seconds (server, nats-server, load tool): ingest phase {during_ingest:.2?}, baseline phase {during_baseline:.2?}"
     );
     println!(
@@ -210,17 +251,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends `total` signed webhooks over `connections` keep-alive HTTP/1.1 connections. Like wrk,
-/// the client writes ready-made request bytes and reads just the status line, headers and
-/// body, so that the load generator (which shares the machine) takes as little CPU as it can.
+/// What to send: `total` webhooks over `connections`, at `rate` a second or as fast as answered.
+struct Load {
+    connections: usize,
+    total: usize,
+    rate: Option<u32>,
+}
+
+/// Sends signed webhooks over keep-alive HTTP/1.1 connections. Like wrk, the client writes
+/// ready-made request bytes and reads just the status line, headers and body, so that the load
+/// generator (which shares the machine) takes as little CPU as it can.
 async fn send_webhooks(
     port: u16,
     url: &str,
     body: &Bytes,
-    connections: usize,
-    total: usize,
+    load: &Load,
     tag: &str,
 ) -> anyhow::Result<Phase> {
+    let Load {
+        connections,
+        total,
+        rate,
+    } = *load;
     let path = url
         .split_once("/hook/")
         .map(|(_, digest)| format!("/hook/{digest}"))
@@ -246,14 +298,26 @@ async fn send_webhooks(
         batches.push(requests);
     }
     let started = Instant::now();
+    // Paced, each connection sends its share of the rate, the connections' turns spread evenly.
+    let every = rate.map(|rate| Duration::from_secs_f64(connections as f64 / f64::from(rate)));
     let mut tasks = Vec::new();
-    for requests in batches {
+    for (connection, requests) in batches.into_iter().enumerate() {
+        let mut pace = every.map(|every| {
+            let first = tokio::time::Instant::from_std(started)
+                + every.mul_f64(connection as f64 / connections as f64);
+            let mut pace = tokio::time::interval_at(first, every);
+            pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            pace
+        });
         tasks.push(tokio::spawn(async move {
             let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
             stream.set_nodelay(true)?;
             let mut stream = tokio::io::BufReader::new(stream);
             let mut latencies = Vec::with_capacity(requests.len());
             for request in requests {
+                if let Some(pace) = &mut pace {
+                    pace.tick().await;
+                }
                 let sent = Instant::now();
                 stream.get_mut().write_all(&request).await?;
                 let status = read_response(&mut stream).await?;
