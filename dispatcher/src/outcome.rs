@@ -25,7 +25,7 @@ const MAX_RETRY: Duration = Duration::from_secs(2);
 /// The most deliveries one message lists: with ids of up to 256 bytes, under 64 KiB, well
 /// within any `max_payload` NATS is run with.
 const MAX_GROUP: usize = 200;
-/// The most records taken from the queue at once.
+/// The most batches of records taken from the queue at once.
 const MAX_TAKEN: usize = 1000;
 /// The longest a record that may wait waits for alike ones.
 const MAX_LINGER: Duration = Duration::from_millis(250);
@@ -34,7 +34,8 @@ const MAX_LINGER: Duration = Duration::from_millis(250);
 /// acknowledgement of the delivery it describes.
 #[derive(Clone)]
 pub struct Recorder {
-    queue: mpsc::UnboundedSender<Record>,
+    /// Records go in by the batch: those queued together are taken together.
+    queue: mpsc::UnboundedSender<Vec<Record>>,
 }
 
 /// An event to store for one delivery, and who waits until it is stored.
@@ -97,6 +98,21 @@ impl Recorder {
         self.enqueue(delivery, event, false).stored().await;
     }
 
+    /// [`Recorder::record`] for each of `deliveries`, queued as one batch: the writer takes them
+    /// all in the same turn, so that the deliveries of a coalesced patch are stored together
+    /// (a message per [`MAX_GROUP`]) however its turns fall between their records.
+    pub async fn record_all<'a>(
+        &self,
+        deliveries: impl IntoIterator<Item = &'a Delivery>,
+        event: &Event,
+    ) {
+        let (records, stored): (Vec<Record>, Vec<Recording>) = (deliveries.into_iter())
+            .map(|delivery| Record::new(delivery, event.clone(), false))
+            .unzip();
+        let _ = self.queue.send(records);
+        futures::future::join_all(stored.into_iter().map(Recording::stored)).await;
+    }
+
     /// [`Recorder::record`], except that the event waits a moment for alike ones of the same
     /// receiver before it is stored; await the [`Recording`] before acknowledging the delivery.
     pub fn record_soon(&self, delivery: &Delivery, event: Event) -> Recording {
@@ -104,16 +120,24 @@ impl Recorder {
     }
 
     fn enqueue(&self, delivery: &Delivery, event: Event, may_wait: bool) -> Recording {
-        let outcome = Outcome::now(&delivery.meta, delivery.sequence, event);
-        let (stored, done) = oneshot::channel();
+        let (record, recording) = Record::new(delivery, event, may_wait);
         // The writer lives as long as any recorder; a send can only fail at exit, and the
         // record's `Recording` then resolves at once.
-        let _ = self.queue.send(Record {
+        let _ = self.queue.send(vec![record]);
+        recording
+    }
+}
+
+impl Record {
+    fn new(delivery: &Delivery, event: Event, may_wait: bool) -> (Self, Recording) {
+        let outcome = Outcome::now(&delivery.meta, delivery.sequence, event);
+        let (stored, done) = oneshot::channel();
+        let record = Self {
             outcome,
             stored,
             may_wait,
-        });
-        Recording(done)
+        };
+        (record, Recording(done))
     }
 }
 
@@ -186,7 +210,7 @@ impl Lingering {
 async fn write(
     jetstream: jetstream::Context,
     metrics: Arc<Metrics>,
-    mut records: mpsc::UnboundedReceiver<Record>,
+    mut records: mpsc::UnboundedReceiver<Vec<Record>>,
     linger: Duration,
 ) {
     let store_all = |groups: Vec<Vec<Record>>| {
@@ -194,12 +218,12 @@ async fn write(
             tokio::spawn(store(jetstream.clone(), metrics.clone(), group));
         }
     };
-    let mut queued = Vec::new();
+    let (mut batches, mut queued) = (Vec::new(), Vec::new());
     let mut lingering = Lingering::default();
     loop {
         let due = lingering.next_due(linger);
         let taken = tokio::select! {
-            taken = records.recv_many(&mut queued, MAX_TAKEN) => taken,
+            taken = records.recv_many(&mut batches, MAX_TAKEN) => taken,
             _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                 store_all(lingering.take_due(linger));
                 continue;
@@ -210,6 +234,7 @@ async fn write(
             store_all(lingering.take_due(Duration::ZERO));
             return;
         }
+        queued.extend(batches.drain(..).flatten());
         if !linger.is_zero() {
             let (later, now): (Vec<Record>, Vec<Record>) =
                 queued.drain(..).partition(|record| record.may_wait);
@@ -285,5 +310,83 @@ async fn store(jetstream: jetstream::Context, metrics: Arc<Metrics>, group: Vec<
     for stored in waiting {
         metrics.outcome(outcome.event.label());
         let _ = stored.send(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fluxgate_shared::contract::{DeliveryMeta, Target};
+    use fluxgate_tests::nats::NatsServer;
+    use futures::TryStreamExt as _;
+
+    fn delivery(receiver: &str, sequence: u64) -> Delivery {
+        Delivery {
+            sequence,
+            meta: DeliveryMeta {
+                id: format!("{receiver}-{sequence}"),
+                namespace: "ns".into(),
+                receiver: receiver.into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn patched(size: usize) -> Event {
+        Event::Patched {
+            target: Target {
+                api_version: "source.toolkit.fluxcd.io/v1".into(),
+                kind: "GitRepository".into(),
+                namespace: "ns".into(),
+                name: "app".into(),
+            },
+            requested_at: "2026-12-08T00:00:00Z".into(),
+            batch: "batch-1".into(),
+            size,
+            attempts: 1,
+        }
+    }
+
+    /// A coalesced patch's records are stored together -- 250 in two messages, 200 and 50 --
+    /// even while the writer is kept taking other receivers' records: queued one by one, the
+    /// writer could take some of them in one turn and the rest in the next (seen in CI).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_patchs_records_are_stored_together_while_the_writer_is_busy() {
+        const PATCHED: usize = 250;
+        let nats = NatsServer::start().await;
+        let jetstream = jetstream::new(nats.client().await);
+        let metrics = Arc::new(Metrics::default());
+        let recorder = Recorder::provision(
+            jetstream.clone(),
+            metrics,
+            1,
+            Duration::ZERO,
+            -1,
+            Duration::ZERO,
+        )
+        .await
+        .expect("the outcomes stream");
+        let busy: Vec<_> = (0..32)
+            .map(|task| {
+                let recorder = recorder.clone();
+                tokio::spawn(async move {
+                    for i in 0..20 {
+                        let other = delivery("other", task * 100 + i);
+                        recorder.record(&other, patched(1)).await;
+                    }
+                })
+            })
+            .collect();
+        let batch: Vec<Delivery> = (0..PATCHED as u64).map(|i| delivery("app", i)).collect();
+        recorder.record_all(&batch, &patched(PATCHED)).await;
+        for task in busy {
+            task.await.expect("a busy task");
+        }
+        let outcomes = (jetstream.get_stream(contract::OUTCOMES_STREAM).await).expect("stream");
+        let subject = contract::outcome_subject("ns", "app", "patched");
+        let counts = outcomes.info_with_subjects(&subject).await.expect("counts");
+        let counts: Vec<(String, usize)> = counts.try_collect().await.expect("counts");
+        let messages: usize = counts.iter().map(|(_, count)| count).sum();
+        assert_eq!(messages, PATCHED.div_ceil(MAX_GROUP), "{counts:?}");
     }
 }

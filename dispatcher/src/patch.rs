@@ -167,14 +167,11 @@ impl Patcher {
         futures::future::join_all(batch.iter().map(|d| d.target_done())).await;
     }
 
-    /// Records one event for every delivery of a batch, concurrently.
+    /// Records one event for every delivery of a batch, stored together.
     async fn record_all(&self, batch: &[Arc<InFlight>], event: &Event) {
-        futures::future::join_all(
-            batch
-                .iter()
-                .map(|d| self.recorder.record(&d.delivery, event.clone())),
-        )
-        .await;
+        (self.recorder)
+            .record_all(batch.iter().map(|d| &d.delivery), event)
+            .await;
     }
 
     async fn attempt(&self, target: &Target, requested_at: &str) -> Attempt {
