@@ -618,28 +618,13 @@ impl History {
         if let Some(found) = self.find_indexed(&deliveries, id, &filter).await? {
             return Ok(found);
         }
-        let mut found = Vec::new();
-        scan(
-            &deliveries,
-            &filter.delivery_subject(),
-            DeliverPolicy::All,
-            true,
-            |message| {
-                if let Some(delivery) = stored(message)
-                    && delivery.id == id
-                    && filter.is_receiver(&delivery)
-                {
-                    found.push(delivery.seq);
-                }
-                ControlFlow::Continue(())
-            },
-        )
-        .await?;
-        Ok(found)
+        by_headers(&deliveries, id, &filter, DeliverPolicy::All).await
     }
 
     /// The id's sequences from the index, or `None` when there is no index or it starts after
-    /// the oldest delivery kept.
+    /// the oldest delivery kept. The dispatcher indexes deliveries as it reads them, in the
+    /// order stored: those after the newest entry's are read by their headers (a backlog's
+    /// worth, however long the stream).
     async fn find_indexed(
         &self,
         deliveries: &Stream,
@@ -649,7 +634,8 @@ impl History {
         let Ok(mut index) = self.stream(contract::INDEX_STREAM).await else {
             return Ok(None);
         };
-        let created = index.info().await.map_err(Error::nats)?.created;
+        let info = index.info().await.map_err(Error::nats)?;
+        let (created, newest) = (info.created, info.state.last_sequence);
         let first = deliveries.cached_info().state.first_sequence;
         let covered = match message_at(deliveries, first).await {
             Ok(oldest) => oldest.time >= created,
@@ -674,10 +660,50 @@ impl History {
             ControlFlow::Continue(())
         })
         .await?;
+        let indexed_to = match newest {
+            0 => 0,
+            newest => message_at(&index, newest)
+                .await
+                .ok()
+                .and_then(|entry| serde_json::from_slice::<IndexEntry>(&entry.payload).ok())
+                .map_or(0, |entry| entry.seq),
+        };
+        let start = DeliverPolicy::ByStartSequence {
+            start_sequence: (indexed_to + 1).max(first),
+        };
+        found.extend(by_headers(deliveries, id, filter, start).await?);
         found.sort_unstable();
         found.dedup();
         Ok(Some(found))
     }
+}
+
+/// The sequences of the deliveries with this id from `start` on, read from every message's
+/// headers.
+async fn by_headers(
+    deliveries: &Stream,
+    id: &str,
+    filter: &Filter,
+    start: DeliverPolicy,
+) -> Result<Vec<u64>, Error> {
+    let mut found = Vec::new();
+    scan(
+        deliveries,
+        &filter.delivery_subject(),
+        start,
+        true,
+        |message| {
+            if let Some(delivery) = stored(message)
+                && delivery.id == id
+                && filter.is_receiver(&delivery)
+            {
+                found.push(delivery.seq);
+            }
+            ControlFlow::Continue(())
+        },
+    )
+    .await?;
+    Ok(found)
 }
 
 fn stored(message: jetstream::Message) -> Option<Stored> {

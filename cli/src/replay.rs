@@ -232,7 +232,6 @@ async fn replay(streams: &Streams, seq: u64, actor: &str) -> Result<Replayed, Er
         .await
         .map_err(Error::nats)?;
     span.record("fluxgate.sequence", ack.sequence);
-    index(streams, &original, ack.sequence, seq).await;
     let replayed = Event::Replayed {
         replay_seq: ack.sequence,
         actor: actor.to_owned(),
@@ -245,29 +244,6 @@ async fn replay(streams: &Streams, seq: u64, actor: &str) -> Result<Replayed, Er
         seq,
         replay_seq: ack.sequence,
     })
-}
-
-/// Adds the replay to the delivery index, so that `deliveries show <id>` lists it. A failure
-/// is reported and changes nothing else: the replay is stored, and `#<seq>` finds it.
-async fn index(streams: &Streams, original: &DeliveryMeta, replay_seq: u64, seq: u64) {
-    let entry = contract::IndexEntry {
-        id: original.id.clone(),
-        seq: replay_seq,
-        receiver: format!("{}/{}", original.namespace, original.receiver),
-        replay_of: Some(seq),
-    };
-    let Ok(payload) = serde_json::to_vec(&entry) else {
-        return;
-    };
-    let stored = async {
-        (streams.jetstream)
-            .publish(contract::index_subject(&original.id), payload.into())
-            .await?
-            .await
-    };
-    if let Err(error) = stored.await {
-        tracing::warn!(%error, replay = replay_seq, "the replay is not in the delivery index");
-    }
 }
 
 /// Asks on the terminal; anything but yes is no, and without a terminal there is no asking.

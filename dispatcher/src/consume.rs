@@ -21,6 +21,7 @@ use crate::becomes;
 use crate::coalesce::Coalescer;
 use crate::delivery::Delivery;
 use crate::error::Error;
+use crate::index::Indexer;
 use crate::inflight::{InFlight, Registry, acknowledge};
 use crate::metrics::Metrics;
 use crate::outcome::Recorder;
@@ -43,6 +44,7 @@ pub struct Dispatcher {
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
     pub dry_run: bool,
+    pub indexer: Indexer,
     pub jetstream: jetstream::Context,
     /// The consumer's `max_deliver`: the attempt after which a delivery that keeps failing
     /// transiently is recorded failed.
@@ -125,6 +127,11 @@ impl Dispatcher {
                 return self.settle(&acker, sequence, disposition_of(&error)).await;
             }
         };
+        if delivered == 1 {
+            // Only a first delivery: those come in the order stored, which the index keeps
+            // (a redelivery would put an older sequence after newer ones).
+            self.indexer.add(sequence, &delivery.meta);
+        }
         // The delivery's trace goes on from ingest's request span, stored with it.
         let span = tracing::info_span!(
             "consume",

@@ -10,6 +10,7 @@ mod confirm;
 mod consume;
 mod delivery;
 mod error;
+mod index;
 mod inflight;
 mod leader;
 mod metrics;
@@ -186,6 +187,7 @@ impl Service {
             registry: registry.clone(),
             metrics: metrics.clone(),
             dry_run: config.dry_run,
+            indexer: index::Indexer::spawn(jetstream.client()),
             jetstream,
             max_deliver: config.max_deliver,
         };
@@ -256,9 +258,11 @@ impl Service {
         }
         tracing::info!("stopped consuming");
         drain(&self.registry, config.shutdown_grace).await;
-        // Acks are sent without waiting for an answer: see that the last are on the wire.
+        self.dispatcher.indexer.handed_over().await;
+        // Acks and index entries are sent without waiting for an answer: see that the last
+        // are on the wire.
         if let Err(error) = self.dispatcher.jetstream.client().flush().await {
-            tracing::warn!(%error, "cannot flush the last acks; JetStream will redeliver them");
+            tracing::warn!(%error, "cannot flush the last acks and index entries; JetStream will redeliver them");
         }
         tracing::info!("in-flight deliveries drained");
         let _ = release_tx.send(true);

@@ -84,7 +84,6 @@ pub async fn run(
     )
     .await?;
     let provisioning = tokio::spawn(publisher.clone().keep_provisioned());
-    let indexing = tokio::spawn(publisher.clone().keep_indexing());
 
     let state = Arc::new(AppState {
         catalog: receivers.catalog,
@@ -127,8 +126,6 @@ pub async fn run(
         let _ = stop_tx.send(true);
     };
     tokio::join!(hooks, signal);
-    publisher.finish().await;
-    indexing.abort();
     let _ = admin.await;
     let _ = receivers.task.await;
     provisioning.abort();

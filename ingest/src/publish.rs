@@ -4,8 +4,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
@@ -13,15 +13,12 @@ use async_nats::jetstream::object_store::{self, ObjectMetadata};
 use async_nats::jetstream::{self, stream};
 use async_nats::{HeaderMap, HeaderName, connection::State};
 use bytes::Bytes;
-use fluxgate_shared::contract::{self, DeliveryMeta, IndexEntry, header};
+use fluxgate_shared::contract::{self, DeliveryMeta, header};
 use tokio::sync::Notify;
 
 use crate::error::Error;
 
 const NATS_MSG_ID: HeaderName = HeaderName::from_static(header::NATS_MSG_ID);
-/// How long an index entry waits for a delivery's publish to go out with, before it goes on
-/// its own.
-const INDEX_LINGER: Duration = Duration::from_millis(5);
 /// Room left for headers when deciding whether a body fits in one message.
 const HEADER_ALLOWANCE: usize = 16 * 1024;
 /// Largest chunk written to the object store (JetStream's default is 128 KiB).
@@ -94,9 +91,6 @@ pub struct Publisher {
     publish_timeout: Duration,
     provisioned: AtomicBool,
     reprovision: Notify,
-    /// Index entries not sent yet ([`Publisher::queue_index`]).
-    index: Mutex<Vec<IndexEntry>>,
-    index_waiting: Notify,
 }
 
 impl Publisher {
@@ -118,8 +112,6 @@ impl Publisher {
             publish_timeout,
             provisioned: AtomicBool::new(false),
             reprovision: Notify::new(),
-            index: Mutex::default(),
-            index_waiting: Notify::new(),
         }))
     }
 
@@ -223,7 +215,6 @@ impl Publisher {
             delivery.body = Bytes::new();
         }
         let (subject, headers) = (delivery.meta.subject(), delivery.headers());
-        self.send_index().await;
         let message = jetstream::message::PublishMessage::build()
             .headers(headers)
             .payload(delivery.body);
@@ -234,65 +225,10 @@ impl Publisher {
             .map_err(|e| self.unavailable(e.kind(), e))?
             .await
             .map_err(|e| self.unavailable(e.kind(), e))?;
-        if !ack.duplicate {
-            self.queue_index(IndexEntry {
-                seq: ack.sequence,
-                receiver: format!("{}/{}", delivery.meta.namespace, delivery.meta.receiver),
-                id: delivery.meta.id,
-                replay_of: None,
-            });
-        }
         Ok(Stored {
             sequence: ack.sequence,
             duplicate: ack.duplicate,
         })
-    }
-
-    /// Queues a stored delivery's index entry to go out with the next delivery's publish:
-    /// queued together, the two reach NATS in one write, where an entry sent at once cost a
-    /// write and a wake-up of its own -- a tenth of ingest's CPU per webhook. When no delivery
-    /// comes within [`INDEX_LINGER`], [`Self::keep_indexing`] sends it.
-    fn queue_index(&self, entry: IndexEntry) {
-        let mut pending = self.index.lock().unwrap_or_else(PoisonError::into_inner);
-        pending.push(entry);
-        if pending.len() == 1 {
-            self.index_waiting.notify_one();
-        }
-    }
-
-    /// Sends the queued index entries, each a plain publish the index stream takes in: the
-    /// delivery is stored and answered whether or not its entry lands, so no ack is awaited (a
-    /// second round trip per webhook). An id the index lacks is still found by `#<seq>`.
-    async fn send_index(&self) {
-        let pending =
-            std::mem::take(&mut *self.index.lock().unwrap_or_else(PoisonError::into_inner));
-        for entry in pending {
-            let Ok(payload) = serde_json::to_vec(&entry) else {
-                continue;
-            };
-            let subject = contract::index_subject(&entry.id);
-            if let Err(error) = self.client.publish(subject, payload.into()).await {
-                tracing::debug!(%error, "delivery not indexed");
-            }
-        }
-    }
-
-    /// Sends the index entries no delivery took along, [`INDEX_LINGER`] after the first.
-    pub async fn keep_indexing(self: Arc<Self>) {
-        loop {
-            self.index_waiting.notified().await;
-            tokio::time::sleep(INDEX_LINGER).await;
-            self.send_index().await;
-        }
-    }
-
-    /// Sends what is still queued and waits until NATS has it: at shutdown, once the last
-    /// request is answered.
-    pub async fn finish(&self) {
-        self.send_index().await;
-        if let Err(error) = self.client.flush().await {
-            tracing::warn!(%error, "cannot flush the last index entries");
-        }
     }
 
     /// Writes a large body to the object store under its content hash (so a redelivery
@@ -330,7 +266,8 @@ impl Publisher {
     }
 }
 
-/// The delivery index: as long-lived and replicated as the deliveries, an eighth of their room
+/// The delivery index, whose entries the dispatcher writes (ingest sets the limits of what is
+/// stored): as long-lived and replicated as the deliveries, an eighth of their room
 /// (an entry is ~150 bytes), the oldest entries dropped when full.
 fn index_config(settings: &StreamSettings) -> stream::Config {
     stream::Config {

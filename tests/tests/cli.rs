@@ -3,12 +3,11 @@
 
 use std::time::Duration;
 
-use fluxgate_shared::contract::{DeliveryMeta, IdSource};
+use fluxgate_shared::contract::{self, DeliveryMeta, IdSource, IndexEntry};
 use fluxgate_tests::eventually;
 use fluxgate_tests::stack::Stack;
 use fluxgate_tests::webhook::{
     github_push_body, hook_path, post_github_push, receiver_manifest, secret_manifest,
-    sender_delivery,
 };
 use fluxgate_tests::{fluxgate_cli, http};
 use serde_json::{Value, json};
@@ -816,29 +815,99 @@ async fn show_by_id_gives_the_original_with_its_replays_listed() {
     );
 }
 
+/// The delivery index's entries, in the order stored.
+async fn index_entries(s: &Stack) -> Vec<IndexEntry> {
+    let jetstream = async_nats::jetstream::new(s.client().await);
+    let Ok(mut index) = jetstream.get_stream(contract::INDEX_STREAM).await else {
+        return Vec::new();
+    };
+    let last = index
+        .info()
+        .await
+        .map_or(0, |info| info.state.last_sequence);
+    let mut entries = Vec::new();
+    for seq in 1..=last {
+        if let Ok(message) = index.get_raw_message(seq).await {
+            entries.push(serde_json::from_slice(&message.payload).expect("an entry"));
+        }
+    }
+    entries
+}
+
+/// The dispatcher indexes each delivery as it reads it first, in the order stored, and each
+/// replay with the sequence it replays.
 #[tokio::test]
-async fn ids_are_found_through_the_index_which_only_ingest_and_replays_write() {
+async fn the_dispatcher_indexes_deliveries_in_the_order_stored_replays_too() {
     let s = start().await;
+    for id in ["i-1", "i-2", "i-3"] {
+        push(&s, id, github_push_body(200)).await;
+    }
+    settle(&s, 1).await;
+    cli(&s, &["replay", "i-2"]);
+    let entries = eventually("four index entries", || async {
+        let entries = index_entries(&s).await;
+        (entries.len() >= 4).then_some(entries).ok_or(())
+    })
+    .await;
+    let indexed: Vec<(&str, u64, Option<u64>)> = (entries.iter())
+        .map(|e| (e.id.as_str(), e.seq, e.replay_of))
+        .collect();
+    assert_eq!(
+        indexed,
+        [
+            ("i-1", 1, None),
+            ("i-2", 2, None),
+            ("i-3", 3, None),
+            ("i-2", 4, Some(2))
+        ]
+    );
+    assert!(entries.iter().all(|e| e.receiver == format!("{NS}/gh")));
+}
+
+/// The index answers for every id up to its newest entry: an id whose entry is gone is not
+/// looked for in the headers there (and is found by `#<seq>`). What the dispatcher has not
+/// read yet is found by the headers of the deliveries after the newest entry.
+#[tokio::test]
+async fn the_index_answers_up_to_its_newest_entry_and_headers_after_it() {
+    let mut s = start().await;
     push(&s, "d-1", github_push_body(200)).await;
     settle(&s, 1).await;
-    // A delivery put on the stream by someone else than ingest is not in the index: the index
-    // answers for every id, so it is found by its sequence only.
-    let mut meta = sender_delivery("unindexed", NS, "gh");
-    meta.receiver_type = "github".into();
-    let ack = async_nats::jetstream::new(s.client().await)
-        .publish_with_headers(meta.subject(), meta.to_headers(), "{}".into())
+    eventually("d-1 indexed", || async {
+        (index_entries(&s).await.len() == 1).then_some(()).ok_or(())
+    })
+    .await;
+    let jetstream = async_nats::jetstream::new(s.client().await);
+    let index = jetstream
+        .get_stream(contract::INDEX_STREAM)
         .await
-        .expect("publish")
+        .expect("index");
+    index
+        .purge()
+        .filter(contract::index_subject("d-1"))
         .await
-        .expect("stored");
-    assert_eq!(cli_json(&s, &["deliveries", "show", "d-1"])["seq"], 1);
-    let (ok, _, error) = fluxgate_cli(s.nats_url(), &["deliveries", "show", "unindexed"], &[]);
+        .expect("d-1's entry dropped");
+    push(&s, "d-2", github_push_body(200)).await;
+    eventually("d-2 indexed", || async {
+        let entries = index_entries(&s).await;
+        entries
+            .iter()
+            .any(|e| e.id == "d-2")
+            .then_some(())
+            .ok_or(entries)
+    })
+    .await;
+    assert_eq!(cli_json(&s, &["deliveries", "show", "d-2"])["seq"], 2);
+    let (ok, _, error) = fluxgate_cli(s.nats_url(), &["deliveries", "show", "d-1"], &[]);
+    assert!(!ok && error.contains("no delivery \"d-1\""), "{error}");
+    assert_eq!(cli_json(&s, &["deliveries", "show", "#1"])["id"], "d-1");
+
     assert!(
-        !ok && error.contains("no delivery \"unindexed\""),
-        "{error}"
+        s.dispatcher_mut().service.terminate().await,
+        "the dispatcher stops"
     );
-    let by_seq = cli_json(&s, &["deliveries", "show", &format!("#{}", ack.sequence)]);
-    assert_eq!(by_seq["id"], "unindexed");
+    push(&s, "d-3", github_push_body(200)).await;
+    assert!(!index_entries(&s).await.iter().any(|e| e.id == "d-3"));
+    assert_eq!(cli_json(&s, &["deliveries", "show", "d-3"])["seq"], 3);
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use fluxgate_shared::contract::{self, DeliveryMeta, IdSource, IndexEntry, header};
+use fluxgate_shared::contract::{self, DeliveryMeta, IdSource, header};
 use fluxgate_tests::http::{self, Response};
 use fluxgate_tests::stack::Stack;
 use fluxgate_tests::webhook::{
@@ -284,56 +284,6 @@ async fn concurrent_deliveries_are_stored_exactly_once_each() {
         ids.insert(stored_meta(&message).id);
     }
     assert_eq!(ids.len(), 200, "each delivery is stored once");
-}
-
-/// The delivery index's entries, in the order stored.
-async fn index_entries(stack: &Stack) -> Vec<IndexEntry> {
-    let jetstream = jetstream::new(stack.client().await);
-    let Ok(mut index) = jetstream.get_stream(contract::INDEX_STREAM).await else {
-        return Vec::new();
-    };
-    let last = index
-        .info()
-        .await
-        .map_or(0, |info| info.state.last_sequence);
-    let mut entries = Vec::new();
-    for seq in 1..=last {
-        let message = index.get_raw_message(seq).await.expect("an index entry");
-        entries.push(serde_json::from_slice(&message.payload).expect("an entry"));
-    }
-    entries
-}
-
-/// Every stored delivery is indexed: entries go out with the next delivery's publish, the last
-/// one after a short wait, and one answered just before ingest stops, as it stops.
-#[tokio::test]
-async fn every_stored_delivery_is_indexed_the_last_one_too() {
-    let mut stack = start("", &[]).await;
-    let body = github_push_body(256);
-    for id in ["i-1", "i-2", "i-3"] {
-        assert_eq!(github_push(&stack, id, &body).await.status, 202);
-    }
-    let indexed = |entries: &[IndexEntry]| -> Vec<(String, u64)> {
-        entries.iter().map(|e| (e.id.clone(), e.seq)).collect()
-    };
-    let expected =
-        |n: u64| -> Vec<(String, u64)> { (1..=n).map(|seq| (format!("i-{seq}"), seq)).collect() };
-    eventually("three index entries", || async {
-        let entries = index_entries(&stack).await;
-        (indexed(&entries) == expected(3))
-            .then_some(())
-            .ok_or(entries)
-    })
-    .await;
-    assert_eq!(github_push(&stack, "i-4", &body).await.status, 202);
-    assert!(stack.ingest_mut().terminate().await, "ingest stops cleanly");
-    let entries = index_entries(&stack).await;
-    assert_eq!(indexed(&entries), expected(4));
-    assert!(
-        entries
-            .iter()
-            .all(|e| e.receiver == format!("{NS}/gh") && e.replay_of.is_none())
-    );
 }
 
 #[tokio::test]

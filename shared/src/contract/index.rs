@@ -1,11 +1,15 @@
 //! The delivery index: which stream sequences hold a delivery id, so that `fluxgate deliveries
 //! show <id>` and `replay <id>` find a delivery without reading every header of the stream.
-//! Each stored copy -- what ingest stores, each replay -- adds one small entry, on a subject of
-//! 65,536 buckets by the id's hash: a look-up reads the few entries of one bucket (about 15 at a
-//! million deliveries), and the server keeps per-subject state for the buckets, not for every id.
+//! Each stored copy -- what ingest stores, each replay -- adds one small entry when the
+//! dispatcher reads it, on a subject of 65,536 buckets by the id's hash: a look-up reads the few
+//! entries of one bucket (about 15 at a million deliveries), and the server keeps per-subject
+//! state for the buckets, not for every id. Entries are written in the order the deliveries
+//! were stored, so the deliveries after the newest entry's are the only ones not indexed yet.
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
+
+use super::DeliveryMeta;
 
 /// Delivery id -> sequences, one message per stored copy ([`IndexEntry`]).
 pub const INDEX_STREAM: &str = "FLUXGATE_INDEX";
@@ -31,6 +35,18 @@ pub struct IndexEntry {
     /// For a replay, the sequence it replays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<u64>,
+}
+
+impl IndexEntry {
+    /// The entry of the message at `seq` carrying `meta`.
+    pub fn of(seq: u64, meta: &DeliveryMeta) -> Self {
+        Self {
+            id: meta.id.clone(),
+            seq,
+            receiver: format!("{}/{}", meta.namespace, meta.receiver),
+            replay_of: meta.replay_of,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! The history benchmark: the release `fluxgate-ingest` provisions its streams, then a million
-//! deliveries are stored as it stores them -- the message, then its index entry -- and the
+//! deliveries are stored as it stores them, each with the index entry the dispatcher adds, and the
 //! `fluxgate` CLI's look-ups are timed over them: by id through the index, a missing id, the
 //! newest page, one receiver's, and a `--since` window; then by id once more without the index.
 
@@ -161,12 +161,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// The index entry ingest writes after a delivery's ack.
 async fn index(client: &async_nats::Client, meta: DeliveryMeta, seq: u64) -> anyhow::Result<()> {
-    let entry = IndexEntry {
-        seq,
-        receiver: format!("{}/{}", meta.namespace, meta.receiver),
-        replay_of: None,
-        id: meta.id,
-    };
+    let entry = IndexEntry::of(seq, &meta);
     let subject = contract::index_subject(&entry.id);
     client
         .publish(subject, serde_json::to_vec(&entry)?.into())
