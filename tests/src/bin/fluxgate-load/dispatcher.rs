@@ -84,6 +84,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ..Default::default()
         })
         .await?;
+    // The delivery index, as ingest makes it, for the dispatcher's entries to be stored.
+    jetstream
+        .get_or_create_stream(jetstream::stream::Config {
+            name: contract::INDEX_STREAM.into(),
+            subjects: vec![format!("{}.*", contract::INDEX_SUBJECT_PREFIX)],
+            storage: jetstream::stream::StorageType::File,
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await?;
     store_backlog(&jetstream, &args).await?;
     println!(
         "fluxgate-load dispatcher: {} deliveries over {} targets, nats-server on 127.0.0.1",
@@ -244,7 +254,7 @@ async fn history_queries(
             vec!["deliveries", "list", "--since", "1h"],
         ),
         (
-            "deliveries show <id> (finds it by scanning)",
+            "deliveries show <id> (through the index)",
             vec!["deliveries", "show", middle.as_str()],
         ),
     ];
