@@ -65,7 +65,9 @@ pub enum Headers {
 }
 
 /// The part of verification the headers alone allow: the types that authenticate by a header
-/// refuse an unauthenticated request here, so that it never gets a body buffered.
+/// refuse an unauthenticated request here, so that it never gets a body buffered. The ID-token
+/// checks are boxed: their futures (fetching Google's keys) are large, and inline they would
+/// make every request's future as large, copied whole at each move.
 pub async fn before_body(
     identity: &Identity,
     receiver: &Receiver,
@@ -75,10 +77,10 @@ pub async fn before_body(
         ReceiverType::Gitlab => Headers::Verified(gitlab::verify(token(receiver)?, headers)?),
         ReceiverType::Harbor => Headers::Verified(harbor::verify(token(receiver)?, headers)?),
         ReceiverType::GenericOidc => {
-            Headers::Verified(generic_oidc::verify(identity, receiver, headers).await?)
+            Headers::Verified(Box::pin(generic_oidc::verify(identity, receiver, headers)).await?)
         }
         ReceiverType::Gcr => {
-            gcr::authenticate(identity, receiver, headers).await?;
+            Box::pin(gcr::authenticate(identity, receiver, headers)).await?;
             Headers::Authenticated
         }
         _ => Headers::Unchecked,
